@@ -1,0 +1,369 @@
+"""Pass infrastructure: passes with typed options, results, composition, a fixed-point manager,
+a scoped context with instruments, and an analysis cache.
+
+Modelled on onnx-ir's pass infra (requires -> call -> ensures, errors that name the failing pass
+and its predecessors), TVM's PassContext and instruments, and LLVM's preserved-analyses contract.
+
+Writing a pass::
+
+    @dataclass(frozen=True)
+    class MyOptions(PassOptions):
+        threshold: int = 4
+
+        def validate(self) -> None:
+            if self.threshold < 0:
+                raise ValueError("threshold must be >= 0")
+
+    class MyPass(Pass):
+        name = "my-pass"
+        summary = "What it does, in one line."
+        Options = MyOptions
+
+        def run(self, model: Model, ctx: PassContext) -> PassResult:
+            ...
+            return PassResult(modified=changed, stats={"rewritten": n})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from onnxforge.errors import OnnxForgeError, PassError, UsageError
+from onnxforge.ir import Model, verify
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Options and results
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PassOptions:
+    """Base of every pass's options: a frozen dataclass, validated at construction."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for out-of-range values."""
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, Any]]:
+        """(name, type, default) of each option, for ``onnxforge passes``."""
+        out = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.append((f.name, str(f.type), default))
+        return out
+
+
+@dataclass
+class PassResult:
+    """What a pass did. ``stats`` are counters for the report (``{"removed_nodes": 3}``)."""
+
+    modified: bool
+    stats: dict[str, float] = field(default_factory=dict)
+    #: Analyses still valid after this pass (only meaningful when ``modified``).
+    preserved: frozenset[type[Analysis]] = frozenset()
+
+
+# --------------------------------------------------------------------------------------------
+# Analyses
+# --------------------------------------------------------------------------------------------
+class Analysis:
+    """An analysis computes a result from a model; :class:`AnalysisManager` caches it per model
+    version. Subclasses implement :meth:`compute`."""
+
+    name: ClassVar[str] = "analysis"
+
+    def compute(self, model: Model, am: AnalysisManager) -> Any:
+        raise NotImplementedError
+
+
+class AnalysisManager:
+    """Caches analysis results keyed by (analysis type, model version).
+
+    Any mutation bumps ``model.version`` and so invalidates every cached result, except those a
+    pass declares preserved, which are re-stamped with the new version.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, type[Analysis]], tuple[int, Any]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, analysis: type[Analysis], model: Model) -> Any:
+        key = (id(model), analysis)
+        entry = self._cache.get(key)
+        if entry is not None and entry[0] == model.version:
+            self.hits += 1
+            return entry[1]
+        self.misses += 1
+        version = model.version
+        result = analysis().compute(model, self)
+        self._cache[key] = (version, result)
+        return result
+
+    def after_pass(self, model: Model, result: PassResult) -> None:
+        if not result.modified:
+            return
+        for (mid, analysis), (version, value) in list(self._cache.items()):
+            if mid != id(model):
+                continue
+            if analysis in result.preserved:
+                self._cache[(mid, analysis)] = (model.version, value)
+            else:
+                del self._cache[(mid, analysis)]
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Instruments
+# --------------------------------------------------------------------------------------------
+class Instrument:
+    """Hooks around every pass run (TVM-style). Keep cross-cutting work here, out of passes."""
+
+    def before_pass(self, p: Pass, model: Model, ctx: PassContext) -> None:  # noqa: B027
+        pass
+
+    def after_pass(self, p: Pass, model: Model, result: PassResult, ctx: PassContext) -> None:  # noqa: B027
+        pass
+
+
+@dataclass
+class PassTiming:
+    name: str
+    runs: int = 0
+    seconds: float = 0.0
+    modified_runs: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class TimingInstrument(Instrument):
+    """Wall time, runs and summed statistics per pass name (leaf passes only)."""
+
+    def __init__(self) -> None:
+        self.per_pass: dict[str, PassTiming] = {}
+        self._start: list[float] = []
+
+    def before_pass(self, p: Pass, model: Model, ctx: PassContext) -> None:
+        self._start.append(time.perf_counter())
+
+    def after_pass(self, p: Pass, model: Model, result: PassResult, ctx: PassContext) -> None:
+        elapsed = time.perf_counter() - self._start.pop()
+        if isinstance(p, CompositePass):
+            return
+        t = self.per_pass.setdefault(p.name, PassTiming(p.name))
+        t.runs += 1
+        t.seconds += elapsed
+        t.modified_runs += int(result.modified)
+        for k, v in result.stats.items():
+            t.stats[k] = t.stats.get(k, 0) + v
+
+
+class VerifyInstrument(Instrument):
+    """Checks IR invariants after every pass that changed the model."""
+
+    def after_pass(self, p: Pass, model: Model, result: PassResult, ctx: PassContext) -> None:
+        if result.modified and not isinstance(p, CompositePass):
+            verify(model)
+
+
+class DumpInstrument(Instrument):
+    """Saves the model after every pass that changed it: ``DIR/NNN_<pass>.onnx``."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.count = 0
+
+    def after_pass(self, p: Pass, model: Model, result: PassResult, ctx: PassContext) -> None:
+        if not result.modified or isinstance(p, CompositePass):
+            return
+        from onnxforge import modelio
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.count += 1
+        modelio.save(model, self.directory / f"{self.count:03d}_{p.name}.onnx")
+
+
+# --------------------------------------------------------------------------------------------
+# Context
+# --------------------------------------------------------------------------------------------
+class PassContext:
+    """The scope a pipeline runs in: disabled passes, instruments, the analysis cache, history."""
+
+    def __init__(
+        self,
+        *,
+        instruments: Sequence[Instrument] = (),
+        disabled: Iterable[str] = (),
+        analyses: AnalysisManager | None = None,
+    ) -> None:
+        self.instruments = list(instruments)
+        self.disabled = set(disabled)
+        self.analyses = analyses or AnalysisManager()
+        #: Names of the leaf passes run so far, in order.
+        self.history: list[str] = []
+
+    def run(self, p: Pass, model: Model) -> PassResult:
+        """Run one pass under the instruments, wrapping failures in :class:`PassError`."""
+        if p.name in self.disabled:
+            return PassResult(False)
+        for inst in self.instruments:
+            inst.before_pass(p, model, self)
+        version = model.version
+        try:
+            result = p.run(model, self)
+        except PassError:
+            raise
+        except Exception as e:
+            raise PassError(p.name, self.history, e) from e
+        if not isinstance(result, PassResult):
+            raise PassError(p.name, self.history, TypeError(f"run() returned {type(result).__name__}"))
+        if not result.modified and model.version != version and not isinstance(p, CompositePass):
+            raise PassError(p.name, self.history, RuntimeError("changed the model but reported modified=False"))
+        if not isinstance(p, CompositePass):
+            self.history.append(p.name)
+        self.analyses.after_pass(model, result)
+        for inst in reversed(self.instruments):
+            inst.after_pass(p, model, result, self)
+        if result.modified:
+            log.debug("pass %s modified the model: %s", p.name, result.stats)
+        return result
+
+
+# --------------------------------------------------------------------------------------------
+# Passes
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NoOptions(PassOptions):
+    """For passes without options."""
+
+
+class Pass:
+    """Base class of passes. Subclasses set ``name``, ``summary``, optionally ``Options``, and
+    implement :meth:`run`, mutating the model in place."""
+
+    name: ClassVar[str] = "pass"
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type[PassOptions]] = NoOptions
+    #: Lossless passes must keep every output bit-for-bit or within float reordering tolerance.
+    lossless: ClassVar[bool] = True
+
+    def __init__(self, options: PassOptions | None = None, **kwargs: Any) -> None:
+        if options is not None and kwargs:
+            raise UsageError(f"{self.name}: pass either an options object or keyword options, not both")
+        if options is None:
+            names = {f.name for f in dataclasses.fields(self.Options)}
+            unknown = set(kwargs) - names
+            if unknown:
+                known = ", ".join(sorted(names)) or "none"
+                raise UsageError(f"{self.name}: unknown option(s) {', '.join(sorted(unknown))} (known: {known})")
+            try:
+                options = self.Options(**kwargs)
+            except (TypeError, ValueError) as e:
+                raise UsageError(f"{self.name}: {e}") from None
+        elif not isinstance(options, self.Options):
+            raise UsageError(f"{self.name}: options must be {self.Options.__name__}")
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options})"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        raise NotImplementedError
+
+    def __call__(self, model: Model, ctx: PassContext | None = None) -> PassResult:
+        """Run this pass (and, for composites, its children) in ``ctx`` or a fresh context."""
+        return (ctx or PassContext()).run(self, model)
+
+
+class CompositePass(Pass):
+    """A pass made of other passes. Instruments see the children individually."""
+
+    def __init__(self, passes: Sequence[Pass], *, name: str | None = None) -> None:
+        super().__init__()
+        self.passes = list(passes)
+        if name:
+            self.name = name  # type: ignore[misc]
+
+    def leaves(self) -> list[Pass]:
+        out: list[Pass] = []
+        for p in self.passes:
+            out.extend(p.leaves() if isinstance(p, CompositePass) else [p])
+        return out
+
+
+class Sequential(CompositePass):
+    """Runs its passes once, in order."""
+
+    name = "sequential"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        modified = False
+        stats: dict[str, float] = {}
+        for p in self.passes:
+            r = ctx.run(p, model)
+            modified |= r.modified
+            for k, v in r.stats.items():
+                stats[k] = stats.get(k, 0) + v
+        return PassResult(modified, stats)
+
+
+class FixedPoint(CompositePass):
+    """Repeats its passes until a whole round changes nothing (or ``max_iterations``)."""
+
+    name = "fixed-point"
+
+    def __init__(self, passes: Sequence[Pass], *, max_iterations: int = 10, name: str | None = None) -> None:
+        super().__init__(passes, name=name)
+        if max_iterations < 1:
+            raise UsageError("max_iterations must be >= 1")
+        self.max_iterations = max_iterations
+        self.iterations = 0
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        modified = False
+        stats: dict[str, float] = {}
+        self.iterations = 0
+        for _ in range(self.max_iterations):
+            self.iterations += 1
+            round_modified = False
+            for p in self.passes:
+                r = ctx.run(p, model)
+                round_modified |= r.modified
+                for k, v in r.stats.items():
+                    stats[k] = stats.get(k, 0) + v
+            modified |= round_modified
+            if not round_modified:
+                break
+        else:
+            log.info("%s stopped after %d iterations without reaching a fixed point", self.name, self.max_iterations)
+        stats["iterations"] = self.iterations
+        return PassResult(modified, stats)
+
+
+class PassManager:
+    """Runs a pipeline over a model with a context; the library's entry point to passes."""
+
+    def __init__(self, pipeline: Pass | Sequence[Pass], *, instruments: Sequence[Instrument] = (),
+                 disabled: Iterable[str] = ()) -> None:
+        self.pipeline = pipeline if isinstance(pipeline, Pass) else Sequential(list(pipeline))
+        self.instruments = list(instruments)
+        self.disabled = set(disabled)
+
+    def run(self, model: Model) -> tuple[PassResult, PassContext]:
+        ctx = PassContext(instruments=self.instruments, disabled=self.disabled)
+        try:
+            result = ctx.run(self.pipeline, model)
+        except OnnxForgeError:
+            raise
+        return result, ctx

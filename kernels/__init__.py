@@ -1,0 +1,1 @@
+"""Per-op knowledge: numpy reference kernels and cost formulas."""

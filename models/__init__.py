@@ -1,0 +1,1 @@
+"""Seeded model builders (code, not binaries) used by tests, demos and benchmarks."""

@@ -1,0 +1,1 @@
+"""Rewriting passes, one module per pass family."""
