@@ -20,7 +20,30 @@ from onnxforge.errors import (  # noqa: E402
     VerificationError,
 )
 
+from onnxforge.api import CompileResult, compile  # noqa: E402
+from onnxforge.modelio import load, save  # noqa: E402
+from onnxforge.passmanager import (  # noqa: E402
+    FixedPoint,
+    Pass,
+    PassContext,
+    PassManager,
+    PassOptions,
+    PassResult,
+    Sequential,
+)
+
 __all__ = [
+    "CompileResult",
+    "FixedPoint",
+    "Pass",
+    "PassContext",
+    "PassManager",
+    "PassOptions",
+    "PassResult",
+    "Sequential",
+    "compile",
+    "load",
+    "save",
     "ModelError",
     "OnnxForgeError",
     "PassError",

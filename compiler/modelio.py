@@ -69,8 +69,11 @@ def read_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return proto
 
 
-def check_proto(proto: onnx.ModelProto, where: str = "model") -> None:
-    """Reject models onnxforge cannot process safely, with a one-line reason."""
+def check_proto(proto: onnx.ModelProto, where: str = "model", path: Path | None = None) -> bool:
+    """Reject models onnxforge cannot process safely, with a one-line reason.
+
+    Returns False when the only complaint is node order (the loader sorts, then checks again).
+    """
     if not proto.HasField("graph"):
         raise ModelError(f"{where} has no graph: not an ONNX model (wrong message type or damaged file)")
     if proto.ir_version < 3:
@@ -89,11 +92,18 @@ def check_proto(proto: onnx.ModelProto, where: str = "model") -> None:
     if not seen_default and any(n.domain in ("", "ai.onnx") for n in proto.graph.node):
         raise ModelError(f"{where} uses standard ops but imports no opset of the default domain")
     try:
-        onnx.checker.check_model(proto, full_check=False)
+        # With external data the checker must resolve files against the model's folder.
+        if path is not None and any(is_external(t) for t in iter_tensors(proto)):
+            onnx.checker.check_model(str(path), full_check=False)
+        else:
+            onnx.checker.check_model(proto, full_check=False)
     except onnx.checker.ValidationError as e:
+        if "topologically sorted" in str(e):
+            return False
         raise ModelError(f"{where} is not a valid ONNX model: {_short(e)}") from None
     except Exception as e:  # the checker raises assorted C++ errors on damaged protos
         raise ModelError(f"{where} is not a valid ONNX model: {_short(e)}") from None
+    return True
 
 
 def load(
@@ -116,12 +126,11 @@ def load(
         where = str(path)
     else:
         raise UsageError(f"cannot load a model from {type(model).__name__}")
-    if check:
-        check_proto(proto, where)
     store = TensorStore(path.parent if path is not None else None)
     uses_external = any(is_external(t) for t in iter_tensors(proto))
     if uses_external:
-        store.validate_all(proto)
+        store.validate_all(proto)  # our rules are stricter than the checker's: run them first
+    recheck = check and not check_proto(proto, where, path)
     ir_model = from_proto(proto)
     ir_model.tensor_store = store
     try:
@@ -131,6 +140,9 @@ def load(
                 g.toposort()
     except ValueError as e:
         raise ModelError(f"{where}: {e}") from None
+    if recheck:  # the graph was out of order: check the sorted version
+        log.info("%s: nodes were not in topological order; sorted them", where)
+        check_proto(to_proto(ir_model), where, None if uses_external else path)
     ir_model.version = 0
     return LoadedModel(ir_model, path, uses_external)
 

@@ -1,0 +1,246 @@
+"""The ``onnxforge`` command line.
+
+Exit codes: 0 success, 1 model error (unreadable or invalid model, failed verification, failing
+pass), 2 usage error (bad arguments, missing input, unwritable output). Errors are one line on
+stderr; ``-v`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import tempfile
+import traceback
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from onnxforge import __version__
+from onnxforge.errors import OnnxForgeError, UsageError
+
+log = logging.getLogger("onnxforge")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # argparse prints usage + exits 2
+        self.print_usage(sys.stderr)
+        self.exit(2, f"onnxforge: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="onnxforge", description="ONNX graph-rewriting compiler.")
+    parser.add_argument("--version", action="version", version=f"onnxforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("compile", help="optimize a model with a pipeline of passes")
+    c.add_argument("model", help="input .onnx file (never modified)")
+    c.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
+    c.add_argument("--pipeline", default="lossless", help="named pipeline (default: lossless; see `onnxforge passes`)")
+    c.add_argument("--passes", help="comma-separated pass names to run once each, instead of --pipeline")
+    c.add_argument("--disable", action="append", default=[], metavar="PASS", help="skip this pass (repeatable)")
+    c.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="PASS.NAME=VALUE",
+        help="set a pass option, e.g. constant-folding.size_limit=1048576 (repeatable)",
+    )
+    c.add_argument("--verify", action="store_true", help="compare onnxruntime outputs before/after; fail if they differ")
+    c.add_argument("--dim", action="append", default=[], metavar="NAME=N", help="value of a symbolic dim for --verify")
+    c.add_argument("--report", metavar="FILE.json", help="write a JSON report (per-pass time, sizes before/after)")
+    c.add_argument("--dump-ir", metavar="DIR", help="save the model after every pass that changed it")
+    c.add_argument("--check-ir", action="store_true", help="verify IR invariants after every pass (slower)")
+    c.add_argument(
+        "--external-data",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="write weights to OUTPUT.data (auto: when the input used it or the model exceeds 2 GB)",
+    )
+    _verbosity(c)
+
+    p = sub.add_parser("passes", help="list passes and pipelines with their options")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _verbosity(p)
+    return parser
+
+
+def _verbosity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug); tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("onnxforge")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    from onnxforge.passes import get_pass
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        pass_name, dot, opt = key.partition(".")
+        if not sep or not dot or not pass_name or not opt:
+            raise UsageError(f"--option expects PASS.NAME=VALUE, got {item!r}")
+        cls = get_pass(pass_name)
+        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+        if opt not in fields:
+            known = ", ".join(fields) or "none"
+            raise UsageError(f"pass {pass_name!r} has no option {opt!r} (options: {known})")
+        out.setdefault(pass_name, {})[opt] = _coerce(raw, fields[opt].type, item)
+    return out
+
+
+def _coerce(raw: str, typ: Any, item: str) -> Any:
+    t = str(typ)
+    try:
+        if t in ("bool", "<class 'bool'>"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if t in ("int", "<class 'int'>"):
+            return int(raw)
+        if t in ("float", "<class 'float'>"):
+            return float(raw)
+    except ValueError:
+        raise UsageError(f"--option {item!r}: {raw!r} is not a valid {t}") from None
+    return raw
+
+
+def _parse_dims(items: Sequence[str]) -> dict[str, int]:
+    dims = {}
+    for item in items:
+        name, sep, val = item.partition("=")
+        if not sep or not val.isdigit():
+            raise UsageError(f"--dim expects NAME=N, got {item!r}")
+        dims[name] = int(val)
+    return dims
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from onnxforge import modelio
+    from onnxforge.api import compile as compile_model
+
+    src, out = Path(args.model), Path(args.output)
+    if modelio._same_file(src, out):
+        raise UsageError(f"output path {out} is the input model; choose another path (the input is never modified)")
+    out_dir = out.parent if str(out.parent) else Path(".")
+    if not out_dir.is_dir():
+        raise UsageError(f"output folder {out_dir} does not exist")
+    if not os.access(out_dir, os.W_OK):
+        raise UsageError(f"output folder {out_dir} is not writable")
+    if out.is_dir():
+        raise UsageError(f"output path {out} is a folder")
+    options = _parse_options(args.option)
+    passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
+    result = compile_model(
+        src,
+        args.pipeline,
+        passes=passes,
+        options=options,
+        disable=args.disable,
+        verify=args.verify,
+        verify_dims=_parse_dims(args.dim),
+        check_ir=args.check_ir,
+        dump_dir=args.dump_ir,
+    )
+    ext = {"auto": None, "always": True, "never": False}[args.external_data]
+    result.save(out, external_data=ext)
+    if args.report:
+        _write_json_atomic(Path(args.report), result.report.to_dict())
+    if not args.quiet:
+        print(result.report.summary())
+        print(f"\nwrote {out}")
+    return 0
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"report folder {parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".onnxforge-", suffix=".json.tmp", dir=parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UsageError(f"cannot write report {path}: {e.strerror or e}") from None
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from onnxforge.passes import ALL_PASSES
+    from onnxforge.pipelines import PIPELINES
+    from onnxforge.report import format_table
+
+    if args.json:
+        data = {
+            "pipelines": {name: info.summary for name, info in PIPELINES.items()},
+            "passes": {
+                cls.name: {
+                    "summary": cls.summary,
+                    "lossless": cls.lossless,
+                    "options": [{"name": n, "type": t, "default": d} for n, t, d in cls.Options.describe()],
+                }
+                for cls in ALL_PASSES
+            },
+        }
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    print("Pipelines (--pipeline NAME):")
+    for name, info in PIPELINES.items():
+        print(f"  {name:<12} {info.summary}")
+    print("\nPasses (--passes A,B,...; options with --option PASS.NAME=VALUE):")
+    rows = []
+    for cls in ALL_PASSES:
+        opts = ", ".join(f"{n}={d!r}" for n, _, d in cls.Options.describe()) or "-"
+        rows.append([cls.name, cls.summary, opts])
+    for line in format_table(["pass", "what it does", "options (defaults)"], rows):
+        print("  " + line)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    _setup_logging(args.verbose, args.quiet)
+    handlers = {"compile": cmd_compile, "passes": cmd_passes}
+    try:
+        return handlers[args.command](args)
+    except OnnxForgeError as e:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"onnxforge: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("onnxforge: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("onnxforge: error: out of memory", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: still one line unless -v
+        if args.verbose:
+            traceback.print_exc()
+        msg = " ".join(str(e).split())[:300]
+        print(f"onnxforge: internal error: {type(e).__name__}: {msg} (run with -v for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Named pipelines: explicit lists of passes, built fresh for each compilation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from onnxforge.errors import UsageError
+from onnxforge.passmanager import FixedPoint, Pass, Sequential
+
+
+def _passes() -> Any:
+    import onnxforge.passes as p
+
+    return p
+
+
+def lossless(options: Mapping[str, Mapping[str, Any]] | None = None) -> Pass:
+    """Cleanup that keeps every output: constants normalized, then folding, no-op elimination,
+    CSE, initializer dedup and dead-code elimination repeated to a fixed point, then a
+    topological sort and a shape-inference refresh."""
+    p = _passes()
+    make = _maker(options)
+    return Sequential(
+        [
+            make(p.NormalizeConstants),
+            FixedPoint(
+                [
+                    make(p.ConstantFolding),
+                    make(p.NoOpElimination),
+                    make(p.CommonSubexpressionElimination),
+                    make(p.DeduplicateInitializers),
+                    make(p.DeadCodeElimination),
+                ],
+                max_iterations=8,
+                name="cleanup-to-fixed-point",
+            ),
+            make(p.TopologicalSort),
+            make(p.ShapeInference),
+        ],
+        name="lossless",
+    )
+
+
+def passthrough(options: Mapping[str, Mapping[str, Any]] | None = None) -> Pass:
+    """No rewriting at all: load, validate and save (useful to re-save or inspect)."""
+    return Sequential([], name="none")
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    name: str
+    build: Callable[[Mapping[str, Mapping[str, Any]] | None], Pass]
+
+    @property
+    def summary(self) -> str:
+        doc = (self.build.__doc__ or "").strip()
+        return " ".join(doc.split())
+
+
+PIPELINES: dict[str, PipelineInfo] = {
+    "lossless": PipelineInfo("lossless", lossless),
+    "none": PipelineInfo("none", passthrough),
+}
+
+
+def get_pipeline(name: str, options: Mapping[str, Mapping[str, Any]] | None = None) -> Pass:
+    info = PIPELINES.get(name)
+    if info is None:
+        raise UsageError(f"unknown pipeline {name!r} (known: {', '.join(PIPELINES)})")
+    _check_option_targets(options)
+    return info.build(options)
+
+
+def from_pass_names(names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> Pass:
+    """A pipeline that runs the named passes once each, in the given order."""
+    from onnxforge.passes import get_pass
+
+    _check_option_targets(options)
+    make = _maker(options)
+    return Sequential([make(get_pass(n)) for n in names], name="custom")
+
+
+def _maker(options: Mapping[str, Mapping[str, Any]] | None) -> Callable[[type[Pass]], Pass]:
+    opts = options or {}
+
+    def make(cls: type[Pass]) -> Pass:
+        return cls(**dict(opts.get(cls.name, {})))
+
+    return make
+
+
+def _check_option_targets(options: Mapping[str, Mapping[str, Any]] | None) -> None:
+    if not options:
+        return
+    from onnxforge.passes import PASSES_BY_NAME
+
+    for name in options:
+        if name not in PASSES_BY_NAME:
+            raise UsageError(f"option given for unknown pass {name!r} (see `onnxforge passes`)")

@@ -1,0 +1,140 @@
+"""What a compilation did: per-pass time and statistics, model size before and after."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from onnxforge.ir import Model
+from onnxforge.passmanager import PassTiming
+
+
+@dataclass
+class ModelStats:
+    """Size of a model: nodes (all graphs), initializers, initializer bytes, ops by type."""
+
+    nodes: int
+    initializers: int
+    initializer_bytes: int
+    op_types: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: Model) -> ModelStats:
+        ops: Counter[str] = Counter()
+        nodes = 0
+        for n in model.graph.walk():
+            nodes += 1
+            ops[f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type] += 1
+        inits = 0
+        nbytes = 0
+        for g in model.graph.all_graphs():
+            for v in g.initializers.values():
+                inits += 1
+                nbytes += v.const_nbytes()
+        return cls(nodes, inits, nbytes, dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))))
+
+
+@dataclass
+class Report:
+    """The report of one :func:`onnxforge.compile` call (``--report FILE.json`` writes ``to_dict``)."""
+
+    pipeline: str
+    before: ModelStats
+    after: ModelStats
+    passes: list[PassTiming] = field(default_factory=list)
+    seconds: float = 0.0
+    verified: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "seconds": round(self.seconds, 4),
+            "verified": self.verified,
+            "before": asdict(self.before),
+            "after": asdict(self.after),
+            "passes": [
+                {
+                    "name": p.name,
+                    "runs": p.runs,
+                    "modified_runs": p.modified_runs,
+                    "seconds": round(p.seconds, 4),
+                    "stats": p.stats,
+                }
+                for p in self.passes
+            ],
+            "notes": self.notes,
+        }
+
+    def summary(self) -> str:
+        """A readable before/after table plus the per-pass breakdown."""
+        rows = [
+            ("nodes", self.before.nodes, self.after.nodes),
+            ("initializers", self.before.initializers, self.after.initializers),
+            ("weight bytes", self.before.initializer_bytes, self.after.initializer_bytes),
+        ]
+        lines = [f"pipeline: {self.pipeline}    time: {self.seconds:.2f} s"]
+        lines += format_table(
+            ["", "before", "after", "change"],
+            [[name, _fmt(b), _fmt(a), _delta(b, a)] for name, b, a in rows],
+        )
+        changed_ops = []
+        for op in sorted(set(self.before.op_types) | set(self.after.op_types)):
+            b, a = self.before.op_types.get(op, 0), self.after.op_types.get(op, 0)
+            if a != b:
+                changed_ops.append([op, str(b), str(a), _delta(b, a)])
+        if changed_ops:
+            lines.append("")
+            lines += format_table(["op type", "before", "after", "change"], changed_ops)
+        active = [p for p in self.passes if p.modified_runs or p.seconds > 0.05]
+        if active:
+            lines.append("")
+            lines += format_table(
+                ["pass", "runs", "changed", "time (s)", "statistics"],
+                [
+                    [
+                        p.name,
+                        str(p.runs),
+                        str(p.modified_runs),
+                        f"{p.seconds:.3f}",
+                        ", ".join(f"{k}={_fmt(v)}" for k, v in p.stats.items() if v) or "-",
+                    ]
+                    for p in active
+                ],
+            )
+        if self.verified is not None:
+            lines.append("")
+            lines.append("verification: outputs match" if self.verified else "verification: FAILED")
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        return "\n".join(lines)
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:.3g}"
+    v = int(v)
+    if abs(v) >= 10_000:
+        return f"{v:,}"
+    return str(v)
+
+
+def _delta(before: float, after: float) -> str:
+    if before == after:
+        return "="
+    d = after - before
+    pct = f" ({d / before * 100:+.1f}%)" if before else ""
+    return f"{'+' if d > 0 else ''}{_fmt(d)}{pct}"
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Plain-text table with aligned columns (first column left-aligned, others right)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        parts = [str(c).ljust(widths[0]) if i == 0 else str(c).rjust(widths[i]) for i, c in enumerate(cells)]
+        return "  ".join(parts).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return [line(header), sep, *(line(r) for r in rows)]
