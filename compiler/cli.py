@@ -85,9 +85,11 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def _parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    if not items:
+        return out
     from onnxforge.passes import get_pass
 
-    out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         pass_name, dot, opt = key.partition(".")
