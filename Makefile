@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## Default test run (minutes, no network models needed beyond the pinned corpus wheels).
-test: setup
+test: setup corpus
 	$(PYTEST) -m "not slow"
 
 ## Everything, including slow suites.

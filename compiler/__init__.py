@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from onnxforge.api import CompileResult, compile  # noqa: E402
 from onnxforge.errors import (  # noqa: E402
     ModelError,
     OnnxForgeError,
@@ -19,8 +20,6 @@ from onnxforge.errors import (  # noqa: E402
     UsageError,
     VerificationError,
 )
-
-from onnxforge.api import CompileResult, compile  # noqa: E402
 from onnxforge.modelio import load, save  # noqa: E402
 from onnxforge.passmanager import (  # noqa: E402
     FixedPoint,

@@ -113,7 +113,7 @@ class AnalysisManager:
     def after_pass(self, model: Model, result: PassResult) -> None:
         if not result.modified:
             return
-        for (mid, analysis), (version, value) in list(self._cache.items()):
+        for (mid, analysis), (_version, value) in list(self._cache.items()):
             if mid != id(model):
                 continue
             if analysis in result.preserved:

