@@ -95,7 +95,7 @@ def iter_cases(include_node: bool = True, model_sets: tuple[str, ...] = MODEL_SE
             warnings.simplefilter("ignore")
             node_cases = collect_testcases()
         for c in sorted(node_cases, key=lambda c: c.name):
-            if not c.data_sets:
+            if not c.data_sets or c.model is None:
                 continue
             inputs = c.data_sets[0][0]
             real_inputs = [vi for vi in c.model.graph.input if vi.name not in {t.name for t in c.model.graph.initializer}]

@@ -171,10 +171,12 @@ def _compare(name: str, a: Any, b: Any, rtol: float, atol: float) -> list[str]:
         diff[nan_a] = 0
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(np.abs(af) > 0, diff / np.abs(af), np.inf)
-        i = tuple(np.unravel_index(int(np.argmax(np.where(ok, 0, diff))), a.shape)) if a.ndim else ()
+        at: tuple[int, ...] = (
+            tuple(int(k) for k in np.unravel_index(int(np.argmax(np.where(ok, 0, diff))), a.shape)) if a.ndim else ()
+        )
         return [
             f"{name}: {int((~ok).sum())} of {a.size} elements differ; max abs err {float(np.nanmax(diff)):.3g}, "
-            f"max rel err {float(np.nanmax(np.where(ok, 0, rel))):.3g} (at {i}: {af[i]!r} vs {bf[i]!r})"
+            f"max rel err {float(np.nanmax(np.where(ok, 0, rel))):.3g} (at {at}: {af[at]!r} vs {bf[at]!r})"
         ]
     return []
 

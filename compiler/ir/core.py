@@ -552,10 +552,10 @@ class Graph:
                 seen.add(v)
                 yield v
         for n in self._nodes:
-            for v in n._outputs:
-                if v is not None and v not in seen:
-                    seen.add(v)
-                    yield v
+            for out in n._outputs:
+                if out is not None and out not in seen:
+                    seen.add(out)
+                    yield out
 
     def toposort(self) -> None:
         """Reorder nodes topologically, keeping the current order wherever it is already valid.
