@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper
+
 from onnxforge.models.real_models import MODELS, RealModel, Wheel, main_input_values
 
 log = logging.getLogger(__name__)

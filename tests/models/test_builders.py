@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+
 from onnxforge import modelio
 from onnxforge.equivalence import OrtRunner, random_feeds
 from onnxforge.models import big_external_model, residual_mlp_chain, small_cnn, transformer_block

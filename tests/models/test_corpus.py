@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
 from onnxforge import modelio
 from onnxforge.equivalence import OrtRunner
 from onnxforge.models import corpus

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+
 from onnxforge import modelio
 from onnxforge.equivalence import OrtRunner
 
