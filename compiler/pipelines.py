@@ -17,14 +17,16 @@ def _passes() -> Any:
 
 
 def lossless(options: Mapping[str, Mapping[str, Any]] | None = None) -> Pass:
-    """Cleanup that keeps every output: constants normalized, then folding, no-op elimination,
-    CSE, initializer dedup and dead-code elimination repeated to a fixed point, then a
-    topological sort and a shape-inference refresh."""
+    """Cleanup that keeps every output: constants normalized and shapes inferred, then folding,
+    no-op elimination, CSE, initializer dedup and dead-code elimination repeated to a fixed
+    point, then a topological sort and a shape-inference refresh."""
     p = _passes()
     make = _maker(options)
     return Sequential(
         [
             make(p.NormalizeConstants),
+            # Static shapes of intermediate values let Shape/Size and no-op checks fold.
+            make(p.ShapeInference),
             FixedPoint(
                 [
                     make(p.ConstantFolding),

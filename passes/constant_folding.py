@@ -117,7 +117,14 @@ class ConstantFolding(Pass):
             if graph is None:  # removed earlier in this run
                 continue
             outputs = [v for v in node.outputs if v is not None]
-            if not _fold(node, opts, stats):
+            try:
+                folded = _fold(node, opts, stats)
+            except (ArithmeticError, ValueError, TypeError, IndexError) as e:
+                # A kernel bug must cost an optimization, never the compile: leave the node.
+                log.warning("constant-folding: kept %r unfolded after a kernel error: %s", node, e)
+                stats.refused += 1
+                folded = False
+            if not folded:
                 continue
             if not initializers_allowed(graph):
                 reordered[graph] = None
@@ -251,7 +258,7 @@ def _declared_static_shape(v: Value) -> tuple[int, ...] | None:
         if v.type is None or not v.type.HasField("tensor_type") or not v.type.tensor_type.HasField("shape"):
             return None
         dims = v.type.tensor_type.shape.dim
-        if not all(d.HasField("dim_value") for d in dims):
+        if not all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims):
             return None
         return tuple(int(d.dim_value) for d in dims)
     return v.static_shape()

@@ -158,7 +158,7 @@ class Value:
             return None
         dims: list[int | str | None] = []
         for d in tt.shape.dim:
-            if d.HasField("dim_value"):
+            if d.HasField("dim_value") and d.dim_value >= 0:  # some exporters write -1 for "unknown"
                 dims.append(d.dim_value)
             elif d.HasField("dim_param"):
                 dims.append(d.dim_param)
