@@ -1,1 +1,60 @@
-"""Rewriting passes, one module per pass family."""
+"""Rewriting passes, one module per pass family, and the registry of them.
+
+The registry is explicit: importing this package imports the pass modules and nothing
+registers itself as a side effect. Add a new pass to :data:`ALL_PASSES`.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from onnxforge.errors import UsageError
+from onnxforge.passes.constant_folding import ConstantFolding
+from onnxforge.passes.constants import NormalizeConstants
+from onnxforge.passes.cse import CommonSubexpressionElimination
+from onnxforge.passes.dead_code import DeadCodeElimination
+from onnxforge.passes.dedup_initializers import DeduplicateInitializers
+from onnxforge.passes.noop_elimination import NoOpElimination
+from onnxforge.passes.shape_inference import ShapeInference
+from onnxforge.passes.toposort import TopologicalSort
+from onnxforge.passmanager import Pass
+
+#: Every pass, in the order a lossless pipeline would run them.
+ALL_PASSES: tuple[type[Pass], ...] = (
+    NormalizeConstants,
+    ConstantFolding,
+    NoOpElimination,
+    CommonSubexpressionElimination,
+    DeduplicateInitializers,
+    DeadCodeElimination,
+    TopologicalSort,
+    ShapeInference,
+)
+
+#: Passes by their CLI name.
+PASSES_BY_NAME: dict[str, type[Pass]] = {p.name: p for p in ALL_PASSES}
+
+
+def get_pass(name: str) -> type[Pass]:
+    """The pass class called ``name``; raises :class:`UsageError` listing the known names."""
+    cls = PASSES_BY_NAME.get(name)
+    if cls is None:
+        close = difflib.get_close_matches(name, PASSES_BY_NAME, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"unknown pass {name!r}{hint}; known passes: {', '.join(sorted(PASSES_BY_NAME))}")
+    return cls
+
+
+__all__ = [
+    "ALL_PASSES",
+    "PASSES_BY_NAME",
+    "CommonSubexpressionElimination",
+    "ConstantFolding",
+    "DeadCodeElimination",
+    "DeduplicateInitializers",
+    "NoOpElimination",
+    "NormalizeConstants",
+    "ShapeInference",
+    "TopologicalSort",
+    "get_pass",
+]

@@ -1,0 +1,174 @@
+"""Shape inference: refresh the types of intermediate values after rewriting."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import onnx
+
+from onnxforge.ir import Model, Node, Value, to_proto
+from onnxforge.ir.tensor_data import is_external
+from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
+
+log = logging.getLogger(__name__)
+
+_STRIPPED_LOCATION = "onnxforge-shape-inference-stripped-data"
+
+
+@dataclass(frozen=True)
+class ShapeInferenceOptions(PassOptions):
+    #: Initializers larger than this are exported to onnx's shape inference without their data
+    #: (their dtype and shape are all it needs; small ones keep data for data propagation).
+    max_data_bytes: int = 1024
+
+    def validate(self) -> None:
+        if self.max_data_bytes < 0:
+            raise ValueError("max_data_bytes must be >= 0")
+
+
+def _graph_protos(g: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield g
+    for n in g.node:
+        for a in n.attribute:
+            if a.HasField("g"):
+                yield from _graph_protos(a.g)
+            for sg in a.graphs:
+                yield from _graph_protos(sg)
+
+
+def _reinferable(node: Node, functions: set[tuple[str, str]]) -> bool:
+    """True when onnx knows the op's schema, so that its outputs' types can be recomputed."""
+    if (node.domain, node.op_type) in functions:
+        return False
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    try:
+        return bool(onnx.defs.has(node.op_type, domain))
+    except Exception:
+        return False
+
+
+def _same_type(a: onnx.TypeProto | None, b: onnx.TypeProto | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def merge_types(inferred: onnx.TypeProto | None, old: onnx.TypeProto | None) -> onnx.TypeProto | None:
+    """The inferred type, completed with the old one's details where the two agree (same tensor
+    element type and rank) and inference knows less (no shape, unknown or generated ``unk__``
+    dims). Conflicts go to the inferred type; no inferred type gives None."""
+    if inferred is None or old is None:
+        return inferred
+    if not (inferred.HasField("tensor_type") and old.HasField("tensor_type")):
+        return inferred
+    it, ot = inferred.tensor_type, old.tensor_type
+    if not it.elem_type or it.elem_type != ot.elem_type or not ot.HasField("shape"):
+        return inferred
+    result = onnx.TypeProto()
+    result.CopyFrom(inferred)
+    if not it.HasField("shape"):
+        result.tensor_type.shape.CopyFrom(ot.shape)
+        return result
+    if len(it.shape.dim) != len(ot.shape.dim):
+        return inferred
+    for rd, od in zip(result.tensor_type.shape.dim, ot.shape.dim):
+        if rd.HasField("dim_value"):
+            continue
+        if rd.HasField("dim_param") and not rd.dim_param.startswith("unk__"):
+            continue
+        if (od.HasField("dim_value") and od.dim_value >= 0) or od.HasField("dim_param"):
+            rd.CopyFrom(od)  # (some exporters write -1 for "unknown": never copy that)
+    return result
+
+
+class ShapeInference(Pass):
+    """Recomputes the types of intermediate values with onnx's shape inference (data
+    propagation on, non-strict, custom ops skipped).
+
+    Design: the types of outputs of ops onnx knows are left out of the model handed to onnx, so
+    that every such type is recomputed rather than trusted; the result is completed with the old
+    type where the two agree and inference knows less (:func:`merge_types`). Outputs of custom
+    ops and model-local functions keep their types (and feed inference downstream). Values
+    inference cannot type end up without a type. Graph inputs and outputs (of every graph) are
+    never touched. If onnx raises, a warning is logged and nothing changes.
+
+    Large initializers are exported without their data: their ``const`` is swapped for a
+    data-less stub while :func:`onnxforge.ir.to_proto` runs and restored right after, so no
+    tensor of the IR is copied or modified.
+    """
+
+    name = "shape-inference"
+    summary = "Refresh intermediate value types with onnx shape inference (data propagation on)."
+    Options = ShapeInferenceOptions
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        opts = self.options
+        assert isinstance(opts, ShapeInferenceOptions)
+        start_version = model.version
+        functions = model.function_keys()
+        graphs = list(model.graph.all_graphs())
+        candidates: list[tuple[Value, bool]] = []
+        for graph in graphs:
+            for node in graph:
+                recompute = _reinferable(node, functions)
+                for v in node.outputs:
+                    if v is not None and not v.is_graph_output():
+                        candidates.append((v, recompute))
+        recomputed = {v.name for v, recompute in candidates if recompute}
+        try:
+            proto = self._export(model, opts.max_data_bytes)
+            for gp in _graph_protos(proto.graph):
+                kept = [vi for vi in gp.value_info if vi.name not in recomputed]
+                del gp.value_info[:]
+                gp.value_info.extend(kept)
+            result = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+        except Exception as e:
+            log.warning("shape inference failed; value types left as they were: %s", e)
+            # to_proto sorts graphs that were out of order: that alone is a modification.
+            return PassResult(modified=model.version != start_version, stats={"failed": 1})
+        inferred: dict[str, onnx.TypeProto] = {}
+        for gp in _graph_protos(result.graph):
+            for vi in gp.value_info:
+                if vi.HasField("type"):
+                    inferred[vi.name] = vi.type
+        updated = untyped = 0
+        for v, recompute in candidates:
+            new = inferred.get(v.name)
+            new = merge_types(new, v.type) if recompute else (new if new is not None else v.type)
+            if new is None:
+                untyped += 1
+            if _same_type(new, v.type):
+                continue
+            if new is not None:
+                copy = onnx.TypeProto()
+                copy.CopyFrom(new)
+                new = copy
+            v.type = new
+            updated += 1
+        if updated:
+            model.version += 1  # assigning Value.type does not bump the version by itself
+        return PassResult(
+            modified=model.version != start_version,
+            stats={"updated_types": updated, "untyped_values": untyped},
+        )
+
+    @staticmethod
+    def _export(model: Model, max_data_bytes: int) -> onnx.ModelProto:
+        swapped: list[tuple[Value, onnx.TensorProto]] = []
+        try:
+            for graph in model.graph.all_graphs():
+                for v in graph.initializers.values():
+                    t = v.const
+                    if t is None or is_external(t) or v.const_nbytes() <= max_data_bytes:
+                        continue
+                    stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
+                    stub.data_location = onnx.TensorProto.EXTERNAL
+                    stub.external_data.add(key="location", value=_STRIPPED_LOCATION)
+                    swapped.append((v, t))
+                    v.const = stub
+            return to_proto(model)
+        finally:
+            for v, t in swapped:
+                v.const = t
