@@ -8,6 +8,7 @@ name. Used by ``compile --verify``, by every pass test and by the conformance su
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -115,8 +116,13 @@ def _materialize(model: onnx.ModelProto, base_dir: Path | None, tmp: Path) -> on
                     src = base_dir / e.value
                     dst = tmp / e.value
                     if not dst.exists():
+                        # onnxruntime refuses symlinks that leave the model folder: hard-link,
+                        # or copy across file systems.
                         dst.parent.mkdir(parents=True, exist_ok=True)
-                        os.symlink(src.resolve(), dst)
+                        try:
+                            os.link(src.resolve(), dst)
+                        except OSError:
+                            shutil.copyfile(src, dst)
     path.write_bytes(model.SerializeToString())
     return path
 

@@ -557,8 +557,9 @@ class Graph:
                     seen.add(out)
                     yield out
 
-    def toposort(self) -> None:
-        """Reorder nodes topologically, keeping the current order wherever it is already valid.
+    def topological_order(self) -> list[Node]:
+        """The nodes in a topological order, keeping the current order wherever it is already
+        valid, without reordering the graph.
 
         Iterative DFS over producers, O(N + E). Uses from nested subgraphs count as dependencies
         of the node that owns the subgraph. Raises ``ValueError`` on a cycle.
@@ -590,9 +591,16 @@ class Graph:
                     stack.pop()
                     state[node] = 2
                     order.append(node)
-        if order != list(nodes):
+        return order
+
+    def toposort(self) -> bool:
+        """Reorder nodes topologically (see :meth:`topological_order`); True if the order changed."""
+        order = self.topological_order()
+        if order != list(self._nodes):
             self._nodes = dict.fromkeys(order)
             self._touch()
+            return True
+        return False
 
     def is_topologically_sorted(self) -> bool:
         seen: set[Node] = set()

@@ -192,7 +192,7 @@ def to_proto(model: Model) -> onnx.ModelProto:
 
 
 def _export_graph(g: Graph) -> onnx.GraphProto:
-    g.toposort()
+    """Export without touching the IR: nodes go out in topological order, names on copies."""
     gp = onnx.GraphProto(name=g.name, doc_string=g.doc_string)
     gp.metadata_props.extend(g.metadata_props)
     for v in g._inputs:
@@ -206,14 +206,14 @@ def _export_graph(g: Graph) -> onnx.GraphProto:
             gp.output.append(_value_info(v))
     for name, v in g.initializers.items():
         if v.const is not None:
-            if v.const.name != name:
-                v.const.name = name
             gp.initializer.append(v.const)
+            if v.const.name != name:
+                gp.initializer[-1].name = name
         elif v.sparse_const is not None:
             gp.sparse_initializer.append(v.sparse_const)
     described = {v for v in g._inputs} | {v for v in g._outputs}
     value_infos: list[onnx.ValueInfoProto] = []
-    for node in g._nodes:
+    for node in g.topological_order():
         np_ = gp.node.add()
         np_.op_type = node.op_type
         np_.domain = node.domain

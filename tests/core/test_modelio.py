@@ -157,3 +157,25 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "t.onnx").write_bytes(mlp().SerializeToString()[:50])
     with pytest.raises(ModelError):
         modelio.load(tmp_path / "t.onnx")
+
+
+def test_verify_works_on_models_with_external_data(tmp_path):
+    import onnxforge
+
+    src = _save_external(_big_mlp(), tmp_path)
+    result = onnxforge.compile(src, "lossless", verify=True)
+    assert result.report.verified is True
+
+
+def test_export_does_not_mutate_the_ir():
+    m = mlp()
+    nodes = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(reversed(nodes))
+    from onnxforge.ir import from_proto, to_proto
+
+    ir = from_proto(m)
+    v = ir.version
+    out = to_proto(ir)
+    assert ir.version == v and [n.name for n in ir.graph][0] == "id"
+    assert [n.name for n in out.graph.node] == ["mm", "add", "relu", "id"]
