@@ -210,7 +210,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
     for cls in ALL_PASSES:
         opts = ", ".join(f"{n}={d!r}" for n, _, d in cls.Options.describe()) or "-"
         rows.append([cls.name, cls.summary, opts])
-    for line in format_table(["pass", "what it does", "options (defaults)"], rows):
+    for line in format_table(["pass", "what it does", "options (defaults)"], rows, left=(1, 2)):
         print("  " + line)
     return 0
 

@@ -102,6 +102,7 @@ class Report:
                     ]
                     for p in active
                 ],
+                left=(4,),
             )
         if self.verified is not None:
             lines.append("")
@@ -128,12 +129,13 @@ def _delta(before: float, after: float) -> str:
     return f"{'+' if d > 0 else ''}{_fmt(d)}{pct}"
 
 
-def format_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """Plain-text table with aligned columns (first column left-aligned, others right)."""
+def format_table(header: list[str], rows: list[list[str]], *, left: tuple[int, ...] = ()) -> list[str]:
+    """Plain-text table: the first column and those in ``left`` left-aligned, numbers right."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    left_cols = {0, *left}
 
     def line(cells: list[str]) -> str:
-        parts = [str(c).ljust(widths[0]) if i == 0 else str(c).rjust(widths[i]) for i, c in enumerate(cells)]
+        parts = [str(c).ljust(widths[i]) if i in left_cols else str(c).rjust(widths[i]) for i, c in enumerate(cells)]
         return "  ".join(parts).rstrip()
 
     sep = "  ".join("-" * w for w in widths)
