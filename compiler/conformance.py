@@ -141,6 +141,11 @@ def run_case(case: Case, pipeline: str = "lossless", rtol: float = 1e-5, atol: f
         compiled = compile_model(case.model, pipeline).model
     except Exception as e:
         return Outcome(case.name, "error", f"{type(e).__name__}: {_line(e)}", time.perf_counter() - start)
+    # The interface is part of the contract: names, types and shapes of graph inputs/outputs.
+    if list(compiled.graph.input) != list(case.model.graph.input):
+        return Outcome(case.name, "fail", "graph inputs changed", time.perf_counter() - start)
+    if list(compiled.graph.output) != list(case.model.graph.output):
+        return Outcome(case.name, "fail", "graph outputs changed", time.perf_counter() - start)
     try:
         got = runner.run(compiled, case.feeds)
     except Exception as e:

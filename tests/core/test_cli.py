@@ -1,0 +1,68 @@
+"""The CLI's happy paths: compile with each flag, and the pass listing."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+from builders import if_with_capture
+
+from onnxforge.cli import main
+from onnxforge.equivalence import assert_equivalent
+from onnxforge.models.cnn import small_cnn
+
+
+def test_compile_with_report_dump_and_verify(tmp_path, capsys):
+    model, _ = small_cnn()
+    src = tmp_path / "cnn.onnx"
+    onnx.save(model, src)
+    out, report, dumps = tmp_path / "o.onnx", tmp_path / "r.json", tmp_path / "dumps"
+    code = main(["compile", str(src), "-o", str(out), "--verify", "--report", str(report), "--dump-ir", str(dumps)])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert "verification: outputs match" in stdout and "nodes" in stdout
+    data = json.loads(report.read_text())
+    assert data["verified"] is True and data["before"]["nodes"] == 24 and data["after"]["nodes"] < 24
+    names = {p["name"] for p in data["passes"]}
+    assert {"constant-folding", "noop-elimination", "dead-code-elimination"} <= names
+    assert all(p["seconds"] >= 0 for p in data["passes"])
+    dumped = sorted(p.name for p in dumps.iterdir())
+    assert dumped and dumped[0].startswith("001_")
+    assert_equivalent(model, onnx.load(out), rtol=1e-5, atol=1e-6)
+
+
+def test_custom_pass_list_and_options(tmp_path, capsys):
+    model, _ = small_cnn()
+    src = tmp_path / "cnn.onnx"
+    onnx.save(model, src)
+    out = tmp_path / "o.onnx"
+    code = main(["compile", str(src), "-o", str(out), "-q", "--passes", "noop-elimination,dead-code-elimination"])
+    assert code == 0 and capsys.readouterr().out == ""
+    ops = [n.op_type for n in onnx.load(out).graph.node]
+    assert "Identity" not in ops and "Dropout" not in ops and "Shape" in ops  # nothing folded
+    code = main(["compile", str(src), "-o", str(out), "-q", "--option", "constant-folding.fold_shapes=false"])
+    assert code == 0
+    code = main(["compile", str(src), "-o", str(out), "--option", "constant-folding.nope=1"])
+    assert code == 2 and "has no option 'nope'" in capsys.readouterr().err
+    code = main(["compile", str(src), "-o", str(out), "--passes", "constant-foldng"])
+    assert code == 2 and "did you mean 'constant-folding'" in capsys.readouterr().err
+
+
+def test_subgraphs_and_functions_survive_the_cli(tmp_path, capsys):
+    m = if_with_capture()
+    src = tmp_path / "if.onnx"
+    onnx.save(m, src)
+    out = tmp_path / "o.onnx"
+    assert main(["compile", str(src), "-o", str(out), "-q", "--verify"]) == 0
+    got = onnx.load(out)
+    assert got.functions == m.functions and any(n.op_type == "If" for n in got.graph.node)
+    onnx.checker.check_model(got, full_check=True)
+
+
+def test_passes_listing(capsys):
+    assert main(["passes"]) == 0
+    text = capsys.readouterr().out
+    assert "lossless" in text and "constant-folding" in text and "size_limit" in text
+    assert main(["passes", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "lossless" in data["pipelines"] and data["passes"]["cse"]["lossless"] is True
