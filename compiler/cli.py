@@ -137,15 +137,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from onnxforge.api import compile as compile_model
 
     src, out = Path(args.model), Path(args.output)
-    if modelio._same_file(src, out):
-        raise UsageError(f"output path {out} is the input model; choose another path (the input is never modified)")
-    out_dir = out.parent if str(out.parent) else Path(".")
-    if not out_dir.is_dir():
-        raise UsageError(f"output folder {out_dir} does not exist")
-    if not os.access(out_dir, os.W_OK):
-        raise UsageError(f"output folder {out_dir} is not writable")
-    if out.is_dir():
-        raise UsageError(f"output path {out} is a folder")
+    modelio.check_output_path(out, src)  # fail before any work is done
     options = _parse_options(args.option)
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
     result = compile_model(

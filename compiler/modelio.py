@@ -164,6 +164,21 @@ def total_tensor_bytes(proto: onnx.ModelProto) -> int:
     return total
 
 
+def check_output_path(out: Path, source: str | os.PathLike[str] | None = None) -> Path:
+    """Refuse an output path that is the input model, a folder, or in a missing or read-only
+    folder (:class:`UsageError`); returns the output's folder. Callers run this before any work."""
+    if source is not None and _same_file(Path(source), out):
+        raise UsageError(f"output path {out} is the input model; choose another path (the input is never modified)")
+    if out.is_dir():
+        raise UsageError(f"output path {out} is a folder")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"output folder {parent} is not writable")
+    return parent
+
+
 def save(
     model: Model | onnx.ModelProto,
     path: str | os.PathLike[str],
@@ -179,15 +194,7 @@ def save(
     ``source`` is the input model's path: writing over it is refused.
     """
     out = Path(path)
-    if source is not None and _same_file(Path(source), out):
-        raise UsageError(f"output path {out} is the input model; choose another path (the input is never modified)")
-    if out.exists() and out.is_dir():
-        raise UsageError(f"output path {out} is a folder")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"output folder {parent} is not writable")
+    parent = check_output_path(out, source)
     if isinstance(model, Model):
         store = store or model.tensor_store
         proto = to_proto(model)
