@@ -44,6 +44,8 @@ from onnx import helper, numpy_helper
 
 from onnxforge.ir import Graph, Model, Node, Value
 from onnxforge.ir.constants import constant_value, initializers_allowed, is_constant
+from onnxforge.kernels.reference_fallback import evaluate_reference
+from onnxforge.kernels.reference_fallback import supports as reference_supports
 from onnxforge.kernels.registry import (
     Kernel,
     KernelCall,
@@ -65,11 +67,13 @@ class ConstantFoldingOptions(PassOptions):
 
     ``size_limit``: largest total output size in bytes of a folded node, unless the outputs are
     no larger than the constant inputs the fold frees. ``fold_shapes``: fold ``Shape``/``Size``
-    of values whose declared shape is fully static.
+    of values whose declared shape is fully static. ``reference_fallback``: evaluate standard ops
+    that have no numpy kernel with ``onnx.reference`` (inputs within ``size_limit``).
     """
 
     size_limit: int = 1 << 20
     fold_shapes: bool = True
+    reference_fallback: bool = True
 
     def validate(self) -> None:
         if isinstance(self.size_limit, bool) or not isinstance(self.size_limit, int):
@@ -85,6 +89,7 @@ class _Stats:
     removed_constants: int = 0
     skipped_too_large: int = 0
     refused: int = 0
+    reference_fallbacks: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -93,6 +98,7 @@ class _Stats:
             "removed_constants": self.removed_constants,
             "skipped_too_large": self.skipped_too_large,
             "kernel_refusals": self.refused,
+            "reference_fallbacks": self.reference_fallbacks,
         }
 
 
@@ -154,7 +160,8 @@ def _fold(node: Node, opts: ConstantFoldingOptions, stats: _Stats) -> bool:
     graph = node.graph
     assert graph is not None and graph.model is not None
     kernel = _kernel_for(node, graph.model)
-    if kernel is None:
+    use_reference = kernel is None and opts.reference_fallback and _reference_allowed(node, graph.model)
+    if kernel is None and not use_reference:
         return False
     outputs = node.outputs
     live = {v for v in outputs if v is not None and (v.num_uses() or v.is_graph_output())}
@@ -168,7 +175,7 @@ def _fold(node: Node, opts: ConstantFoldingOptions, stats: _Stats) -> bool:
     for i, v in enumerate(node.inputs):
         if v is None or is_constant(v):
             continue
-        if kernel.shape_only and i == 0 and opts.fold_shapes and _declared_static_shape(v) is not None:
+        if kernel is not None and kernel.shape_only and i == 0 and opts.fold_shapes and _declared_static_shape(v) is not None:
             shape_query = True
             continue
         return False
@@ -192,21 +199,27 @@ def _fold(node: Node, opts: ConstantFoldingOptions, stats: _Stats) -> bool:
     model = graph.model
     opset = model.opset("")
     assert opset is not None
-    attrs = {name: node.attr(name) for name in node.attributes}
-    call = KernelCall(node.op_type, arrays, attrs, opset, len(outputs))
     limit = max(opts.size_limit, _freed_bytes(node, arrays))
     try:
-        estimate = estimate_output_elements(call)
-    except KernelError as e:
-        log.debug("not folding %r: %s", node, e)
-        stats.refused += 1
-        return False
-    if estimate is not None and estimate > limit:  # every element takes at least one byte
-        log.debug("not folding %r: about %d output elements exceed the %d-byte limit", node, estimate, limit)
-        stats.skipped_too_large += 1
-        return False
-    try:
-        results = evaluate(node.op_type, arrays, attrs, opset=opset, num_outputs=len(outputs))
+        if use_reference:
+            # No output-size estimate without a kernel: bound the work by the inputs' size, and
+            # the result is size-checked below like any other.
+            if sum(a.nbytes for a in arrays if a is not None) > opts.size_limit:
+                stats.skipped_too_large += 1
+                return False
+            results = evaluate_reference(
+                node.op_type, arrays, node.attributes, opset=opset, num_outputs=len(outputs)
+            )
+            stats.reference_fallbacks += 1
+        else:
+            attrs = {name: node.attr(name) for name in node.attributes}
+            call = KernelCall(node.op_type, arrays, attrs, opset, len(outputs))
+            estimate = estimate_output_elements(call)
+            if estimate is not None and estimate > limit:  # every element takes at least one byte
+                log.debug("not folding %r: about %d output elements exceed the %d-byte limit", node, estimate, limit)
+                stats.skipped_too_large += 1
+                return False
+            results = evaluate(node.op_type, arrays, attrs, opset=opset, num_outputs=len(outputs))
     except KernelError as e:
         log.debug("not folding %r: %s", node, e)
         stats.refused += 1
@@ -235,6 +248,15 @@ def _fold(node: Node, opts: ConstantFoldingOptions, stats: _Stats) -> bool:
     stats.shape_queries += int(shape_query)
     stats.removed_constants += _remove_dead_constants(inputs)
     return True
+
+
+def _reference_allowed(node: Node, model: Model) -> bool:
+    if not node.is_standard_domain() or node.subgraphs:
+        return False
+    if any(a.ref_attr_name for a in node.attributes.values()):
+        return False
+    opset = model.opset("")
+    return opset is not None and reference_supports(node.op_type, "", opset)
 
 
 def _kernel_for(node: Node, model: Model) -> Kernel | None:
