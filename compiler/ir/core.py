@@ -38,8 +38,8 @@ class Value:
 
     __slots__ = (
         "id",
-        "name",
-        "type",
+        "_name",
+        "_type",
         "doc_string",
         "metadata_props",
         "producer",
@@ -54,9 +54,9 @@ class Value:
 
     def __init__(self, name: str, type: onnx.TypeProto | None = None) -> None:
         self.id = next(_ids)
-        self.name = name
-        #: The value's type, verbatim (``None`` when unknown).
-        self.type: onnx.TypeProto | None = type
+        self.graph: Graph | None = None
+        self._name = name
+        self._type: onnx.TypeProto | None = type
         self.doc_string = ""
         self.metadata_props: list[onnx.StringStringEntryProto] = []
         self.producer: Node | None = None
@@ -66,12 +66,34 @@ class Value:
         self.const: onnx.TensorProto | None = None
         #: Sparse initializer data, exported verbatim.
         self.sparse_const: onnx.SparseTensorProto | None = None
-        #: The graph whose scope defines this value.
-        self.graph: Graph | None = None
         self._array_cache: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"Value({self.name!r})"
+
+    # Renaming or retyping is a mutation: it bumps the model version like every other edit.
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        if value != self._name:
+            self._name = value
+            if self.graph is not None:
+                self.graph._touch()
+
+    @property
+    def type(self) -> onnx.TypeProto | None:
+        """The value's type, verbatim (``None`` when unknown)."""
+        return self._type
+
+    @type.setter
+    def type(self, value: onnx.TypeProto | None) -> None:
+        if value is not self._type:
+            self._type = value
+            if self.graph is not None:
+                self.graph._touch()
 
     # -- use-def ---------------------------------------------------------------------------
     def uses(self) -> list[tuple[Node, int]]:

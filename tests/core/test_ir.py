@@ -185,3 +185,17 @@ def test_sparse_initializer_and_value_info_survive():
     assert list(out.graph.value_info) == [vi]
     assert list(out.graph.sparse_initializer) == [sp]
     assert_equivalent(m, out)
+
+
+def test_renaming_or_retyping_a_value_is_a_mutation():
+    ir = from_proto(mlp())
+    h = ir.graph.nodes[0].outputs[0]
+    v0 = ir.version
+    h.name = "renamed"
+    assert ir.version > v0
+    v1 = ir.version
+    h.type = onnx.TypeProto()
+    assert ir.version > v1
+    v2 = ir.version
+    h.name = "renamed"  # same name: no change
+    assert ir.version == v2
