@@ -15,8 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 17
-IR_VERSION = 8
+from onnxforge.models.model_proto import make_model
 
 
 class _GraphBuilder:
@@ -59,12 +58,7 @@ class _GraphBuilder:
 def _model(
     b: _GraphBuilder, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto]
 ) -> onnx.ModelProto:
-    graph = helper.make_graph(b.nodes, name, inputs, outputs, initializer=b.initializers)
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxforge.models"
-    )
-    model.ir_version = IR_VERSION
-    return model
+    return make_model(b.nodes, name, inputs, outputs, b.initializers)
 
 
 def small_cnn(seed: int = 0, batch: int = 1) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

@@ -19,10 +19,10 @@ import onnx
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxforge.models.model_proto import make_model
+
 log = logging.getLogger(__name__)
 
-OPSET = 17
-IR_VERSION = 8
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
 
@@ -220,17 +220,13 @@ def _export(net: _Net) -> onnx.ModelProto:
         helper.make_node("Flatten", ["pool"], ["flat"], name="Flatten", axis=1),
         helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="Gemm", transB=1),
     ]
-    graph = helper.make_graph(
+    model = make_model(
         nodes,
         "digits_cnn",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        initializer=inits,
+        inits,
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxforge.models"
-    )
-    model.ir_version = IR_VERSION
     return model
 
 

@@ -17,10 +17,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxforge.models.model_proto import make_model
+
 log = logging.getLogger(__name__)
 
-OPSET = 17
-IR_VERSION = 8
 #: Nodes in one :func:`residual_mlp_chain` block.
 BLOCK_NODES = 7
 #: External tensors start on multiples of this (the Windows allocation granularity, a multiple of
@@ -87,17 +87,13 @@ def residual_mlp_chain(num_nodes: int, width: int = 16, seed: int = 0) -> onnx.M
         h = out
     # The last node writes the graph output directly.
     nodes[-1].output[0] = "y"
-    graph = helper.make_graph(
+    model = make_model(
         nodes,
         "residual_mlp_chain",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
-        initializer=inits,
+        inits,
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxforge.models"
-    )
-    model.ir_version = IR_VERSION
     return model
 
 
@@ -181,17 +177,13 @@ def big_external_model(
         nodes[-1].output[0] = "y"
     else:
         nodes.append(helper.make_node("Concat", branch_outputs, ["y"], name="Concat", axis=1))
-    graph = helper.make_graph(
+    model = make_model(
         nodes,
         "big_external_model",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, total_cols])],
-        initializer=inits,
+        inits,
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxforge.models"
-    )
-    model.ir_version = IR_VERSION
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(model.SerializeToString())
     os.replace(tmp, out)
