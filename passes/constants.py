@@ -2,41 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-import onnx
-from onnx import helper, numpy_helper
-
-from onnxforge.ir import Model, Node
-from onnxforge.ir.constants import initializers_allowed
+from onnxforge.ir import Model
+from onnxforge.ir.constants import constant_node_tensor, initializers_allowed
 from onnxforge.passmanager import Pass, PassContext, PassResult
-
-
-def constant_tensor(node: Node) -> onnx.TensorProto | None:
-    """A new TensorProto holding a ``Constant`` node's value, for every dense attribute form
-    (``value``, ``value_float(s)``, ``value_int(s)``, ``value_string(s)``); None for
-    ``sparse_value``, attribute references and malformed nodes. Strings keep their exact bytes."""
-    if len(node.attributes) != 1:
-        return None
-    ((name, a),) = node.attributes.items()
-    if a.ref_attr_name:
-        return None
-    if name == "value":
-        t = onnx.TensorProto()
-        t.CopyFrom(a.t)
-        return t
-    if name == "value_float":
-        return numpy_helper.from_array(np.array(a.f, dtype=np.float32))
-    if name == "value_floats":
-        return numpy_helper.from_array(np.array(list(a.floats), dtype=np.float32))
-    if name == "value_int":
-        return numpy_helper.from_array(np.array(a.i, dtype=np.int64))
-    if name == "value_ints":
-        return numpy_helper.from_array(np.array(list(a.ints), dtype=np.int64))
-    if name == "value_string":
-        return helper.make_tensor("", onnx.TensorProto.STRING, [], [a.s])
-    if name == "value_strings":
-        return helper.make_tensor("", onnx.TensorProto.STRING, [len(a.strings)], list(a.strings))
-    return None
 
 
 class NormalizeConstants(Pass):
@@ -63,7 +31,7 @@ class NormalizeConstants(Pass):
                 out = node.output(0)
                 if out is None:
                     continue
-                tensor = constant_tensor(node)
+                tensor = constant_node_tensor(node)
                 if tensor is None:
                     continue
                 node.set_outputs([])  # detach the value from its producer ...

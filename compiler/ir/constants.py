@@ -35,34 +35,36 @@ def _has_ref_attr(node: Node) -> bool:
     return any(a.ref_attr_name for a in node.attributes.values())
 
 
-def constant_node_value(node: Node) -> np.ndarray | None:
-    """The value of a ``Constant`` node in any of its attribute forms (None for sparse/ref)."""
+def constant_node_tensor(node: Node) -> onnx.TensorProto | None:
+    """A new TensorProto holding a ``Constant`` node's value, for every dense attribute form
+    (``value``, ``value_float(s)``, ``value_int(s)``, ``value_string(s)``); None for
+    ``sparse_value``, attribute references and malformed nodes. Strings keep their exact bytes."""
     if _has_ref_attr(node) or len(node.attributes) != 1:
         return None
-    (name, a), = node.attributes.items()
+    ((name, a),) = node.attributes.items()
     if name == "value":
-        return numpy_helper.to_array(a.t)
+        t = onnx.TensorProto()
+        t.CopyFrom(a.t)
+        return t
     if name == "value_float":
-        return np.array(a.f, dtype=np.float32)
+        return numpy_helper.from_array(np.array(a.f, dtype=np.float32))
     if name == "value_floats":
-        return np.array(list(a.floats), dtype=np.float32)
+        return numpy_helper.from_array(np.array(list(a.floats), dtype=np.float32))
     if name == "value_int":
-        return np.array(a.i, dtype=np.int64)
+        return numpy_helper.from_array(np.array(a.i, dtype=np.int64))
     if name == "value_ints":
-        return np.array(list(a.ints), dtype=np.int64)
+        return numpy_helper.from_array(np.array(list(a.ints), dtype=np.int64))
     if name == "value_string":
-        return np.array(a.s.decode("utf-8"), dtype=object)
+        return helper.make_tensor("", onnx.TensorProto.STRING, [], [a.s])
     if name == "value_strings":
-        return np.array([s.decode("utf-8") for s in a.strings], dtype=object)
+        return helper.make_tensor("", onnx.TensorProto.STRING, [len(a.strings)], list(a.strings))
     return None  # sparse_value: left alone
 
 
-def constant_node_tensor(node: Node) -> onnx.TensorProto | None:
-    """The ``value`` TensorProto of a Constant node without decoding it (None for other forms)."""
-    a = node.attributes.get("value")
-    if a is not None and len(node.attributes) == 1 and not a.ref_attr_name:
-        return a.t
-    return None
+def constant_node_value(node: Node) -> np.ndarray | None:
+    """The value of a ``Constant`` node in any dense attribute form (None for sparse/ref)."""
+    t = constant_node_tensor(node)
+    return None if t is None else numpy_helper.to_array(t)
 
 
 def initializers_allowed(graph: Graph) -> bool:
