@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnxforge.ir import Model, Node, Value, to_proto
 from onnxforge.ir.tensor_data import is_external
@@ -108,31 +110,19 @@ class ShapeInference(Pass):
         assert isinstance(opts, ShapeInferenceOptions)
         start_version = model.version
         functions = model.function_keys()
-        graphs = list(model.graph.all_graphs())
         candidates: list[tuple[Value, bool]] = []
-        for graph in graphs:
+        for graph in model.graph.all_graphs():
             for node in graph:
                 recompute = _reinferable(node, functions)
                 for v in node.outputs:
                     if v is not None and not v.is_graph_output():
                         candidates.append((v, recompute))
-        recomputed = {v.name for v, recompute in candidates if recompute}
         try:
-            proto = self._export(model, opts.max_data_bytes)
-            for gp in _graph_protos(proto.graph):
-                kept = [vi for vi in gp.value_info if vi.name not in recomputed]
-                del gp.value_info[:]
-                gp.value_info.extend(kept)
-            result = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+            inferred = infer_types(model, max_data_bytes=opts.max_data_bytes)
         except Exception as e:
             log.warning("shape inference failed; value types left as they were: %s", e)
             # to_proto sorts graphs that were out of order: that alone is a modification.
             return PassResult(modified=model.version != start_version, stats={"failed": 1})
-        inferred: dict[str, onnx.TypeProto] = {}
-        for gp in _graph_protos(result.graph):
-            for vi in gp.value_info:
-                if vi.HasField("type"):
-                    inferred[vi.name] = vi.type
         updated = untyped = 0
         for v, recompute in candidates:
             new = inferred.get(v.name)
@@ -154,21 +144,99 @@ class ShapeInference(Pass):
             stats={"updated_types": updated, "untyped_values": untyped},
         )
 
-    @staticmethod
-    def _export(model: Model, max_data_bytes: int) -> onnx.ModelProto:
-        swapped: list[tuple[Value, onnx.TensorProto]] = []
-        try:
-            for graph in model.graph.all_graphs():
-                for v in graph.initializers.values():
-                    t = v.const
-                    if t is None or is_external(t) or v.const_nbytes() <= max_data_bytes:
-                        continue
-                    stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
-                    stub.data_location = onnx.TensorProto.EXTERNAL
-                    stub.external_data.add(key="location", value=_STRIPPED_LOCATION)
-                    swapped.append((v, t))
-                    v.const = stub
-            return to_proto(model)
-        finally:
-            for v, t in swapped:
-                v.const = t
+
+def export_for_inference(model: Model, max_data_bytes: int = 1024) -> onnx.ModelProto:
+    """The model as a proto for onnx's shape inference, initializers larger than
+    ``max_data_bytes`` replaced by data-less stubs (dtype and shape kept). The IR is unchanged:
+    each stubbed ``const`` is swapped back right after export."""
+    swapped: list[tuple[Value, onnx.TensorProto]] = []
+    try:
+        for graph in model.graph.all_graphs():
+            for v in graph.initializers.values():
+                t = v.const
+                if t is None or is_external(t) or v.const_nbytes() <= max_data_bytes:
+                    continue
+                stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
+                stub.data_location = onnx.TensorProto.EXTERNAL
+                stub.external_data.add(key="location", value=_STRIPPED_LOCATION)
+                swapped.append((v, t))
+                v.const = stub
+        return to_proto(model)
+    finally:
+        for v, t in swapped:
+            v.const = t
+
+
+def infer_types(
+    model: Model,
+    *,
+    max_data_bytes: int = 1024,
+    input_types: dict[str, onnx.TypeProto] | None = None,
+    value_types: dict[str, onnx.TypeProto] | None = None,
+    known_values: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, onnx.TypeProto]:
+    """Types that onnx's shape inference (data propagation on, non-strict) gives the values of
+    every graph, by name, without modifying ``model``.
+
+    The stored types of outputs of ops onnx knows are dropped before inference so that they are
+    recomputed, not trusted. ``input_types`` replaces the declared types of main-graph inputs
+    (to analyse the model at fixed input shapes); ``value_types`` are trusted types of
+    values of any graph (e.g. measured ones) given to inference as value_info. Raises whatever
+    onnx raises. ``known_values`` are computed data of main-graph values (shape computations):
+    their consumers read them as initializers, so that data-dependent shapes resolve.
+    """
+    functions = model.function_keys()
+    recomputed = {
+        v.name
+        for graph in model.graph.all_graphs()
+        for node in graph
+        if _reinferable(node, functions)
+        for v in node.outputs
+        if v is not None and not v.is_graph_output()
+    }
+    proto = export_for_inference(model, max_data_bytes)
+    for gp in _graph_protos(proto.graph):
+        kept = [vi for vi in gp.value_info if vi.name not in recomputed]
+        del gp.value_info[:]
+        gp.value_info.extend(kept)
+    if input_types:
+        for vi in proto.graph.input:
+            if vi.name in input_types:
+                vi.type.CopyFrom(input_types[vi.name])
+        # Declared output shapes (often symbolic) would shadow what the fixed inputs give.
+        produced = {v.name for node in model.graph for v in node.outputs if v is not None and _reinferable(node, functions)}
+        for vi in proto.graph.output:
+            if vi.name in produced and vi.type.HasField("tensor_type"):
+                vi.type.tensor_type.ClearField("shape")
+    if value_types:
+        for gp in _graph_protos(proto.graph):
+            declared = {vi.name for vi in [*gp.input, *gp.output]}
+            for n in gp.node:
+                for name in n.output:
+                    if name in value_types and name not in declared:
+                        gp.value_info.add(name=name).type.CopyFrom(value_types[name])
+    if known_values:
+        _substitute_known(proto, known_values)
+    result = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    inferred: dict[str, onnx.TypeProto] = {}
+    for gp in _graph_protos(result.graph):
+        for vi in [*gp.input, *gp.output, *gp.value_info]:
+            if vi.HasField("type"):
+                inferred[vi.name] = vi.type
+    return inferred
+
+
+_KNOWN_SUFFIX = "__onnxforge_known"
+
+
+def _substitute_known(proto: onnx.ModelProto, known: Mapping[str, np.ndarray]) -> None:
+    """Point every consumer of a known value at an initializer holding its data."""
+    used: set[str] = set()
+    for gp in _graph_protos(proto.graph):
+        for n in gp.node:
+            for i, name in enumerate(n.input):
+                if name in known:
+                    n.input[i] = name + _KNOWN_SUFFIX
+                    used.add(name)
+    for name in used:
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(known[name]), name + _KNOWN_SUFFIX))
