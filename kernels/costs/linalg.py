@@ -1,0 +1,201 @@
+"""Cost formulas of the matrix-product operators: convolutions, Gemm, MatMul, Einsum and their
+quantized and onnxruntime-fused forms.
+
+MACs are the multiply-accumulates of the product itself:
+
+* Conv: ``out_elements * (C_in / group) * prod(kernel)``; ConvTranspose:
+  ``in_elements * (C_out / group) * prod(kernel)`` (each input element is scattered through the
+  kernel).
+* Gemm / MatMul: ``out_elements * K``. MatMulNBits: the same, with ``K`` and ``N`` attributes.
+* Einsum: the product of the sizes of every index (and broadcast ``...`` dimension) in the
+  equation, which is the naive loop nest; for two operands that is exact.
+
+FLOPs are ``2 * MACs`` plus one operation per output element for a bias, plus what the fused
+forms add (activation, requantization: 3 per output element, dequantization: 2 per element).
+"""
+
+from __future__ import annotations
+
+import math
+
+from onnxforge.kernels.costs.pointwise import activation_flops
+from onnxforge.kernels.costs.registry import (
+    MATMUL,
+    MS_DOMAIN,
+    CostCall,
+    MissingShape,
+    OpCost,
+    register_cost,
+)
+
+#: Per-output-element operations of requantizing an int32 accumulator (scale, round, clamp).
+REQUANT_FLOPS = 3
+#: Per-element operations of a DequantizeLinear (subtract zero point, scale).
+DEQUANT_FLOPS = 2
+#: Per-element operations of DynamicQuantizeLinear (min/max scan, scale, round+clamp, ...).
+DYNAMIC_QUANT_FLOPS = 5
+
+
+def _conv_macs(call: CostCall, w_index: int) -> int:
+    y = call.require_output(0)
+    w = call.require_input(w_index)
+    if w.rank < 2 or w.shape[0] == 0:
+        raise MissingShape(f"{call.op_type}: weight shape {w.shape} is not a convolution weight")
+    return y.numel * (w.numel // w.shape[0])
+
+
+def _bias_flops(call: CostCall, index: int) -> int:
+    return call.require_output(0).numel if call.input(index) is not None else 0
+
+
+@register_cost(["Conv", "ConvInteger"], kind=MATMUL)
+def _conv(call: CostCall) -> OpCost:
+    macs = _conv_macs(call, 1)
+    bias = _bias_flops(call, 2) if call.op_type == "Conv" else 0
+    return OpCost(macs, 2 * macs + bias)
+
+
+@register_cost("QLinearConv", kind=MATMUL)
+def _qlinear_conv(call: CostCall) -> OpCost:
+    macs = _conv_macs(call, 3)
+    y = call.require_output(0).numel
+    return OpCost(macs, 2 * macs + _bias_flops(call, 8) + REQUANT_FLOPS * y)
+
+
+@register_cost(["FusedConv", "NhwcConv"], kind=MATMUL, domain=MS_DOMAIN)
+def _fused_conv(call: CostCall) -> OpCost:
+    macs = _conv_macs(call, 1)
+    y = call.require_output(0).numel
+    extra = _bias_flops(call, 2) + (y if call.input(3) is not None else 0)
+    extra += activation_flops(call.attr("activation"), y)
+    return OpCost(macs, 2 * macs + extra)
+
+
+@register_cost("ConvTranspose", kind=MATMUL)
+def _conv_transpose(call: CostCall) -> OpCost:
+    x = call.require_input(0)
+    w = call.require_input(1)
+    if w.rank < 2 or w.shape[0] == 0:
+        raise MissingShape(f"ConvTranspose: weight shape {w.shape} is not a convolution weight")
+    macs = x.numel * (w.numel // w.shape[0])
+    return OpCost(macs, 2 * macs + _bias_flops(call, 2))
+
+
+def _gemm_macs(call: CostCall) -> int:
+    a = call.require_input(0)
+    y = call.require_output(0)
+    if a.rank != 2:
+        raise MissingShape(f"Gemm: A has rank {a.rank}")
+    k = a.shape[0] if int(call.attr("transA", 0) or 0) else a.shape[1]
+    return y.numel * k
+
+
+@register_cost("Gemm", kind=MATMUL)
+def _gemm(call: CostCall) -> OpCost:
+    macs = _gemm_macs(call)
+    return OpCost(macs, 2 * macs + _bias_flops(call, 2))
+
+
+@register_cost("FusedGemm", kind=MATMUL, domain=MS_DOMAIN)
+def _fused_gemm(call: CostCall) -> OpCost:
+    macs = _gemm_macs(call)
+    y = call.require_output(0).numel
+    return OpCost(macs, 2 * macs + _bias_flops(call, 2) + activation_flops(call.attr("activation"), y))
+
+
+def _matmul_macs(call: CostCall, a_index: int = 0, trans_a: bool = False) -> int:
+    a = call.require_input(a_index)
+    y = call.require_output(0)
+    if a.rank == 0:
+        raise MissingShape(f"{call.op_type}: scalar operand")
+    k = a.shape[-2] if trans_a and a.rank >= 2 else a.shape[-1]
+    return y.numel * k
+
+
+@register_cost(["MatMul", "MatMulInteger"], kind=MATMUL)
+def _matmul(call: CostCall) -> OpCost:
+    macs = _matmul_macs(call)
+    return OpCost(macs, 2 * macs)
+
+
+@register_cost("QLinearMatMul", kind=MATMUL)
+def _qlinear_matmul(call: CostCall) -> OpCost:
+    macs = _matmul_macs(call)
+    return OpCost(macs, 2 * macs + REQUANT_FLOPS * call.require_output(0).numel)
+
+
+@register_cost("FusedMatMul", kind=MATMUL, domain=MS_DOMAIN)
+def _fused_matmul(call: CostCall) -> OpCost:
+    macs = _matmul_macs(call, trans_a=bool(int(call.attr("transA", 0) or 0)))
+    return OpCost(macs, 2 * macs + call.require_output(0).numel)  # alpha scaling
+
+
+@register_cost("MatMulIntegerToFloat", kind=MATMUL, domain=MS_DOMAIN)
+def _matmul_integer_to_float(call: CostCall) -> OpCost:
+    macs = _matmul_macs(call)
+    y = call.require_output(0).numel
+    return OpCost(macs, 2 * macs + DEQUANT_FLOPS * y + _bias_flops(call, 6))
+
+
+@register_cost("DynamicQuantizeMatMul", kind=MATMUL, domain=MS_DOMAIN)
+def _dynamic_quantize_matmul(call: CostCall) -> OpCost:
+    macs = _matmul_macs(call)
+    a = call.require_input(0).numel
+    y = call.require_output(0).numel
+    return OpCost(macs, 2 * macs + DYNAMIC_QUANT_FLOPS * a + DEQUANT_FLOPS * y + _bias_flops(call, 4))
+
+
+@register_cost("MatMulNBits", kind=MATMUL, domain=MS_DOMAIN)
+def _matmul_nbits(call: CostCall) -> OpCost:
+    a = call.require_input(0)
+    k = int(call.attr("K", 0) or 0) or a.shape[-1]
+    n = int(call.attr("N", 0) or 0) or call.require_output(0).shape[-1]
+    rows = a.numel // max(k, 1)
+    macs = rows * k * n
+    # Weights are dequantized once per call (blockwise scale and zero point).
+    return OpCost(macs, 2 * macs + DEQUANT_FLOPS * k * n + _bias_flops(call, 5))
+
+
+def _einsum_terms(equation: str, ranks: list[int]) -> tuple[list[str], str | None]:
+    eq = equation.replace(" ", "")
+    lhs, _, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise MissingShape(f"Einsum: equation {equation!r} names {len(terms)} operands, node has {len(ranks)}")
+    return terms, (rhs if "->" in eq else None)
+
+
+@register_cost("Einsum", kind=MATMUL)
+def _einsum(call: CostCall) -> OpCost:
+    equation = call.attr("equation")
+    if isinstance(equation, bytes):
+        equation = equation.decode()
+    if not isinstance(equation, str):
+        raise MissingShape("Einsum: no equation")
+    operands = [call.require_input(i) for i in range(len(call.inputs))]
+    terms, _ = _einsum_terms(equation, [t.rank for t in operands])
+    sizes: dict[str, int] = {}
+    ellipsis: list[int] = []
+    for term, t in zip(terms, operands):
+        letters = term.replace("...", "")
+        n_ell = t.rank - len(letters) if "..." in term else 0
+        if n_ell < 0:
+            raise MissingShape(f"Einsum: operand rank {t.rank} does not fit {term!r}")
+        head = term.split("...")[0] if "..." in term else term
+        dims = list(t.shape)
+        ell_dims = dims[len(head) : len(head) + n_ell]
+        rest = dims[: len(head)] + dims[len(head) + n_ell :]
+        for letter, d in zip(letters, rest):
+            sizes[letter] = max(sizes.get(letter, 1), d)
+        # broadcast ellipsis dims right-aligned
+        if len(ell_dims) > len(ellipsis):
+            ellipsis = [1] * (len(ell_dims) - len(ellipsis)) + ellipsis
+        for i, d in enumerate(ell_dims):
+            j = len(ellipsis) - len(ell_dims) + i
+            ellipsis[j] = max(ellipsis[j], d)
+    loop = math.prod(sizes.values()) * math.prod(ellipsis)
+    if len(operands) >= 2:
+        return OpCost(loop, 2 * loop)
+    # One operand: a transpose (no work) or a reduction/trace (one add per input element).
+    y = call.require_output(0)
+    return OpCost(0, 0 if y.numel == operands[0].numel else operands[0].numel)
