@@ -13,6 +13,7 @@ from typing import Any
 import onnx
 
 from onnxforge import modelio
+from onnxforge.cost.analysis import CostTotals
 from onnxforge.equivalence import REORDER, assert_equivalent
 from onnxforge.errors import VerificationError
 from onnxforge.ir import Model, to_proto
@@ -63,6 +64,9 @@ def compile(
     check_ir: bool = False,
     dump_dir: str | os.PathLike[str] | None = None,
     instruments: Sequence[Instrument] = (),
+    cost: bool = False,
+    cost_target: str = "cpu",
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> CompileResult:
     """Compile ``model`` (a path, a ModelProto or an IR Model) with a pipeline.
 
@@ -71,13 +75,17 @@ def compile(
     option values, e.g. ``{"constant-folding": {"size_limit": 1 << 20}}``. ``disable`` skips
     passes by name. With ``verify=True`` onnxruntime runs the original and the result on the same
     random feeds and :class:`~onnxforge.errors.VerificationError` is raised if outputs differ
-    beyond ``verify_tolerance`` (rtol, atol). A ModelProto passed in is never modified.
+    beyond ``verify_tolerance`` (rtol, atol). With ``cost=True`` the report carries the cost
+    model's totals before and after (:func:`onnxforge.cost.analyze` at input ``shapes`` and
+    symbolic ``verify_dims``, on the ``cost_target`` profile). A ModelProto passed in is never
+    modified.
     """
     start = time.perf_counter()
     loaded = modelio.load(model)
     ir = loaded.model
     original = to_proto(ir) if verify else None
     before = ModelStats.of(ir)
+    cost_before = _cost(ir, shapes, verify_dims, cost_target) if cost else None
 
     if passes:
         pipe = from_pass_names(passes, options)
@@ -104,6 +112,12 @@ def compile(
     ctx.run(pipe, ir)
 
     report = Report(pipe_name, before, ModelStats.of(ir), list(timing.per_pass.values()))
+    if cost_before is not None:
+        report.cost_target = cost_target
+        report.cost_before = cost_before
+        report.cost_after = _cost(ir, shapes, verify_dims, cost_target)
+    if cost and (cost_before is None or report.cost_after is None):
+        report.notes.append("cost estimate unavailable for this model (see the log)")
     result = CompileResult(ir, report, loaded.path)
     if verify:
         assert original is not None
@@ -126,3 +140,21 @@ def compile(
         report.verified = True
     report.seconds = time.perf_counter() - start
     return result
+
+
+def _cost(
+    ir: Model, shapes: Mapping[str, tuple[int, ...]] | None, dims: Mapping[str, int] | None, target: str
+) -> CostTotals | None:
+    """Cost totals for the report; None (with a warning) when the estimate itself fails, since
+    a report extra must not fail a compilation. Bad shape specs still raise UsageError."""
+    from onnxforge.cost import analyze
+    from onnxforge.errors import UsageError
+
+    log.info("estimating cost (%s profile)", target)
+    try:
+        return analyze(ir, shapes=shapes, dims=dims, target=target, reorder=False).totals
+    except UsageError:
+        raise
+    except Exception as e:
+        log.warning("cost estimate failed: %s: %s", type(e).__name__, e)
+        return None

@@ -51,7 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="set a pass option, e.g. constant-folding.size_limit=1048576 (repeatable)",
     )
     c.add_argument("--verify", action="store_true", help="compare onnxruntime outputs before/after; fail if they differ")
-    c.add_argument("--dim", action="append", default=[], metavar="NAME=N", help="value of a symbolic dim for --verify")
+    c.add_argument(
+        "--dim", action="append", default=[], metavar="NAME=N", help="value of a symbolic dim (for --verify and the cost estimate)"
+    )
+    c.add_argument(
+        "--shape", action="append", default=[], metavar="INPUT=1x3x224x224", help="input shape for the cost estimate (repeatable)"
+    )
+    c.add_argument("--cost-target", default="cpu", metavar="PROFILE", help="cost profile: cpu (measured), h100, a100")
+    c.add_argument("--no-cost", action="store_true", help="skip the before/after cost estimate")
     c.add_argument("--report", metavar="FILE.json", help="write a JSON report (per-pass time, sizes before/after)")
     c.add_argument("--dump-ir", metavar="DIR", help="save the model after every pass that changed it")
     c.add_argument("--check-ir", action="store_true", help="verify IR invariants after every pass (slower)")
@@ -62,6 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="write weights to OUTPUT.data (auto: when the input used it or the model exceeds 2 GB)",
     )
     _verbosity(c)
+
+    a = sub.add_parser("analyze", help="estimate MACs, FLOPs, parameters, memory and latency")
+    a.add_argument("model", help="input .onnx file")
+    a.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="INPUT=1x3x224x224",
+        help="fix an input's shape (repeatable); open dims are otherwise assumed 1",
+    )
+    a.add_argument("--dim", action="append", default=[], metavar="SYMBOL=N", help="fix a symbolic dim by name (repeatable)")
+    a.add_argument("--target", default="cpu", metavar="PROFILE", help="latency profile: cpu (measured here, cached), h100, a100")
+    a.add_argument("--json", action="store_true", help="print the full analysis as JSON")
+    a.add_argument("--top", type=int, default=10, metavar="N", help="heaviest layers to list (default 10)")
+    a.add_argument("--no-probe", action="store_true", help="static shape inference only (no onnxruntime run)")
+    a.add_argument("--refresh-profile", action="store_true", help="re-measure the cpu profile")
+    _verbosity(a)
 
     p = sub.add_parser("passes", help="list passes and pipelines with their options")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -123,13 +147,22 @@ def _coerce(raw: str, typ: Any, item: str) -> Any:
 
 
 def _parse_dims(items: Sequence[str]) -> dict[str, int]:
-    dims = {}
-    for item in items:
-        name, sep, val = item.partition("=")
-        if not sep or not val.isdigit():
-            raise UsageError(f"--dim expects NAME=N, got {item!r}")
-        dims[name] = int(val)
-    return dims
+    from onnxforge.cost.shapes import parse_dim_spec
+
+    return dict(parse_dim_spec(item) for item in items)
+
+
+def _parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    from onnxforge.cost.shapes import parse_shape_spec
+
+    return dict(parse_shape_spec(item) for item in items)
+
+
+def _check_profile(name: str) -> None:
+    from onnxforge.cost.roofline import PROFILES
+
+    if name not in PROFILES:
+        raise UsageError(f"unknown cost profile {name!r} (choose from {', '.join(PROFILES)})")
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -139,6 +172,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     src, out = Path(args.model), Path(args.output)
     modelio.check_output_path(out, src)  # fail before any work is done
     options = _parse_options(args.option)
+    shapes = _parse_shapes(args.shape)
+    _check_profile(args.cost_target)
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
     result = compile_model(
         src,
@@ -150,6 +185,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         verify_dims=_parse_dims(args.dim),
         check_ir=args.check_ir,
         dump_dir=args.dump_ir,
+        cost=not args.no_cost,
+        cost_target=args.cost_target,
+        shapes=shapes,
     )
     ext = {"auto": None, "always": True, "never": False}[args.external_data]
     result.save(out, external_data=ext)
@@ -173,6 +211,29 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except OSError as e:
         raise UsageError(f"cannot write report {path}: {e.strerror or e}") from None
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from onnxforge import modelio
+    from onnxforge.cost import analyze
+    from onnxforge.cost.render import render
+
+    shapes = _parse_shapes(args.shape)
+    dims = _parse_dims(args.dim)
+    _check_profile(args.target)
+    if args.top < 0:
+        raise UsageError("--top must be >= 0")
+    if args.refresh_profile and args.target == "cpu":
+        from onnxforge.cost.roofline import cpu_profile
+
+        cpu_profile(refresh=True)
+    loaded = modelio.load(Path(args.model))
+    report = analyze(loaded.model, shapes=shapes, dims=dims, target=args.target, probe=not args.no_probe)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(render(report, top=args.top))
+    return 0
 
 
 def cmd_passes(args: argparse.Namespace) -> int:
@@ -214,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     _setup_logging(args.verbose, args.quiet)
-    handlers = {"compile": cmd_compile, "passes": cmd_passes}
+    handlers = {"compile": cmd_compile, "analyze": cmd_analyze, "passes": cmd_passes}
     try:
         return handlers[args.command](args)
     except OnnxForgeError as e:
@@ -225,6 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnxforge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except MemoryError:
         print("onnxforge: error: out of memory", file=sys.stderr)
         return 1

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnxforge.ir import Model
 from onnxforge.passmanager import PassTiming
+
+if TYPE_CHECKING:
+    from onnxforge.cost.analysis import CostTotals
 
 
 @dataclass
@@ -46,8 +49,22 @@ class Report:
     seconds: float = 0.0
     verified: bool | None = None
     notes: list[str] = field(default_factory=list)
+    #: Cost-model totals before/after (``compile(cost=True)``), and the profile used.
+    cost_before: CostTotals | None = None
+    cost_after: CostTotals | None = None
+    cost_target: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        d = self._base_dict()
+        if self.cost_before is not None and self.cost_after is not None:
+            d["cost"] = {
+                "target": self.cost_target,
+                "before": self.cost_before.to_dict(),
+                "after": self.cost_after.to_dict(),
+            }
+        return d
+
+    def _base_dict(self) -> dict[str, Any]:
         return {
             "pipeline": self.pipeline,
             "seconds": round(self.seconds, 4),
@@ -69,12 +86,21 @@ class Report:
 
     def summary(self) -> str:
         """A readable before/after table plus the per-pass breakdown."""
-        rows = [
+        rows: list[tuple[str, float, float]] = [
             ("nodes", self.before.nodes, self.after.nodes),
             ("initializers", self.before.initializers, self.after.initializers),
             ("weight bytes", self.before.initializer_bytes, self.after.initializer_bytes),
         ]
         lines = [f"pipeline: {self.pipeline}    time: {self.seconds:.2f} s"]
+        if self.cost_before is not None and self.cost_after is not None:
+            cb, ca = self.cost_before, self.cost_after
+            rows += [
+                ("MACs", cb.macs, ca.macs),
+                ("FLOPs", cb.flops, ca.flops),
+                ("parameters", cb.params, ca.params),
+                ("peak activation bytes", cb.peak_activation_bytes, ca.peak_activation_bytes),
+                (f"est. latency ms ({self.cost_target})", round(cb.est_latency_ms, 4), round(ca.est_latency_ms, 4)),
+            ]
         lines += format_table(
             ["", "before", "after", "change"],
             [[name, _fmt(b), _fmt(a), _delta(b, a)] for name, b, a in rows],

@@ -1,0 +1,413 @@
+"""The cost model: per-node and per-model MACs, FLOPs, parameters, weight bytes, activation
+bytes, peak activation memory and a roofline latency estimate.
+
+Counting rules (also in ``docs/COST_MODEL.md``):
+
+* **Formulas** come from :mod:`onnxforge.kernels.costs`. An op without one counts zero and is
+  listed under ``no_formula``; a node whose shapes could not be resolved counts zero and is
+  listed under ``unresolved``. Nothing raises.
+* **Weights** are the constant tensors nodes read (initializers, ``Constant`` node outputs,
+  including those inside and captured by subgraphs), except int64/bool/string tensors, which
+  are shape and index data. Each tensor counts once, on the first node (in execution order)
+  that reads it, so per-node values add up to the totals. Every stored weight counts, in every
+  branch of an ``If``.
+* **Control flow**: an ``If`` counts the branch with more FLOPs (an upper bound; the other
+  branch's nodes are listed with ``counted: false``); a ``Loop`` counts its body times the trip
+  count when the trip-count input is a constant (early exits are ignored; otherwise once, and
+  the assumption is recorded); a ``Scan`` counts its body once per scanned slice.
+* **Activation bytes** of a node are the bytes of its non-constant inputs and of its outputs;
+  the roofline adds the bytes of every weight it reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxforge.cost.memory import MemoryProfile, activation_peak, memory_order
+from onnxforge.cost.roofline import TargetProfile, dtype_class, get_profile
+from onnxforge.cost.shapes import ShapeBindings, ShapeTable, bind_inputs
+from onnxforge.ir import Graph, Model, Node, Value
+from onnxforge.ir.constants import constant_value, is_constant
+from onnxforge.kernels.costs import CostCall, MissingShape, OpCost, TensorInfo, get_formula
+from onnxforge.kernels.costs.registry import MOVEMENT
+
+log = logging.getLogger(__name__)
+
+_NOT_WEIGHTS = {onnx.TensorProto.INT64, onnx.TensorProto.BOOL, onnx.TensorProto.STRING}
+_FREE_OPS = {"Constant"}  # folded into initializers by every runtime: no run-time cost
+
+
+@dataclass
+class NodeCost:
+    """The cost of one node (per execution; ``runs`` executions per model run)."""
+
+    name: str
+    op_type: str
+    domain: str
+    graph: str
+    macs: int = 0
+    flops: int = 0
+    params: int = 0
+    weight_bytes: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
+    runs: int = 1
+    counted: bool = True
+    kind: str = "vector"
+    status: str = "ok"  # ok | no_formula | unresolved
+    note: str = ""
+    est_ms: float = 0.0
+    bound: str = ""
+    weight_read_bytes: int = 0
+
+    @property
+    def op(self) -> str:
+        return f"{self.domain}::{self.op_type}" if self.domain not in ("", "ai.onnx") else self.op_type
+
+    @property
+    def intensity(self) -> float:
+        """FLOPs per byte moved (activations in and out plus weights read)."""
+        moved = self.input_bytes + self.output_bytes + self.weight_read_bytes
+        return self.flops / moved if moved else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "op_type": self.op,
+            "graph": self.graph,
+            "macs": self.macs,
+            "flops": self.flops,
+            "params": self.params,
+            "weight_bytes": self.weight_bytes,
+            "input_bytes": self.input_bytes,
+            "output_bytes": self.output_bytes,
+            "arithmetic_intensity": round(self.intensity, 3),
+            "runs": self.runs,
+            "counted": self.counted,
+            "est_latency_ms": round(self.est_ms, 6),
+            "bound": self.bound,
+            "status": self.status,
+            "note": self.note,
+        }
+
+
+@dataclass
+class CostTotals:
+    """Model-level totals (``macs``/``flops``/latency count executions; weights count storage)."""
+
+    macs: int = 0
+    flops: int = 0
+    params: int = 0
+    weight_bytes: int = 0
+    peak_activation_bytes: int = 0
+    est_latency_ms: float = 0.0
+    activation_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "macs": self.macs,
+            "flops": self.flops,
+            "params": self.params,
+            "weight_bytes": self.weight_bytes,
+            "peak_activation_bytes": self.peak_activation_bytes,
+            "est_latency_ms": round(self.est_latency_ms, 4),
+            "activation_bytes": self.activation_bytes,
+        }
+
+
+@dataclass
+class CostReport:
+    """Everything :func:`analyze` found; ``to_dict()`` is the ``--json`` schema."""
+
+    totals: CostTotals
+    nodes: list[NodeCost]
+    profile: TargetProfile
+    bindings: ShapeBindings
+    memory: MemoryProfile
+    reordered_memory: MemoryProfile | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def by_op_type(self) -> dict[str, dict[str, Any]]:
+        """Totals per op type (counted executions), heaviest FLOPs first."""
+        acc: dict[str, dict[str, Any]] = {}
+        for n in self.nodes:
+            row = acc.setdefault(
+                n.op,
+                {"count": 0, "macs": 0, "flops": 0, "params": 0, "weight_bytes": 0, "est_latency_ms": 0.0},
+            )
+            row["count"] += 1
+            row["params"] += n.params
+            row["weight_bytes"] += n.weight_bytes
+            if n.counted:
+                row["macs"] += n.macs * n.runs
+                row["flops"] += n.flops * n.runs
+                row["est_latency_ms"] += n.est_ms * n.runs
+        for row in acc.values():
+            row["est_latency_ms"] = round(row["est_latency_ms"], 4)
+        return dict(sorted(acc.items(), key=lambda kv: (-kv[1]["flops"], -kv[1]["count"], kv[0])))
+
+    def no_formula(self) -> dict[str, int]:
+        return dict(Counter(n.op for n in self.nodes if n.status == "no_formula"))
+
+    def unresolved(self) -> list[str]:
+        return [n.name or n.op for n in self.nodes if n.status == "unresolved"]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "total": self.totals.to_dict(),
+            "by_op_type": self.by_op_type(),
+            "nodes": [n.to_dict() for n in self.nodes],
+            "memory": {
+                "peak_activation_bytes": self.memory.peak_bytes,
+                "peak_at_node": self.memory.peak_node,
+                "live_at_peak": [{"name": k, "bytes": b} for k, b in self.memory.live_at_peak],
+            },
+            "target": self.profile.to_dict(),
+            "inputs": {k: list(v) for k, v in self.bindings.inputs.items()},
+            "assumptions": list(self.bindings.assumptions),
+            "no_formula": self.no_formula(),
+            "unresolved": self.unresolved(),
+            "notes": list(self.notes),
+        }
+        if self.reordered_memory is not None:
+            d["memory"]["reordered_peak_activation_bytes"] = self.reordered_memory.peak_bytes
+        return d
+
+
+def analyze(
+    model: Model,
+    *,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    dims: Mapping[str, int] | None = None,
+    target: str | TargetProfile = "cpu",
+    reorder: bool = True,
+    probe: bool = True,
+    feeds: Mapping[str, np.ndarray] | None = None,
+) -> CostReport:
+    """Cost of ``model`` at the given input ``shapes`` / symbolic ``dims`` on ``target``.
+
+    ``target`` is a profile name (``cpu``, ``h100``, ``a100``) or a :class:`TargetProfile`.
+    The model is not modified. ``reorder`` also computes the peak of a greedy memory-saving
+    execution order (:func:`onnxforge.cost.memory.memory_order`). ``probe`` lets shapes that
+    static inference cannot find be measured with one onnxruntime run (:mod:`onnxforge.cost.probe`)
+    on ``feeds`` (default: seeded random inputs of the bound shapes).
+    """
+    profile = target if isinstance(target, TargetProfile) else get_profile(target)
+    bindings = bind_inputs(model, shapes, dims)
+    table = ShapeTable(model, bindings, probe=probe, feeds=feeds)
+    walker = _Walker(model, table, profile)
+    walker.graph(model.graph, "main", runs=1, counted=True)
+    totals = CostTotals()
+    for n in walker.records:
+        totals.params += n.params
+        totals.weight_bytes += n.weight_bytes
+        if n.counted:
+            totals.macs += n.macs * n.runs
+            totals.flops += n.flops * n.runs
+            totals.est_latency_ms += n.est_ms * n.runs
+            totals.activation_bytes += (n.input_bytes + n.output_bytes) * n.runs
+    size = walker.value_bytes
+    mem = activation_peak(model.graph, size, subgraph_peak=walker.subgraph_peak)
+    totals.peak_activation_bytes = mem.peak_bytes
+    reordered = None
+    if reorder:
+        better = activation_peak(model.graph, size, memory_order(model.graph, size), walker.subgraph_peak)
+        if better.peak_bytes < mem.peak_bytes:
+            reordered = better
+    report = CostReport(totals, walker.records, profile, bindings, mem, reordered, walker.notes)
+    if table.probed:
+        report.notes.append(f"shapes of {table.probed} value(s) measured with one onnxruntime run")
+    if report.no_formula():
+        report.notes.append("no cost formula (counted as zero): " + ", ".join(sorted(report.no_formula())))
+    if report.unresolved():
+        report.notes.append(f"{len(report.unresolved())} node(s) with unresolved shapes (counted as zero)")
+    return report
+
+
+class _Walker:
+    def __init__(self, model: Model, table: ShapeTable, profile: TargetProfile) -> None:
+        self.model = model
+        self.table = table
+        self.profile = profile
+        self.records: list[NodeCost] = []
+        self.notes: list[str] = []
+        self._weights_seen: set[Value] = set()
+        self._sub_peaks: dict[Node, int] = {}
+
+    # -- shapes ---------------------------------------------------------------------------
+    def value_bytes(self, v: Value) -> int:
+        info = self.table.info(v)
+        return info.nbytes if info is not None else 0
+
+    def _is_weight(self, v: Value) -> bool:
+        if not is_constant(v):
+            return False
+        info = self.table.info(v)
+        return info is not None and info.elem_type not in _NOT_WEIGHTS
+
+    # -- walking --------------------------------------------------------------------------
+    def graph(self, graph: Graph, path: str, *, runs: int, counted: bool) -> int:
+        """Record every node of ``graph``; returns the graph's FLOPs per execution."""
+        flops = 0
+        for node in graph.topological_order():
+            rec = self.node(node, path, runs=runs, counted=counted)
+            flops += rec.flops
+            if node.has_subgraphs():
+                flops += self.control_flow(node, path, runs=runs, counted=counted)
+        return flops
+
+    def control_flow(self, node: Node, path: str, *, runs: int, counted: bool) -> int:
+        label = f"{path}/{node.name or node.op_type}"
+        if node.op_type == "If" and node.is_standard_domain():
+            branches = []
+            for attr in ("then_branch", "else_branch"):
+                g = node.subgraphs.get(attr)
+                if g is None:
+                    continue
+                start = len(self.records)
+                f = self.graph(g, f"{label}/{attr}", runs=runs, counted=counted)
+                branches.append((f, start, len(self.records)))
+            if not branches:
+                return 0
+            best = max(branches, key=lambda b: b[0])
+            for f, start, end in branches:
+                if (f, start, end) != best:
+                    for rec in self.records[start:end]:
+                        rec.counted = False
+            return best[0]
+        if node.op_type == "Loop" and node.is_standard_domain():
+            trips = self._loop_trips(node)
+            body = node.subgraphs.get("body")
+            if body is None:
+                return 0
+            return trips * self.graph(body, f"{label}/body", runs=runs * trips, counted=counted)
+        if node.op_type == "Scan" and node.is_standard_domain():
+            steps = self._scan_steps(node)
+            body = node.subgraphs.get("body")
+            if body is None:
+                return 0
+            return steps * self.graph(body, f"{label}/body", runs=runs * steps, counted=counted)
+        total = 0
+        for attr, g in node.subgraphs.items():
+            if isinstance(g, list):
+                for i, sg in enumerate(g):
+                    total += self.graph(sg, f"{label}/{attr}[{i}]", runs=runs, counted=counted)
+            else:
+                total += self.graph(g, f"{label}/{attr}", runs=runs, counted=counted)
+        return total
+
+    def _loop_trips(self, node: Node) -> int:
+        try:
+            m = constant_value(node.input(0))
+        except ValueError:
+            m = None
+        if m is not None and m.size == 1 and int(m.reshape(-1)[0]) >= 0:
+            return int(m.reshape(-1)[0])
+        self.notes.append(f"Loop {node.name!r}: trip count not constant, body counted once")
+        return 1
+
+    def _scan_steps(self, node: Node) -> int:
+        n_scan = int(node.attr("num_scan_inputs", 0) or 0)
+        body = node.subgraphs.get("body")
+        n_state = len(body.inputs) - n_scan if isinstance(body, Graph) else 0
+        axes = [int(a) for a in (node.attr("scan_input_axes") or [])] or [0] * n_scan
+        if n_scan:
+            info = self.table.info(node.input(n_state))
+            if info is not None and info.rank:
+                return info.shape[axes[0] % info.rank]
+        self.notes.append(f"Scan {node.name!r}: scan length unknown, body counted once")
+        return 1
+
+    def subgraph_peak(self, node: Node) -> int:
+        if node not in self._sub_peaks:
+            peak = 0
+            for g in _subgraphs(node):
+                peak = max(peak, activation_peak(g, self.value_bytes, subgraph_peak=self.subgraph_peak).peak_bytes)
+            self._sub_peaks[node] = peak
+        return self._sub_peaks[node]
+
+    def node(self, node: Node, path: str, *, runs: int, counted: bool) -> NodeCost:
+        rec = NodeCost(node.name, node.op_type, node.domain, path, runs=runs, counted=counted)
+        self.records.append(rec)
+        infos_in: list[TensorInfo | None] = []
+        weight_read = 0
+        for v in node.inputs:
+            info = self.table.info(v)
+            infos_in.append(info)
+            if v is None or info is None:
+                continue
+            if self._is_weight(v):
+                weight_read += info.nbytes
+                if v not in self._weights_seen:
+                    self._weights_seen.add(v)
+                    rec.params += info.numel
+                    rec.weight_bytes += info.nbytes
+            elif not is_constant(v):
+                rec.input_bytes += info.nbytes
+        rec.weight_read_bytes = weight_read
+        infos_out = [self.table.info(v) for v in node.outputs]
+        rec.output_bytes = sum(i.nbytes for i in infos_out if i is not None)
+        if node.op_type in _FREE_OPS and node.is_standard_domain():
+            rec.kind = MOVEMENT
+            return rec
+        if node.has_subgraphs() and node.op_type in ("If", "Loop", "Scan"):
+            rec.kind = MOVEMENT
+            rec.note = "cost counted in its subgraphs"
+            self._estimate(rec, node)
+            return rec
+        formula = get_formula(node.op_type, node.domain)
+        if formula is None:
+            rec.status = "no_formula"
+            rec.note = "no cost formula: counted as zero"
+            self._estimate(rec, node)
+            return rec
+        rec.kind = formula.kind
+        call = CostCall(
+            node.op_type,
+            node.domain,
+            infos_in,
+            infos_out,
+            _attrs(node),
+            self.model.opset(node.domain if node.domain != "ai.onnx" else "") or 21,
+        )
+        try:
+            cost: OpCost = formula.fn(call)
+        except MissingShape as e:
+            rec.status = "unresolved"
+            rec.note = str(e)
+            cost = OpCost()
+        except (ValueError, ZeroDivisionError, IndexError, TypeError) as e:
+            rec.status = "unresolved"
+            rec.note = f"formula failed: {type(e).__name__}: {e}"
+            cost = OpCost()
+        rec.macs, rec.flops = int(cost.macs), int(cost.flops)
+        self._estimate(rec, node)
+        return rec
+
+    def _estimate(self, rec: NodeCost, node: Node) -> None:
+        first = next((v for v in node.inputs if v is not None), None)
+        cls = dtype_class(first.elem_type() if first is not None else None)
+        moved = rec.input_bytes + rec.output_bytes + rec.weight_read_bytes
+        seconds, rec.bound = self.profile.node_time(rec.kind, cls, rec.flops, moved)
+        rec.est_ms = seconds * 1e3
+
+
+def _subgraphs(node: Node) -> Iterator[Graph]:
+    yield from node.all_subgraphs()
+
+
+def _attrs(node: Node) -> dict[str, Any]:
+    out = {}
+    for name in node.attributes:
+        try:
+            out[name] = node.attr(name)
+        except Exception:  # graph-valued or reference attributes: formulas do not read them
+            continue
+    return out

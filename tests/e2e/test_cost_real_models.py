@@ -1,0 +1,53 @@
+"""The cost model on real models: every corpus model (If subgraphs, Constant-node weights,
+LSTMs) and the transformers exports of `make exports` against the published MAC counts."""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+import pytest
+
+from onnxforge import modelio
+from onnxforge.cost import analyze
+from onnxforge.cost.roofline import H100
+from onnxforge.models.corpus import feeds_for, list_corpus
+from onnxforge.models.exports import EXPORTS, list_exports
+from onnxforge.models.real_models import MODELS
+
+CORPUS = list_corpus()
+EXPORTED = list_exports()
+REQUIRED = os.environ.get("CI") == "true" or os.environ.get("ONNXFORGE_REQUIRE_CORPUS") == "1"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_corpus_model_is_costed(name):
+    if name not in CORPUS:
+        if REQUIRED:
+            pytest.fail(f"corpus model {name} is missing: run `make corpus`")
+        pytest.skip(f"corpus model {name} not fetched (run `make corpus`)")
+    path = CORPUS[name]
+    feeds = feeds_for(name, onnx.load(path), seed=0)
+    report = analyze(modelio.load(path).model, shapes={k: v.shape for k, v in feeds.items()}, feeds=feeds, target=H100)
+    t = report.totals
+    assert t.macs > 0 and t.flops >= 2 * t.macs
+    assert t.params > 0 and t.weight_bytes >= t.params  # Constant-node weights included
+    assert t.peak_activation_bytes > 0 and t.est_latency_ms > 0
+    assert report.no_formula() == {}
+    # Only nodes of an If branch that cannot run on these inputs may stay unresolved, and such a
+    # branch is never the one counted.
+    for n in report.nodes:
+        if n.status == "unresolved":
+            assert "/" in n.graph and not n.counted, (n.name, n.graph, n.note)
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTS))
+def test_exports_match_published_mac_counts(name):
+    if name not in EXPORTED:
+        pytest.skip(f"export {name} not built (run `make exports`)")
+    spec = EXPORTS[name]
+    shapes = {i.name: tuple(i.shape) for i in spec.inputs}
+    report = analyze(modelio.load(EXPORTED[name]).model, shapes=shapes, target=H100, probe=False)
+    assert report.unresolved() == []
+    assert spec.reference_gmacs is not None
+    assert report.totals.macs / 1e9 == pytest.approx(spec.reference_gmacs, rel=0.02)
