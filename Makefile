@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/pytest
 CORPUS  ?= $(CURDIR)/.corpus
 export ONNXFORGE_CORPUS := $(CORPUS)
 
-.PHONY: setup test test-all lint demo conformance corpus bench bench-scale clean exports
+.PHONY: setup test test-all lint demo conformance corpus bench bench-scale bench-cost clean exports
 
 setup: $(STAMP)
 
@@ -59,10 +59,14 @@ $(EXPORT_STAMP): pyproject.toml
 exports: $(EXPORT_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(EXPORT_VENV)/bin/python -m onnxforge.models.exports build
 
-bench: setup bench-scale
+bench: setup bench-scale bench-cost
 
 bench-scale: setup
 	$(BIN)/python -m benchmarks.scale --out benchmarks/scale.md
+
+## Cost model vs measured latency on the corpus and the exports (run `make exports` first for those).
+bench-cost: setup corpus
+	$(BIN)/python -m benchmarks.cost_model --out benchmarks/cost_model.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -204,7 +204,7 @@ def analyze(
     table = ShapeTable(model, bindings, probe=probe, feeds=feeds)
     walker = _Walker(model, table, profile)
     walker.graph(model.graph, "main", runs=1, counted=True)
-    totals = CostTotals()
+    totals = CostTotals(est_latency_ms=profile.run_overhead_s * 1e3)
     for n in walker.records:
         totals.params += n.params
         totals.weight_bytes += n.weight_bytes

@@ -15,7 +15,10 @@ Profiles:
 * ``h100`` / ``a100``: NVIDIA's published dense peak rates and memory bandwidth (H100 SXM5:
   67 TFLOP/s FP32, 495 TF32, 990 FP16, 1,979 INT8 TOP/s, 3.35 TB/s; A100 SXM4 80 GB: 19.5
   FP32, 156 TF32, 312 FP16, 624 INT8, 2.04 TB/s), scaled by typical achieved fractions (70% of
-  matrix peak, 80% of bandwidth) plus a kernel-launch overhead of 4 us per node.
+  matrix peak, 80% of bandwidth) plus a kernel-launch overhead of 4 us per node and 20 us per
+  call.
+
+A model's estimate is the per-call overhead plus the sum of its nodes' times.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from onnxforge.kernels.costs.registry import MATMUL, MOVEMENT
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class TargetProfile:
     #: Nodes moving at most this many bytes run at ``cache_bandwidth`` (0: one level only).
     cache_bytes: int = 0
     cache_bandwidth: float = 0.0
+    #: Fixed cost of one inference call (feeding inputs, fetching outputs, scheduling).
+    run_overhead_s: float = 0.0
 
     def compute_rate(self, kind: str, dtype_class: str) -> float:
         if kind != MATMUL:
@@ -78,6 +83,7 @@ class TargetProfile:
 _ACHIEVED_MATMUL = 0.7
 _ACHIEVED_BW = 0.8
 _LAUNCH_S = 4e-6
+_RUN_S = 20e-6  # host-side cost of one call: input/output copies and synchronization
 
 H100 = TargetProfile(
     name="h100",
@@ -89,6 +95,7 @@ H100 = TargetProfile(
     bandwidth=3.35e12 * _ACHIEVED_BW,
     overhead_s=_LAUNCH_S,
     source="published",
+    run_overhead_s=_RUN_S,
 )
 
 A100 = TargetProfile(
@@ -101,6 +108,7 @@ A100 = TargetProfile(
     bandwidth=2.039e12 * _ACHIEVED_BW,
     overhead_s=_LAUNCH_S,
     source="published",
+    run_overhead_s=_RUN_S,
 )
 
 PROFILES = ("cpu", "h100", "a100")
@@ -201,6 +209,11 @@ def _graph(nodes, inputs, outputs, inits=()):  # type: ignore[no-untyped-def]
 def _chain_time(vi, op: str, n: int, et: int, short: int, long: int) -> float:  # type: ignore[no-untyped-def]
     """Seconds per node of a chain of ``op`` on ``n``-element tensors (Add adds the chain input
     to the running value, so it reads two tensors and writes one)."""
+    return _chain_fit(vi, op, n, et, short, long)[0]
+
+
+def _chain_fit(vi, op: str, n: int, et: int, short: int, long: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(seconds per node, seconds per run outside the nodes) of a chain of ``op``."""
     from onnx import helper
 
     def chain(length: int) -> float:
@@ -212,7 +225,9 @@ def _chain_time(vi, op: str, n: int, et: int, short: int, long: int) -> float:  
         x = np.random.default_rng(0).standard_normal(n).astype(np.float32) * 1e-3
         return _median_time(_session(model), {"t0": x}, 15 if n > 1 << 20 else 41)
 
-    return max((chain(long) - chain(short)) / (long - short), 1e-9)
+    t_short, t_long = chain(short), chain(long)
+    per_node = max((t_long - t_short) / (long - short), 1e-9)
+    return per_node, max(t_short - short * per_node, 0.0)
 
 
 def measure_cpu_profile() -> TargetProfile:
@@ -247,7 +262,7 @@ def measure_cpu_profile() -> TargetProfile:
     # Per-node times come from the difference between a long and a short chain of the same op,
     # which cancels the fixed cost of a session run.
     big, small = 1 << 23, 1 << 15
-    overhead = _chain_time(vi, "Relu", 1, f32, 8, 72)
+    overhead, run_overhead = _chain_fit(vi, "Relu", 1, f32, 8, 72)
     bandwidth = 3 * 4 * big / _chain_time(vi, "Add", big, f32, 2, 6)
     cache_bandwidth = 3 * 4 * small / max(_chain_time(vi, "Add", small, f32, 8, 40) - overhead, 1e-9)
     vector = 4 * small / max(_chain_time(vi, "Sigmoid", small, f32, 8, 40) - overhead, 1e-9)
@@ -264,6 +279,7 @@ def measure_cpu_profile() -> TargetProfile:
         source="measured",
         cache_bytes=_l2_bytes(),
         cache_bandwidth=max(cache_bandwidth, bandwidth),
+        run_overhead_s=run_overhead,
     )
 
 
