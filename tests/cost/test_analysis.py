@@ -237,3 +237,25 @@ def test_analysis_does_not_modify_the_model() -> None:
     v = ir.version
     analyze(ir, target=H100)
     assert ir.version == v
+
+
+def test_dynamic_quantization_graph_is_costed() -> None:
+    # What onnxruntime's dynamic quantizer emits: DynamicQuantizeLinear -> MatMulInteger -> rescale.
+    wq = numpy_helper.from_array(RNG.integers(-127, 127, (8, 4), dtype=np.int8), "Wq")
+    wzp = numpy_helper.from_array(np.array(0, np.int8), "Wzp")
+    ws = numpy_helper.from_array(np.array(0.01, np.float32), "Ws")
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xzp"], name="dql"),
+        helper.make_node("MatMulInteger", ["xq", "Wq", "xzp", "Wzp"], ["acc"], name="mmi"),
+        helper.make_node("Cast", ["acc"], ["accf"], to=F),
+        helper.make_node("Mul", ["xs", "Ws"], ["scale"]),
+        helper.make_node("Mul", ["accf", "scale"], ["y"]),
+        helper.make_node("GlobalMaxPool", ["img"], ["pooled"], name="gmp"),
+    ]
+    m = model(nodes, [vi("x", [2, 8]), vi("img", [1, 3, 4, 4])], [vi("y", [2, 4]), vi("pooled", [1, 3, 1, 1])], [wq, wzp, ws])
+    r = run(m)
+    assert r.no_formula() == {} and r.unresolved() == []
+    assert r.totals.macs == 2 * 8 * 4
+    assert next(n for n in r.nodes if n.name == "dql").flops == 5 * 16
+    assert next(n for n in r.nodes if n.name == "gmp").flops == 48
+    assert r.totals.params == 32 + 1 + 1 and r.totals.weight_bytes == 32 + 1 + 4
