@@ -212,6 +212,8 @@ class PassContext:
         self.analyses = analyses or AnalysisManager()
         #: Names of the leaf passes run so far, in order.
         self.history: list[str] = []
+        #: Information passes leave for the report (e.g. the rule trace), by key.
+        self.records: dict[str, Any] = {}
 
     def run(self, p: Pass, model: Model) -> PassResult:
         """Run one pass under the instruments, wrapping failures in :class:`PassError`."""

@@ -91,3 +91,14 @@ def ops(g: onnx.GraphProto | onnx.ModelProto) -> list[str]:
 def subgraph(m: onnx.ModelProto, node_op: str, attr: str) -> onnx.GraphProto:
     node = next(n for n in m.graph.node if n.op_type == node_op)
     return next(a.g for a in node.attribute if a.name == attr)
+
+
+def rule_pass(*rules: object) -> Pass:
+    """A RewritePass applying exactly ``rules`` (for testing one rule at a time)."""
+    from onnxforge.rules import RewritePass
+
+    class _OneRule(RewritePass):
+        name = "test-rules"
+
+    _OneRule.rules = tuple(rules)  # type: ignore[assignment]
+    return _OneRule()
