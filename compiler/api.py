@@ -53,8 +53,9 @@ class CompileResult:
 
 def compile(
     model: str | os.PathLike[str] | onnx.ModelProto | Model,
-    pipeline: str | Pass | Sequence[Pass] = "lossless",
+    pipeline: str | Pass | Sequence[Pass] = "optimize",
     *,
+    target: str | None = None,
     passes: Sequence[str] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     disable: Sequence[str] = (),
@@ -70,8 +71,9 @@ def compile(
 ) -> CompileResult:
     """Compile ``model`` (a path, a ModelProto or an IR Model) with a pipeline.
 
-    ``pipeline`` is a registered name (``onnxforge passes`` lists them) or pass objects built in
-    code; ``passes`` (names) overrides it with a custom sequence. ``options`` maps pass names to
+    ``pipeline`` is a registered name (``onnxforge passes`` lists them; default ``optimize``:
+    lossless cleanup plus layer fusion) or pass objects built in code; ``target`` (``cpu``,
+    ``cuda``, ``tensorrt``; None for portable output) selects target-specific rewrites; ``passes`` (names) overrides it with a custom sequence. ``options`` maps pass names to
     option values, e.g. ``{"constant-folding": {"size_limit": 1 << 20}}``. ``disable`` skips
     passes by name. With ``verify=True`` onnxruntime runs the original and the result on the same
     random feeds and :class:`~onnxforge.errors.VerificationError` is raised if outputs differ
@@ -91,8 +93,8 @@ def compile(
         pipe = from_pass_names(passes, options)
         pipe_name = "custom: " + ",".join(passes)
     elif isinstance(pipeline, str):
-        pipe = get_pipeline(pipeline, options)
-        pipe_name = pipeline
+        pipe = get_pipeline(pipeline, options, target)
+        pipe_name = pipeline if target is None else f"{pipeline} (target {target})"
     elif isinstance(pipeline, Pass):
         pipe, pipe_name = pipeline, pipeline.name
     else:
@@ -112,6 +114,7 @@ def compile(
     ctx.run(pipe, ir)
 
     report = Report(pipe_name, before, ModelStats.of(ir), list(timing.per_pass.values()))
+    report.rule_trace = ctx.records.get("rules")
     if cost_before is not None:
         report.cost_target = cost_target
         report.cost_before = cost_before

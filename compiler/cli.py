@@ -40,7 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="optimize a model with a pipeline of passes")
     c.add_argument("model", help="input .onnx file (never modified)")
     c.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
-    c.add_argument("--pipeline", default="lossless", help="named pipeline (default: lossless; see `onnxforge passes`)")
+    c.add_argument(
+        "--pipeline", default="optimize", help="named pipeline (default: optimize = lossless + fusion; see `onnxforge passes`)"
+    )
+    c.add_argument(
+        "--target",
+        choices=["cpu", "cuda", "tensorrt"],
+        help="runtime the model is for: cpu/cuda add onnxruntime contrib fusions; tensorrt keeps to standard ops",
+    )
+    c.add_argument(
+        "--explain", action="append", default=[], metavar="NODE", help="say which rules fired on NODE and why others did not"
+    )
     c.add_argument("--passes", help="comma-separated pass names to run once each, instead of --pipeline")
     c.add_argument("--disable", action="append", default=[], metavar="PASS", help="skip this pass (repeatable)")
     c.add_argument(
@@ -178,6 +188,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     result = compile_model(
         src,
         args.pipeline,
+        target=args.target,
         passes=passes,
         options=options,
         disable=args.disable,
@@ -195,6 +206,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         _write_json_atomic(Path(args.report), result.report.to_dict())
     if not args.quiet:
         print(result.report.summary())
+        for node in args.explain:
+            print(f"\nrules on node {node!r}:")
+            for line in result.report.explain(node):
+                print(f"  {line}")
         print(f"\nwrote {out}")
     return 0
 

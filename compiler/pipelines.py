@@ -16,7 +16,11 @@ def _passes() -> Any:
     return p
 
 
-def lossless(options: Mapping[str, Mapping[str, Any]] | None = None) -> Pass:
+#: Compilation targets: onnxruntime's CPU and CUDA providers, and TensorRT.
+TARGETS = ("cpu", "cuda", "tensorrt")
+
+
+def lossless(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
     """Cleanup that keeps every output: constants normalized and shapes inferred, then folding,
     no-op elimination, CSE, initializer dedup and dead-code elimination repeated to a fixed
     point, then a topological sort and a shape-inference refresh."""
@@ -45,7 +49,42 @@ def lossless(options: Mapping[str, Mapping[str, Any]] | None = None) -> Pass:
     )
 
 
-def passthrough(options: Mapping[str, Mapping[str, Any]] | None = None) -> Pass:
+def _cleanup(make: Callable[[type[Pass]], Pass]) -> list[Pass]:
+    p = _passes()
+    return [
+        make(p.ConstantFolding),
+        make(p.NoOpElimination),
+        make(p.CommonSubexpressionElimination),
+        make(p.DeduplicateInitializers),
+        make(p.DeadCodeElimination),
+    ]
+
+
+def optimize(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
+    """The lossless pipeline, then layer fusion to a fixed point: standard ONNX ops for every
+    target (BN folding, Gemm, LayerNormalization, Gelu, ...), plus onnxruntime contrib ops
+    (FusedConv, SkipLayerNormalization, Attention, ...) for --target cpu or cuda."""
+    p = _passes()
+    make = _maker(options)
+    fusions: list[Pass] = [make(p.FusePortable)]
+    if target in ("cpu", "cuda"):
+        fusions.append(make(p.FuseOnnxRuntime))
+    return Sequential(
+        [
+            lossless(options),
+            FixedPoint(
+                [*fusions, make(p.ShapeInference), *_cleanup(make)],
+                max_iterations=6,
+                name="fuse-to-fixed-point",
+            ),
+            make(p.TopologicalSort),
+            make(p.ShapeInference),
+        ],
+        name="optimize",
+    )
+
+
+def passthrough(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
     """No rewriting at all: load, validate and save (useful to re-save or inspect)."""
     return Sequential([], name="none")
 
@@ -53,7 +92,7 @@ def passthrough(options: Mapping[str, Mapping[str, Any]] | None = None) -> Pass:
 @dataclass(frozen=True)
 class PipelineInfo:
     name: str
-    build: Callable[[Mapping[str, Mapping[str, Any]] | None], Pass]
+    build: Callable[[Mapping[str, Mapping[str, Any]] | None, str | None], Pass]
 
     @property
     def summary(self) -> str:
@@ -62,17 +101,27 @@ class PipelineInfo:
 
 
 PIPELINES: dict[str, PipelineInfo] = {
+    "optimize": PipelineInfo("optimize", optimize),
     "lossless": PipelineInfo("lossless", lossless),
     "none": PipelineInfo("none", passthrough),
 }
 
 
-def get_pipeline(name: str, options: Mapping[str, Mapping[str, Any]] | None = None) -> Pass:
+def get_pipeline(
+    name: str, options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None
+) -> Pass:
+    """The pipeline called ``name``, built for ``target`` (None: portable)."""
     info = PIPELINES.get(name)
     if info is None:
         raise UsageError(f"unknown pipeline {name!r} (known: {', '.join(PIPELINES)})")
+    check_target(target)
     _check_option_targets(options)
-    return info.build(options)
+    return info.build(options, target)
+
+
+def check_target(target: str | None) -> None:
+    if target is not None and target not in TARGETS:
+        raise UsageError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
 
 
 def from_pass_names(names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> Pass:

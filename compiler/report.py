@@ -53,9 +53,19 @@ class Report:
     cost_before: CostTotals | None = None
     cost_after: CostTotals | None = None
     cost_target: str = ""
+    #: The rewrite rules' trace (:class:`onnxforge.rules.RuleTrace`), when rules ran.
+    rule_trace: Any = None
+
+    def explain(self, node_name: str) -> list[str]:
+        """Which rules fired on ``node_name`` and why the others did not."""
+        if self.rule_trace is None:
+            return ["no rewrite rules ran in this pipeline"]
+        return list(self.rule_trace.explain(node_name))
 
     def to_dict(self) -> dict[str, Any]:
         d = self._base_dict()
+        if self.rule_trace is not None:
+            d["rules"] = {"hits": dict(sorted(self.rule_trace.hits.items()))}
         if self.cost_before is not None and self.cost_after is not None:
             d["cost"] = {
                 "target": self.cost_target,
@@ -129,6 +139,11 @@ class Report:
                     for p in active
                 ],
                 left=(4,),
+            )
+        if self.rule_trace is not None and self.rule_trace.hits:
+            lines.append("")
+            lines.append(
+                "fusions: " + ", ".join(f"{rule} x{n}" for rule, n in sorted(self.rule_trace.hits.items(), key=lambda kv: -kv[1]))
             )
         if self.verified is not None:
             lines.append("")

@@ -267,7 +267,9 @@ class RewritePass(Pass):
         hits: Counter[str],
     ) -> int:
         fired = 0
-        for node in graph.topological_order():
+        # Last nodes first: an anchor ends its pattern, so the longest pattern wins (the beta Add
+        # of a layer norm is tried before the gamma Mul inside it).
+        for node in reversed(graph.topological_order()):
             domain = "" if node.domain in ("", "ai.onnx") else node.domain
             for rule in by_anchor.get((domain, node.op_type), ()):
                 if node.graph is not graph:

@@ -14,6 +14,7 @@ from onnxforge.passes.constants import NormalizeConstants
 from onnxforge.passes.cse import CommonSubexpressionElimination
 from onnxforge.passes.dead_code import DeadCodeElimination
 from onnxforge.passes.dedup_initializers import DeduplicateInitializers
+from onnxforge.passes.fusion import FuseOnnxRuntime, FusePortable
 from onnxforge.passes.noop_elimination import NoOpElimination
 from onnxforge.passes.shape_inference import ShapeInference
 from onnxforge.passes.toposort import TopologicalSort
@@ -29,6 +30,8 @@ ALL_PASSES: tuple[type[Pass], ...] = (
     DeadCodeElimination,
     TopologicalSort,
     ShapeInference,
+    FusePortable,
+    FuseOnnxRuntime,
 )
 
 #: Passes by their CLI name.
@@ -52,6 +55,8 @@ __all__ = [
     "ConstantFolding",
     "DeadCodeElimination",
     "DeduplicateInitializers",
+    "FuseOnnxRuntime",
+    "FusePortable",
     "NoOpElimination",
     "NormalizeConstants",
     "ShapeInference",

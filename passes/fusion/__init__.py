@@ -11,10 +11,45 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from onnxforge.passes.fusion.activations import FuseGelu, FuseHardSigmoid, FuseHardSwish, FuseSoftmax
+from onnxforge.passes.fusion.affine import FoldOffsetIntoBias, FoldScaleIntoLinear, MatMulAddToGemm
+from onnxforge.passes.fusion.batchnorm import FuseConvBatchNorm, FuseLinearBatchNorm
+from onnxforge.passes.fusion.layout import FuseReshapeChain, FuseTransposeChain, FuseTransposeIntoGemm
+from onnxforge.passes.fusion.normalization import FuseLayerNorm
+from onnxforge.passes.fusion.ort_fused_ops import (
+    FuseBiasGelu,
+    FuseConvActivation,
+    FuseGemmActivation,
+    FuseSkipLayerNorm,
+)
+from onnxforge.passes.fusion.padding import FusePadIntoConvPool
 from onnxforge.rules import RewritePass, Rule
 
-PORTABLE_RULES: tuple[Rule, ...] = ()
-ONNXRUNTIME_RULES: tuple[Rule, ...] = ()
+#: Standard-op fusions, in the order they are tried on each anchor.
+PORTABLE_RULES: tuple[Rule, ...] = (
+    FuseConvBatchNorm(),
+    FuseLinearBatchNorm(),
+    FoldScaleIntoLinear(),
+    FoldOffsetIntoBias(),
+    FusePadIntoConvPool(),
+    FuseTransposeChain(),
+    FuseTransposeIntoGemm(),
+    FuseReshapeChain(),
+    FuseLayerNorm(),
+    FuseGelu(),
+    FuseHardSigmoid(),
+    FuseHardSwish(),
+    FuseSoftmax(),
+    MatMulAddToGemm(),
+)
+
+#: onnxruntime contrib fusions (run after the portable ones).
+ONNXRUNTIME_RULES: tuple[Rule, ...] = (
+    FuseConvActivation(),
+    FuseGemmActivation(),
+    FuseBiasGelu(),
+    FuseSkipLayerNorm(),
+)
 
 
 class FusePortable(RewritePass):
