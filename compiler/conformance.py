@@ -124,7 +124,7 @@ def iter_cases(include_node: bool = True, model_sets: tuple[str, ...] = MODEL_SE
             yield Case(f"{set_name}/{case_dir.name}", model, feeds)
 
 
-def run_case(case: Case, pipeline: str = "lossless", rtol: float = 1e-5, atol: float = 1e-6) -> Outcome:
+def run_case(case: Case, pipeline: str = "optimize", rtol: float = 1e-5, atol: float = 1e-6) -> Outcome:
     """Compile one case and compare onnxruntime outputs before/after."""
     from onnxforge.api import compile as compile_model
 
@@ -160,7 +160,7 @@ def _line(e: BaseException) -> str:
 
 
 def run_suite(
-    pipeline: str = "lossless", *, sample_every: int = 1, names: set[str] | None = None, progress: bool = False
+    pipeline: str = "optimize", *, sample_every: int = 1, names: set[str] | None = None, progress: bool = False
 ) -> Summary:
     """Run the suite (every ``sample_every``-th case, plus any case named in ``names``)."""
     summary = Summary()
@@ -196,7 +196,7 @@ def to_markdown(summary: Summary, pipeline: str, seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pipeline", default="lossless")
+    ap.add_argument("--pipeline", default="optimize")
     ap.add_argument("--sample-every", type=int, default=1)
     ap.add_argument("--out", help="write a markdown summary here")
     args = ap.parse_args(argv)

@@ -169,6 +169,7 @@ class MatMulAddToGemm(Rule):
     name = "matmul-add-to-gemm"
     summary = "Turn a 2-D MatMul followed by a bias Add into a Gemm."
     anchors: ClassVar[tuple[str, ...]] = ("Add",)
+    min_opset = 11  # Gemm's bias broadcasts without the legacy attribute from opset 11 on
 
     def match(self, node: Node, rc: RewriteContext) -> Match:
         a_in, b_in = node.input(0), node.input(1)

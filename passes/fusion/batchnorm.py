@@ -94,6 +94,7 @@ class FuseLinearBatchNorm(Rule):
     name = "linear-batchnorm"
     summary = "Fold BatchNormalization after Gemm/MatMul (2-D, constant weight) into a Gemm."
     anchors: ClassVar[tuple[str, ...]] = ("BatchNormalization",)
+    min_opset = 11  # Gemm's bias broadcasts without the legacy attribute from opset 11 on
 
     def match(self, node: Node, rc: RewriteContext) -> Match:
         lin = rc.producer(node.input(0), ("Gemm", "MatMul"), "BN input")

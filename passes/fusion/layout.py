@@ -72,6 +72,8 @@ class FuseTransposeIntoGemm(Rule):
         if ta is None and tb is None:
             raise MatchFailed("no operand comes from a 2-D Transpose")
         if node.op_type == "MatMul":
+            if rc.opset < 11:
+                raise MatchFailed("a Gemm without bias needs opset 11")
             for v in node.inputs[:2]:
                 s = v.shape() if v is not None else None
                 if s is None or len(s) != 2:

@@ -1,5 +1,6 @@
-"""The ONNX backend test cases as conformance suite: the lossless pipeline must preserve every
-case onnxruntime can run. The whole suite takes well under a minute, so it runs by default."""
+"""The ONNX backend test cases as conformance suite: the default pipeline (optimize: lossless
+cleanup plus fusion) and the lossless one must preserve every case onnxruntime can run. The
+whole suite takes well under a minute per pipeline, so it runs by default."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import pytest
 from onnxforge.conformance import run_suite
 
 
-@pytest.fixture(scope="module")
-def summary():
-    return run_suite("lossless")
+@pytest.fixture(scope="module", params=["optimize", "lossless"])
+def summary(request):
+    return run_suite(request.param)
 
 
-def test_lossless_pipeline_preserves_every_runnable_case(summary):
+def test_pipeline_preserves_every_runnable_case(summary):
     failures = [f"{o.name}: {o.status}: {o.detail}" for o in summary.failures]
     assert not failures, f"{len(failures)} of {summary.runnable} cases broken:\n" + "\n".join(failures[:20])
 
