@@ -83,31 +83,67 @@ class DeduplicateInitializers(Pass):
         store = model.tensor_store
         removed = saved = 0
         for graph in list(model.graph.all_graphs()):
-            seen: dict[tuple[int, tuple[int, ...], bytes], Value] = {}
-            for v in list(graph.initializers.values()):
+            # Only tensors that share element type, shape and byte size can be equal: hash
+            # just those (most weights have a unique shape and are never read).
+            buckets: dict[tuple[int, tuple[int, ...], int], list[Value]] = {}
+            for v in graph.initializers.values():
                 t = v.const
                 if t is None or v.is_graph_input():
                     continue
-                digest = tensor_digest(t, store)
-                if digest is None:
+                buckets.setdefault((t.data_type, tuple(t.dims), v.const_nbytes()), []).append(v)
+            for group in buckets.values():
+                if len(group) < 2:
                     continue
-                key = (t.data_type, tuple(t.dims), digest)
-                keep = seen.setdefault(key, v)
-                if keep is v:
-                    continue
-                drop = v
-                if v.is_graph_output():
-                    if keep.is_graph_output():
-                        continue  # two outputs: each keeps its own name and data
-                    keep, drop = v, keep  # keep the output, fold the earlier one into it
-                    seen[key] = keep
-                saved += drop.const_nbytes()
-                replace_all_uses_with(drop, keep)
-                graph.remove_initializer(drop)
-                removed += 1
+                r, b = self._merge(group, store, self._digest_cache())
+                removed += r
+                saved += b
         if removed:
             log.debug("dedup-initializers: removed %d initializers (%d bytes)", removed, saved)
         return PassResult(
             modified=removed > 0,
             stats={"removed_initializers": removed, "saved_bytes": saved},
         )
+
+    def _digest_cache(self) -> dict[int, tuple[onnx.TensorProto, bytes | None]]:
+        """Digests by tensor object, kept across runs of this pass instance (a fixed-point
+        pipeline runs it several times; tensors are replaced, never edited, by passes)."""
+        cache = getattr(self, "_digests", None)
+        if cache is None:
+            cache = {}
+            self._digests = cache
+        return cache
+
+    @staticmethod
+    def _merge(
+        group: list[Value], store: TensorStore | None, cache: dict[int, tuple[onnx.TensorProto, bytes | None]]
+    ) -> tuple[int, int]:
+        """Merge the identical tensors of one (type, shape, size) group; (removed, bytes)."""
+        removed = saved = 0
+        seen: dict[bytes, Value] = {}
+        for v in group:
+            t = v.const
+            assert t is not None
+            hit = cache.get(id(t))
+            if hit is not None and hit[0] is t:
+                digest = hit[1]
+            else:
+                digest = tensor_digest(t, store)
+                cache[id(t)] = (t, digest)
+            if digest is None:
+                continue
+            keep = seen.setdefault(digest, v)
+            if keep is v:
+                continue
+            drop = v
+            if v.is_graph_output():
+                if keep.is_graph_output():
+                    continue  # two outputs: each keeps its own name and data
+                keep, drop = v, keep  # keep the output, fold the earlier one into it
+                seen[digest] = keep
+            saved += drop.const_nbytes()
+            graph = drop.graph
+            replace_all_uses_with(drop, keep)
+            if graph is not None:
+                graph.remove_initializer(drop)
+            removed += 1
+        return removed, saved
