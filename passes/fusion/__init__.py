@@ -16,6 +16,7 @@ from onnxforge.passes.fusion.affine import FoldOffsetIntoBias, FoldScaleIntoLine
 from onnxforge.passes.fusion.batchnorm import FuseConvBatchNorm, FuseLinearBatchNorm
 from onnxforge.passes.fusion.layout import FuseReshapeChain, FuseTransposeChain, FuseTransposeIntoGemm
 from onnxforge.passes.fusion.normalization import FuseLayerNorm
+from onnxforge.passes.fusion.ort_attention import AttentionFusion
 from onnxforge.passes.fusion.ort_fused_ops import (
     FuseBiasGelu,
     FuseConvActivation,
@@ -45,6 +46,7 @@ PORTABLE_RULES: tuple[Rule, ...] = (
 
 #: onnxruntime contrib fusions (run after the portable ones).
 ONNXRUNTIME_RULES: tuple[Rule, ...] = (
+    AttentionFusion(),
     FuseConvActivation(),
     FuseGemmActivation(),
     FuseBiasGelu(),

@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from onnxforge.ir import Node, Value
+from onnxforge.passes.fusion.matching import FLOAT_TYPES
 from onnxforge.rules import Match, MatchFailed, RewriteContext, Rule
 
 _RESHAPE_LIKE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -131,6 +132,10 @@ class FuseReshapeChain(Rule):
         x, y = inner.input(0), node.output(0)
         if x is None or y is None:
             raise MatchFailed("missing input or output")
+        if x.elem_type() not in FLOAT_TYPES:
+            # Index and mask arithmetic is tiny; collapsing it would only hide patterns (the
+            # attention mask chains) from the rules that read them.
+            raise MatchFailed("the chain carries integer or boolean data, not activations")
         target: list[int] | None = None
         if node.op_type == "Reshape" and not int(node.attr("allowzero", 0)):
             shape = rc.const(node.input(1))
