@@ -80,6 +80,33 @@ class RewriteContext:
         self.model = model
         self.graph = graph
         self.rule: Rule | None = None
+        self._shapes: Any = None
+
+    def concrete_shape(self, v: Value | None) -> tuple[int, ...] | None:
+        """``v``'s shape when every dynamic input dimension takes a distinct generic size
+        (7, 11, 13, ...): two values with equal concrete shapes have equal shapes for generic
+        inputs, which symbolic inference cannot always tell (it names the same dim twice).
+        Main graph only; computed once per context with onnx shape inference."""
+        if v is None or self.graph is not self.model.graph:
+            return None
+        if self._shapes is None:
+            from onnxforge.cost.shapes import ShapeTable, bind_inputs
+
+            sizes = iter((7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47))
+            dims: dict[str, int] = {}
+            for inp in self.model.graph.inputs:
+                for d in inp.shape() or ():
+                    if isinstance(d, str) and d not in dims:
+                        dims[d] = next(sizes, 53)
+            try:
+                self._shapes = ShapeTable(self.model, bind_inputs(self.model, None, dims), probe=False)
+            except Exception as e:  # inference failed: no concrete shapes
+                log.debug("concrete shapes unavailable: %s", e)
+                self._shapes = False
+        if self._shapes is False:
+            return None
+        info = self._shapes.info(v)
+        return None if info is None else info.shape
 
     @property
     def opset(self) -> int:

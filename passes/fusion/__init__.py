@@ -12,7 +12,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 from onnxforge.passes.fusion.activations import FuseGelu, FuseHardSigmoid, FuseHardSwish, FuseSoftmax
-from onnxforge.passes.fusion.affine import FoldOffsetIntoBias, FoldScaleIntoLinear, MatMulAddToGemm
+from onnxforge.passes.fusion.affine import (
+    FoldOffsetIntoBias,
+    FoldScaleIntoLinear,
+    GemmOnFlattenedInput,
+    MatMulAddToGemm,
+)
 from onnxforge.passes.fusion.batchnorm import FuseConvBatchNorm, FuseLinearBatchNorm
 from onnxforge.passes.fusion.layout import FuseReshapeChain, FuseTransposeChain, FuseTransposeIntoGemm
 from onnxforge.passes.fusion.normalization import FuseLayerNorm
@@ -36,6 +41,7 @@ PORTABLE_RULES: tuple[Rule, ...] = (
     FuseTransposeChain(),
     FuseTransposeIntoGemm(),
     FuseReshapeChain(),
+    GemmOnFlattenedInput(),
     FuseLayerNorm(),
     FuseGelu(),
     FuseHardSigmoid(),

@@ -198,3 +198,50 @@ class MatMulAddToGemm(Rule):
         mm: Node = m["mm"]
         gemm = rc.add("Gemm", [mm.input(0), mm.input(1), m["bias"]], name=mm.name)
         rc.replace(m.anchor.output(0), gemm.output(0))
+
+
+class GemmOnFlattenedInput(Rule):
+    """``Reshape(Gemm(Reshape(x, [-1, K]), W, b), [..., N])`` that only flattens and restores
+    the leading dims of ``x`` → ``MatMul(x, W) + b`` (GPT-2's Conv1D exports spell every
+    projection this way, with dynamic shape computations around each Reshape)."""
+
+    name = "gemm-on-flattened-input"
+    summary = "Replace Reshape -> Gemm -> Reshape (flattening leading dims) by MatMul + Add."
+    anchors: ClassVar[tuple[str, ...]] = ("Reshape",)
+
+    def match(self, node: Node, rc: RewriteContext) -> Match:
+        gemm = rc.producer(node.input(0), "Gemm", "Reshape input")
+        rc.single_consumer(gemm.output(0), "Gemm output")
+        if int(gemm.attr("transA", 0)) or float(gemm.attr("alpha", 1.0)) != 1.0 or float(gemm.attr("beta", 1.0)) != 1.0:
+            raise MatchFailed("Gemm has transA, alpha or beta")
+        w = rc.require_const(gemm.input(1), "Gemm weight")
+        if int(gemm.attr("transB", 0)):
+            w = w.T
+        bias = rc.const(gemm.input(2)) if gemm.input(2) is not None else None
+        if gemm.input(2) is not None and (bias is None or bias.ndim != 1):
+            raise MatchFailed("Gemm bias is not a 1-D constant")
+        flat = rc.producer(gemm.input(0), "Reshape", "Gemm input")
+        x, y = flat.input(0), node.output(0)
+        xs = x.shape() if x is not None else None
+        ys = y.shape() if y is not None else None
+        k, n = w.shape
+        if xs is None or ys is None or len(xs) < 3 or len(ys) != len(xs):
+            raise MatchFailed("ranks of the input and the restored output are not known to match")
+        if xs[-1] != k or ys[-1] != n:
+            raise MatchFailed("the Reshapes do not only flatten the leading dims")
+        if any(d is None or d != e for d, e in zip(xs[:-1], ys[:-1])):
+            raise MatchFailed("leading dims of the input and the output are not known to be equal")
+        nodes = [gemm, node]
+        if rc.exclusive(flat.output(0), [gemm]):
+            nodes.insert(0, flat)
+        return Match(node, nodes, {"x": x, "w": w, "bias": bias, "gemm": gemm})
+
+    def rewrite(self, m: Match, rc: RewriteContext) -> None:
+        gemm: Node = m["gemm"]
+        w_v = gemm.input(1) if not int(gemm.attr("transB", 0)) else rc.constant(np.ascontiguousarray(m["w"]), f"{gemm.name}_weight")
+        mm = rc.add("MatMul", [m["x"], w_v], name=gemm.name)
+        out = mm.output(0)
+        if m["bias"] is not None:
+            add = rc.add("Add", [out, gemm.input(2)], name=f"{gemm.name}_bias")
+            out = add.output(0)
+        rc.replace(m.anchor.output(0), out)

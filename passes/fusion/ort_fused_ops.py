@@ -185,7 +185,9 @@ class FuseSkipLayerNorm(Rule):
         if a is None or b is None or rc.const(a) is not None or rc.const(b) is not None:
             raise MatchFailed("the residual Add has a constant operand")
         if a.shape() != b.shape() or a.shape() != shape:
-            raise MatchFailed("the residual Add broadcasts")
+            ca, cb = rc.concrete_shape(a), rc.concrete_shape(b)
+            if ca is None or ca != cb:
+                raise MatchFailed("the residual Add broadcasts (or its operand shapes are not known to match)")
         nodes = [node]
         captures: dict[str, object] = {"input": a, "skip": b, "bias": None, "add": add}
         for inp, skip in ((a, b), (b, a)):

@@ -304,3 +304,23 @@ def test_rules_never_fire_when_an_intermediate_is_read_elsewhere():
     m = make_model(nodes, [vi("x", F, [2, 3, 8])], [vi("y", F, [2, 3, 8]), vi("std", F, [2, 3, 1])], inits)
     _, stats, trace, _ = fuse(m, FuseLayerNorm())
     assert stats == {} and "graph output" in " ".join(trace.explain("end"))
+
+
+def test_gemm_on_flattened_input_becomes_matmul_add():
+    from onnxforge.passes.fusion.affine import GemmOnFlattenedInput
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Slice", ["s", "zero", "two"], ["lead"]),
+        helper.make_node("Concat", ["lead", "n"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "flat_shape"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "W", "b"], ["g"]),
+        helper.make_node("Reshape", ["g", "target"], ["y"]),
+    ]
+    inits = [const("zero", np.array([0]), np.int64), const("two", np.array([2]), np.int64), const("n", np.array([5]), np.int64),
+             const("flat_shape", np.array([-1, 4]), np.int64), const("W", rnd(4, 5)), const("b", rnd(5))]
+    m = make_model(nodes, [vi("x", F, ["batch", "seq", 4])], [vi("y", F, ["batch", "seq", 5])], inits,
+                   value_info=[vi("flat", F, [None, 4]), vi("g", F, [None, 5])])
+    ops, stats, _, _ = fuse(m, GemmOnFlattenedInput())
+    assert stats == {"gemm-on-flattened-input": 1}
+    assert ops["MatMul"] == 1 and ops["Add"] == 1 and "Gemm" not in ops and ops.get("Reshape", 0) == 0
