@@ -68,6 +68,7 @@ def compile(
     cost: bool = False,
     cost_target: str = "cpu",
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    quantization: QuantizationOptions | None = None,
 ) -> CompileResult:
     """Compile ``model`` (a path, a ModelProto or an IR Model) with a pipeline.
 
@@ -79,8 +80,11 @@ def compile(
     random feeds and :class:`~onnxforge.errors.VerificationError` is raised if outputs differ
     beyond ``verify_tolerance`` (rtol, atol). With ``cost=True`` the report carries the cost
     model's totals before and after (:func:`onnxforge.cost.analyze` at input ``shapes`` and
-    symbolic ``verify_dims``, on the ``cost_target`` profile). A ModelProto passed in is never
-    modified.
+    symbolic ``verify_dims``, on the ``cost_target`` profile). The ``int8`` pipeline runs
+    ``optimize`` and then static int8 quantization configured by ``quantization`` (calibration
+    data is required; see :class:`QuantizationOptions`); its ``verify`` checks that every output
+    keeps a cosine similarity of at least 0.99 on the calibration samples. A ModelProto passed
+    in is never modified.
     """
     start = time.perf_counter()
     loaded = modelio.load(model)
@@ -89,7 +93,11 @@ def compile(
     before = ModelStats.of(ir)
     cost_before = _cost(ir, shapes, verify_dims, cost_target) if cost else None
 
-    if passes:
+    int8 = pipeline == "int8" and not passes
+    if int8:
+        pipe = get_pipeline("optimize", options, None if target in ("cpu", "cuda") else target)
+        pipe_name = "int8" if target is None else f"int8 (target {target})"
+    elif passes:
         pipe = from_pass_names(passes, options)
         pipe_name = "custom: " + ",".join(passes)
     elif isinstance(pipeline, str):
@@ -113,8 +121,12 @@ def compile(
     log.info("running pipeline %s on %d nodes", pipe_name, before.nodes)
     ctx.run(pipe, ir)
 
+    qreport = None
+    if int8:
+        ir, qreport = _quantize(ir, quantization or QuantizationOptions(), target)
     report = Report(pipe_name, before, ModelStats.of(ir), list(timing.per_pass.values()))
     report.rule_trace = ctx.records.get("rules")
+    report.quantization = qreport
     if cost_before is not None:
         report.cost_target = cost_target
         report.cost_before = cost_before
@@ -122,7 +134,14 @@ def compile(
     if cost and (cost_before is None or report.cost_after is None):
         report.notes.append("cost estimate unavailable for this model (see the log)")
     result = CompileResult(ir, report, loaded.path)
-    if verify:
+    if verify and qreport is not None:
+        low = {k: v for k, v in qreport.output_cosine.items() if v < 0.99}
+        report.verified = not low
+        if low:
+            raise VerificationError(
+                "int8 outputs drift: " + ", ".join(f"{k} cosine {v:.4f}" for k, v in low.items()) + " (< 0.99)"
+            )
+    elif verify:
         assert original is not None
         base = loaded.path.parent if loaded.path is not None else None
         try:
@@ -161,3 +180,68 @@ def _cost(
     except Exception as e:
         log.warning("cost estimate failed: %s: %s", type(e).__name__, e)
         return None
+
+
+@dataclass
+class QuantizationOptions:
+    """Settings of the ``int8`` pipeline.
+
+    ``calibration``: a ``.npz`` (arrays keyed by input name, samples along axis 0), a folder of
+    ``.npz`` files, an onnxruntime ``CalibrationDataReader``, a
+    :class:`~onnxforge.quantize.data.CalibrationSource`, or ``"synthetic"`` to calibrate on
+    seeded random data (explicitly only; the report says so). ``method``: minmax, percentile,
+    entropy or mse. ``exclude``: node names kept in float. ``min_sqnr`` (dB, every output) and
+    ``max_accuracy_drop`` (points, with ``eval_data``: a ``.npz`` of inputs plus ``labels``)
+    keep the most harmful layers in float until the budget holds. ``min_macs``: smaller layers
+    stay float (int8 does not pay for them).
+    """
+
+    calibration: Any = None
+    method: str = "minmax"
+    per_channel: bool = True
+    exclude: Sequence[str] = ()
+    min_sqnr: float | None = None
+    max_accuracy_drop: float | None = None
+    eval_data: str | os.PathLike[str] | None = None
+    min_macs: int = 16384
+    progress: Any = None
+    dims: Mapping[str, int] | None = None
+
+
+def _quantize(ir: Model, q: QuantizationOptions, target: str | None) -> tuple[Model, Any]:
+    from onnxforge.errors import UsageError
+    from onnxforge.quantize.data import model_inputs, open_calibration
+    from onnxforge.quantize.static import classification_accuracy, quantize_static
+
+    synthetic = isinstance(q.calibration, str) and q.calibration == "synthetic"
+    source = open_calibration(
+        None if synthetic else q.calibration, inputs=model_inputs(ir), allow_synthetic=synthetic, dims=q.dims
+    )
+    evaluate = None
+    if q.eval_data is not None:
+        import numpy as np
+
+        try:
+            with np.load(q.eval_data) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read evaluation data {q.eval_data}: {e}") from None
+        labels = arrays.pop("labels", None)
+        if labels is None:
+            raise UsageError(f"evaluation data {q.eval_data} has no 'labels' array")
+        evaluate = classification_accuracy(arrays, labels)
+    elif q.max_accuracy_drop is not None:
+        raise UsageError("--max-accuracy-drop needs labelled evaluation data (--eval-data); use --min-sqnr without labels")
+    return quantize_static(
+        ir,
+        source,
+        method=q.method,
+        target=target,
+        per_channel=q.per_channel,
+        exclude=q.exclude,
+        min_macs=q.min_macs,
+        min_sqnr=q.min_sqnr,
+        max_accuracy_drop=q.max_accuracy_drop,
+        evaluate=evaluate,
+        progress=q.progress,
+    )

@@ -51,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--explain", action="append", default=[], metavar="NODE", help="say which rules fired on NODE and why others did not"
     )
+    q = c.add_argument_group("int8 quantization (--pipeline int8)")
+    q.add_argument(
+        "--calibration", metavar="DATA", help="calibration samples: a .npz (inputs by name, samples on axis 0), a folder of .npz, or 'synthetic'"
+    )
+    q.add_argument("--calibration-method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"])
+    q.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per output channel")
+    q.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep NODE in float (repeatable)")
+    q.add_argument("--min-sqnr", type=float, metavar="DB", help="keep layers in float until every output's SQNR reaches DB")
+    q.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="accuracy budget in points (needs --eval-data)")
+    q.add_argument("--eval-data", metavar="NPZ", help="labelled evaluation data: model inputs plus a 'labels' array")
     c.add_argument("--passes", help="comma-separated pass names to run once each, instead of --pipeline")
     c.add_argument("--disable", action="append", default=[], metavar="PASS", help="skip this pass (repeatable)")
     c.add_argument(
@@ -199,6 +209,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         cost=not args.no_cost,
         cost_target=args.cost_target,
         shapes=shapes,
+        quantization=_quantization_options(args),
     )
     ext = {"auto": None, "always": True, "never": False}[args.external_data]
     result.save(out, external_data=ext)
@@ -212,6 +223,32 @@ def cmd_compile(args: argparse.Namespace) -> int:
                 print(f"  {line}")
         print(f"\nwrote {out}")
     return 0
+
+
+def _quantization_options(args: argparse.Namespace) -> Any:
+    from onnxforge.api import QuantizationOptions
+
+    quant_flags = [args.calibration, args.min_sqnr, args.max_accuracy_drop, args.eval_data] + list(args.exclude)
+    if args.pipeline != "int8":
+        if any(f is not None and f != [] for f in quant_flags) or args.per_tensor:
+            raise UsageError("quantization flags (--calibration, --min-sqnr, ...) need --pipeline int8")
+        return None
+    progress = None
+    if not args.quiet:
+        from onnxforge.quantize.progress import ProgressBar
+
+        progress = ProgressBar("calibrating")
+    return QuantizationOptions(
+        calibration=args.calibration,
+        method=args.calibration_method,
+        per_channel=not args.per_tensor,
+        exclude=tuple(args.exclude),
+        min_sqnr=args.min_sqnr,
+        max_accuracy_drop=args.max_accuracy_drop,
+        eval_data=args.eval_data,
+        progress=progress,
+        dims=_parse_dims(args.dim),
+    )
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:

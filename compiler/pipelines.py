@@ -84,6 +84,13 @@ def optimize(options: Mapping[str, Mapping[str, Any]] | None = None, target: str
     )
 
 
+def int8(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
+    """The optimize pipeline with standard ops only, then static int8 QDQ quantization
+    calibrated on real samples (--calibration): per-channel int8 weights, uint8 (cpu) or int8
+    (tensorrt) activations, per-layer SQNR, optional accuracy budget."""
+    return optimize(options, None if target in ("cpu", "cuda") else target)
+
+
 def passthrough(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
     """No rewriting at all: load, validate and save (useful to re-save or inspect)."""
     return Sequential([], name="none")
@@ -103,6 +110,7 @@ class PipelineInfo:
 PIPELINES: dict[str, PipelineInfo] = {
     "optimize": PipelineInfo("optimize", optimize),
     "lossless": PipelineInfo("lossless", lossless),
+    "int8": PipelineInfo("int8", int8),
     "none": PipelineInfo("none", passthrough),
 }
 

@@ -55,6 +55,8 @@ class Report:
     cost_target: str = ""
     #: The rewrite rules' trace (:class:`onnxforge.rules.RuleTrace`), when rules ran.
     rule_trace: Any = None
+    #: The int8 quantization report (:class:`onnxforge.quantize.static.QuantizationReport`).
+    quantization: Any = None
 
     def explain(self, node_name: str) -> list[str]:
         """Which rules fired on ``node_name`` and why the others did not."""
@@ -66,6 +68,8 @@ class Report:
         d = self._base_dict()
         if self.rule_trace is not None:
             d["rules"] = {"hits": dict(sorted(self.rule_trace.hits.items()))}
+        if self.quantization is not None:
+            d["quantization"] = self.quantization.to_dict()
         if self.cost_before is not None and self.cost_after is not None:
             d["cost"] = {
                 "target": self.cost_target,
@@ -145,6 +149,9 @@ class Report:
             lines.append(
                 "fusions: " + ", ".join(f"{rule} x{n}" for rule, n in sorted(self.rule_trace.hits.items(), key=lambda kv: -kv[1]))
             )
+        if self.quantization is not None:
+            lines.append("")
+            lines += self.quantization.summary_lines()
         if self.verified is not None:
             lines.append("")
             lines.append("verification: outputs match" if self.verified else "verification: FAILED")

@@ -1,0 +1,284 @@
+"""Static int8 quantization of a (fused) model: calibrate, insert Q/DQ, measure, fall back.
+
+1. Per-channel weights need opset 13: a lower opset is raised and the conversion checked on
+   real samples (:mod:`onnxforge.quantize.opset`); if that fails, weights are per tensor.
+2. :func:`onnxforge.passes.quantization.qdq.plan_qdq` picks nodes and tensors for the target;
+   :func:`~onnxforge.quantize.collect.collect_ranges` calibrates those tensors, streaming.
+3. :func:`~onnxforge.passes.quantization.qdq.apply_qdq` inserts Q/DQ into a copy of the model.
+4. Errors are measured on up to ``eval_samples`` calibration batches: the SQNR of every
+   quantized layer's output and of every model output against the float model (plus cosine),
+   and, given an evaluation function, accuracy.
+5. With ``min_sqnr`` (dB, on the model outputs) or ``max_accuracy_drop`` (points, with an
+   evaluation function), the layer with the lowest SQNR is kept in float, one at a time, until
+   the budget holds or nothing is left; the report names them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxforge.equivalence import OrtRunner
+from onnxforge.ir import Model, from_proto, to_proto
+from onnxforge.passes.quantization.policy import TargetPolicy, policy_for
+from onnxforge.passes.quantization.qdq import QdqPlan, apply_qdq, plan_qdq
+from onnxforge.quantize.collect import ProgressCallback, collect_ranges, exposed_model
+from onnxforge.quantize.data import CalibrationSource
+from onnxforge.quantize.opset import raise_opset
+from onnxforge.quantize.sqnr import cosine, sqnr_db
+
+log = logging.getLogger(__name__)
+
+#: An evaluation function: model → score in [0, 1] (e.g. accuracy on labelled data).
+Evaluate = Callable[[onnx.ModelProto], float]
+
+
+@dataclass
+class LayerError:
+    node: str
+    op_type: str
+    tensor: str
+    sqnr_db: float
+
+
+@dataclass
+class QuantizationReport:
+    """What static quantization did and what it costs in accuracy."""
+
+    method: str
+    target: str
+    activation_type: str
+    per_channel: bool
+    data: str
+    synthetic: bool
+    notes: list[str] = field(default_factory=list)
+    quantized: list[str] = field(default_factory=list)
+    weight_only: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    kept_float: list[str] = field(default_factory=list)
+    layer_errors: list[LayerError] = field(default_factory=list)
+    output_sqnr: dict[str, float] = field(default_factory=dict)
+    output_cosine: dict[str, float] = field(default_factory=dict)
+    accuracy: tuple[float, float] | None = None
+    unfused: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        def num(x: float) -> float | str:
+            return round(x, 3) if math.isfinite(x) else str(x)
+
+        return {
+            "method": self.method,
+            "target": self.target,
+            "activation_type": self.activation_type,
+            "per_channel": self.per_channel,
+            "calibration_data": self.data,
+            "synthetic_calibration": self.synthetic,
+            "quantized_nodes": self.quantized,
+            "weight_only_nodes": self.weight_only,
+            "skipped": self.skipped,
+            "kept_in_float_for_accuracy": self.kept_float,
+            "layer_sqnr_db": [{"node": e.node, "op_type": e.op_type, "tensor": e.tensor, "sqnr_db": num(e.sqnr_db)} for e in self.layer_errors],
+            "output_sqnr_db": {k: num(v) for k, v in self.output_sqnr.items()},
+            "output_cosine": {k: round(v, 6) for k, v in self.output_cosine.items()},
+            "accuracy": None if self.accuracy is None else {"float": self.accuracy[0], "int8": self.accuracy[1]},
+            "unfused_qdq": self.unfused,
+            "notes": self.notes,
+        }
+
+    def summary_lines(self, worst: int = 5) -> list[str]:
+        from onnxforge.report import format_table
+
+        lines = [
+            f"int8 ({self.method} calibration on {self.data}; target {self.target}; activations {self.activation_type}; "
+            f"weights {'per channel' if self.per_channel else 'per tensor'})",
+            f"quantized {len(self.quantized)} layers, weight-only {len(self.weight_only)}, skipped {len(self.skipped)}, "
+            f"kept in float for accuracy {len(self.kept_float)}",
+        ]
+        for name, s in self.output_sqnr.items():
+            lines.append(f"output {name}: SQNR {s:.1f} dB, cosine {self.output_cosine.get(name, float('nan')):.5f}")
+        if self.accuracy is not None:
+            lines.append(f"accuracy: float {self.accuracy[0] * 100:.2f}%, int8 {self.accuracy[1] * 100:.2f}%")
+        bad = sorted(self.layer_errors, key=lambda e: e.sqnr_db)[:worst]
+        if bad:
+            lines.append("")
+            lines += format_table(["lowest-SQNR layers", "op", "SQNR dB"], [[e.node, e.op_type, f"{e.sqnr_db:.1f}"] for e in bad])
+        if self.kept_float:
+            lines.append("kept in float: " + ", ".join(self.kept_float))
+        if self.unfused:
+            lines.append(f"{len(self.unfused)} Q/DQ pair(s) the target will not fuse: " + ", ".join(self.unfused[:8]))
+        if self.synthetic:
+            lines.append("WARNING: calibrated on synthetic random data, not real inputs")
+        lines += [f"note: {n}" for n in self.notes]
+        return lines
+
+
+def quantize_static(
+    model: Model,
+    source: CalibrationSource,
+    *,
+    method: str = "minmax",
+    target: str | None = None,
+    per_channel: bool = True,
+    exclude: Iterable[str] = (),
+    min_macs: int = 0,
+    min_sqnr: float | None = None,
+    max_accuracy_drop: float | None = None,
+    evaluate: Evaluate | None = None,
+    eval_samples: int = 16,
+    max_fallback: int = 32,
+    progress: ProgressCallback | None = None,
+) -> tuple[Model, QuantizationReport]:
+    """Quantize ``model`` (already optimized) to static int8 QDQ; see the module docstring.
+    Returns the quantized model (a new IR) and the report."""
+    policy = policy_for(target)
+    report = QuantizationReport(
+        method, target or "cpu", policy.activation_type, per_channel, source.description, bool(getattr(source, "synthetic", False))
+    )
+    samples = list(itertools.islice(iter(source), eval_samples))
+    if per_channel and (model.opset("") or 1) < 13:
+        raised, note = raise_opset(model, 13, samples[:4])
+        report.notes.append(note)
+        if raised is None:
+            per_channel = False
+            report.per_channel = False
+            report.notes.append("weights quantized per tensor")
+        else:
+            model = raised
+    float_proto = to_proto(model)
+    plan = plan_qdq(model, policy, exclude=set(exclude), min_macs=min_macs)
+    symmetric = policy.activation_type == "int8"
+    ranges_full = collect_ranges(float_proto, plan.calibrate, source, method, symmetric=symmetric, progress=progress)
+    ranges = {k: (r.min, r.max) for k, r in ranges_full.items()}
+    excluded = set(exclude)
+    float_eval = evaluate(float_proto) if evaluate is not None else None
+    while True:
+        q_model, q_plan = _build(float_proto, policy, ranges, excluded, min_macs, per_channel)
+        q_proto = to_proto(q_model)
+        errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples)
+        q_eval = evaluate(q_proto) if evaluate is not None else None
+        ok = True
+        if min_sqnr is not None and out_sqnr and min(out_sqnr.values()) < min_sqnr:
+            ok = False
+        if max_accuracy_drop is not None and float_eval is not None and q_eval is not None:
+            ok = ok and (float_eval - q_eval) * 100 <= max_accuracy_drop
+        candidates = [e for e in sorted(errors, key=lambda e: e.sqnr_db) if e.node not in excluded]
+        if ok or not candidates or len(report.kept_float) >= max_fallback:
+            break
+        worst = candidates[0]
+        excluded.add(worst.node)
+        report.kept_float.append(worst.node)
+        log.info("keeping %s in float (layer SQNR %.1f dB)", worst.node, worst.sqnr_db)
+    report.quantized = [n.name or n.op_type for n in q_plan.compute if (n.name or n.op_type) not in excluded]
+    report.weight_only = [n.name or n.op_type for n in q_plan.weight_only]
+    report.skipped = {k: v for k, v in q_plan.skipped.items() if k not in report.kept_float}
+    report.layer_errors = errors
+    report.output_sqnr = out_sqnr
+    report.output_cosine = out_cos
+    if float_eval is not None and q_eval is not None:
+        report.accuracy = (float_eval, q_eval)
+    report.unfused = unfused_pairs(q_proto, policy)
+    if min_sqnr is not None and out_sqnr and min(out_sqnr.values()) < min_sqnr:
+        report.notes.append(f"output SQNR stays below {min_sqnr} dB even with {len(report.kept_float)} layer(s) in float")
+    return q_model, report
+
+
+def _build(
+    float_proto: onnx.ModelProto,
+    policy: TargetPolicy,
+    ranges: Mapping[str, tuple[float, float]],
+    excluded: set[str],
+    min_macs: int,
+    per_channel: bool,
+) -> tuple[Model, QdqPlan]:
+    from onnxforge.passes import DeadCodeElimination, TopologicalSort
+    from onnxforge.passmanager import PassContext
+
+    q = from_proto(float_proto)
+    plan = plan_qdq(q, policy, exclude=excluded, min_macs=min_macs)
+    apply_qdq(q, plan, dict(ranges), policy, per_channel=per_channel)
+    ctx = PassContext()
+    ctx.run(DeadCodeElimination(), q)
+    ctx.run(TopologicalSort(), q)
+    return q, plan
+
+
+def measure(
+    float_proto: onnx.ModelProto, q_proto: onnx.ModelProto, plan: QdqPlan, samples: Sequence[Mapping[str, np.ndarray]]
+) -> tuple[list[LayerError], dict[str, float], dict[str, float]]:
+    """SQNR of every quantized layer's output and of every model output, and output cosine."""
+    layers = [(n.name or n.op_type, n.op_type, n.output(0).name) for n in plan.compute if n.output(0) is not None]  # type: ignore[union-attr]
+    names = [t for _, _, t in layers]
+    outputs = [o.name for o in float_proto.graph.output]
+    runner = OrtRunner()
+    f_model = exposed_model(float_proto, names)
+    q_model = exposed_model(q_proto, names)
+    acc: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for feed in samples:
+        f = runner.run(f_model, feed)
+        q = runner.run(q_model, feed)
+        for k in set(names) | set(outputs):
+            if k in f and k in q and isinstance(f[k], np.ndarray):
+                acc.setdefault(k, []).append((f[k], q[k]))
+
+    def sq(k: str) -> float:
+        pairs = acc.get(k, [])
+        if not pairs:
+            return float("nan")
+        ref = np.concatenate([a.reshape(-1) for a, _ in pairs]).astype(np.float64)
+        got = np.concatenate([b.reshape(-1) for _, b in pairs]).astype(np.float64)
+        return sqnr_db(ref, got)
+
+    errors = [LayerError(node, op, t, sq(t)) for node, op, t in layers if t in acc]
+    out_sqnr = {o: sq(o) for o in outputs if o in acc}
+    out_cos = {}
+    for o in outputs:
+        if o in acc:
+            ref = np.concatenate([a.reshape(-1) for a, _ in acc[o]]).astype(np.float64)
+            got = np.concatenate([b.reshape(-1) for _, b in acc[o]]).astype(np.float64)
+            out_cos[o] = cosine(ref, got)
+    return errors, out_sqnr, out_cos
+
+
+def unfused_pairs(q_proto: onnx.ModelProto, policy: TargetPolicy) -> list[str]:
+    """DequantizeLinear outputs read by ops the target does not run on integer kernels."""
+    producers = {o: n for n in q_proto.graph.node for o in n.output}
+    out = []
+    for n in q_proto.graph.node:
+        if n.op_type in policy.fused_ops or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i in n.input:
+            p = producers.get(i)
+            if p is not None and p.op_type == "DequantizeLinear" and _is_activation_dq(p, producers):
+                out.append(f"{n.op_type} {n.name or i}")
+                break
+    return out
+
+
+def _is_activation_dq(dq: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto]) -> bool:
+    src = producers.get(dq.input[0])
+    return src is not None and src.op_type == "QuantizeLinear"
+
+
+def classification_accuracy(inputs: Mapping[str, np.ndarray], labels: np.ndarray, *, batch: int = 256) -> Evaluate:
+    """An :data:`Evaluate` function: top-1 accuracy of the first output against ``labels``."""
+
+    def evaluate(model: onnx.ModelProto) -> float:
+        runner = OrtRunner(optimize=True)
+        sess = runner.session(model)
+        first = sess.get_outputs()[0].name
+        n = len(labels)
+        correct = 0
+        for start in range(0, n, batch):
+            feed = {k: v[start : start + batch] for k, v in inputs.items()}
+            logits = sess.run([first], feed)[0]
+            correct += int((np.asarray(logits).reshape(len(labels[start : start + batch]), -1).argmax(1) == labels[start : start + batch]).sum())
+        return correct / max(n, 1)
+
+    return evaluate

@@ -1,0 +1,1 @@
+"""Quantization passes: QDQ insertion (static int8) and the target policies behind it."""

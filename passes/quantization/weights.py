@@ -1,0 +1,85 @@
+"""Quantizing constant weights and biases, and the parameters of activation ranges.
+
+* Weights: int8 symmetric, per output channel (``scale = max|w| / 127`` per channel, zero point
+  0), or per tensor. The channel axis is 0 for Conv and for Gemm with ``transB=1``, 1 for
+  ConvTranspose, MatMul and Gemm without ``transB``.
+* Biases: int32 with ``scale = input_scale * weight_scale`` (per channel) and zero point 0, so
+  the integer accumulator adds them exactly.
+* Activation ranges → (scale, zero point): uint8 asymmetric or int8 symmetric; the range is
+  widened to include 0 (so that zero padding is exact) and never has a zero scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_TINY = np.float32(1e-12)
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Scale and zero point (scalars, or vectors along ``axis``) and the integer type."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int | None = None
+
+    @property
+    def per_channel(self) -> bool:
+        return self.scale.ndim == 1
+
+
+def weight_axis(op_type: str, trans_b: bool = False) -> int:
+    """The output-channel axis of a weight of ``op_type``."""
+    if op_type == "Conv":
+        return 0
+    if op_type == "Gemm":
+        return 0 if trans_b else 1
+    return 1  # ConvTranspose [C_in, C_out/g, ...], MatMul [K, N]
+
+
+def quantize_weight(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.ndarray, QuantParams]:
+    """Symmetric signed quantization of ``w``: per channel along ``axis``, or per tensor when
+    ``axis`` is None. Returns (int8 data, params)."""
+    qmax = (1 << (bits - 1)) - 1
+    w64 = w.astype(np.float64)
+    if axis is None:
+        amax = np.asarray(np.abs(w64).max() if w64.size else 0.0)
+    else:
+        other = tuple(i for i in range(w.ndim) if i != axis)
+        amax = np.abs(w64).max(axis=other) if w64.size else np.zeros(w.shape[axis])
+    scale = np.maximum(amax / qmax, _TINY).astype(np.float32)
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis] = -1
+    q = np.clip(np.rint(w64 / scale.astype(np.float64).reshape(shape)), -qmax, qmax).astype(np.int8)
+    zp = np.zeros_like(scale, dtype=np.int8)
+    return q, QuantParams(scale, zp, axis)
+
+
+def quantize_bias(b: np.ndarray, input_scale: float, weight_scale: np.ndarray) -> tuple[np.ndarray, QuantParams]:
+    """int32 bias with scale ``input_scale * weight_scale`` (per channel), zero point 0."""
+    scale = (np.float64(input_scale) * weight_scale.astype(np.float64)).astype(np.float32)
+    scale = np.maximum(scale, _TINY)
+    q = np.rint(b.astype(np.float64) / scale.astype(np.float64))
+    q = np.clip(q, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+    zp = np.zeros_like(scale, dtype=np.int32)
+    axis = 0 if scale.ndim == 1 else None
+    return q, QuantParams(scale, zp, axis)
+
+
+def activation_params(lo: float, hi: float, qtype: str) -> QuantParams:
+    """(scale, zero point) covering [lo, hi] (widened to include 0) for ``uint8`` (asymmetric)
+    or ``int8`` (symmetric)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if qtype == "int8":
+        amax = max(abs(lo), abs(hi))
+        scale = np.float32(max(amax / 127.0, 1e-12))
+        return QuantParams(np.asarray(scale, np.float32), np.asarray(0, np.int8))
+    if qtype != "uint8":
+        raise ValueError(f"unknown activation type {qtype!r}")
+    scale = np.float32(max((hi - lo) / 255.0, 1e-12))
+    zp = int(np.clip(np.rint(-lo / scale), 0, 255))
+    return QuantParams(np.asarray(scale, np.float32), np.asarray(zp, np.uint8))
