@@ -192,7 +192,10 @@ class QuantizationOptions:
     seeded random data (explicitly only; the report says so). ``method``: minmax, percentile,
     entropy or mse. ``exclude``: node names kept in float. ``min_sqnr`` (dB, every output) and
     ``max_accuracy_drop`` (points, with ``eval_data``: a ``.npz`` of inputs plus ``labels``)
-    keep the most harmful layers in float until the budget holds. ``min_macs``: smaller layers
+    keep the most harmful layers in float until the budget holds; ``min_cosine`` (default 0.99,
+    None to disable) does the same for every output's cosine similarity to the float model on
+    the calibration samples. ``activation_products``: also quantize MatMuls of two activations
+    (attention scores and context; little speed, real accuracy cost). ``min_macs``: smaller layers
     stay float (int8 does not pay for them).
     """
 
@@ -201,8 +204,10 @@ class QuantizationOptions:
     per_channel: bool = True
     exclude: Sequence[str] = ()
     min_sqnr: float | None = None
+    min_cosine: float | None = 0.99
     max_accuracy_drop: float | None = None
     eval_data: str | os.PathLike[str] | None = None
+    activation_products: bool = False
     min_macs: int = 16384
     progress: Any = None
     dims: Mapping[str, int] | None = None
@@ -241,7 +246,9 @@ def _quantize(ir: Model, q: QuantizationOptions, target: str | None) -> tuple[Mo
         exclude=q.exclude,
         min_macs=q.min_macs,
         min_sqnr=q.min_sqnr,
+        min_cosine=q.min_cosine,
         max_accuracy_drop=q.max_accuracy_drop,
+        activation_products=q.activation_products,
         evaluate=evaluate,
         progress=q.progress,
     )

@@ -193,6 +193,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     modelio.check_output_path(out, src)  # fail before any work is done
     options = _parse_options(args.option)
     shapes = _parse_shapes(args.shape)
+    qopts = _quantization_options(args)
     _check_profile(args.cost_target)
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
     result = compile_model(
@@ -209,8 +210,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         cost=not args.no_cost,
         cost_target=args.cost_target,
         shapes=shapes,
-        quantization=_quantization_options(args),
+        quantization=qopts,
     )
+    if qopts is not None and qopts.progress is not None:
+        qopts.progress.close()
     ext = {"auto": None, "always": True, "never": False}[args.external_data]
     result.save(out, external_data=ext)
     if args.report:

@@ -42,10 +42,21 @@ Evaluate = Callable[[onnx.ModelProto], float]
 
 @dataclass
 class LayerError:
+    """SQNR of a quantized layer's output against the float model, and of its input: their
+    difference (``drop``) is the damage the layer itself adds."""
+
     node: str
     op_type: str
     tensor: str
     sqnr_db: float
+    input_sqnr_db: float = math.inf
+
+    @property
+    def added_noise(self) -> float:
+        """Noise-to-signal power the layer adds (linear): ``10^(-out/10) - 10^(-in/10)``."""
+        out = 10 ** (-self.sqnr_db / 10) if math.isfinite(self.sqnr_db) else 0.0
+        inp = 10 ** (-self.input_sqnr_db / 10) if math.isfinite(self.input_sqnr_db) else 0.0
+        return out - inp
 
 
 @dataclass
@@ -84,7 +95,10 @@ class QuantizationReport:
             "weight_only_nodes": self.weight_only,
             "skipped": self.skipped,
             "kept_in_float_for_accuracy": self.kept_float,
-            "layer_sqnr_db": [{"node": e.node, "op_type": e.op_type, "tensor": e.tensor, "sqnr_db": num(e.sqnr_db)} for e in self.layer_errors],
+            "layer_sqnr_db": [
+                {"node": e.node, "op_type": e.op_type, "tensor": e.tensor, "sqnr_db": num(e.sqnr_db), "input_sqnr_db": num(e.input_sqnr_db)}
+                for e in self.layer_errors
+            ],
             "output_sqnr_db": {k: num(v) for k, v in self.output_sqnr.items()},
             "output_cosine": {k: round(v, 6) for k, v in self.output_cosine.items()},
             "accuracy": None if self.accuracy is None else {"float": self.accuracy[0], "int8": self.accuracy[1]},
@@ -105,10 +119,13 @@ class QuantizationReport:
             lines.append(f"output {name}: SQNR {s:.1f} dB, cosine {self.output_cosine.get(name, float('nan')):.5f}")
         if self.accuracy is not None:
             lines.append(f"accuracy: float {self.accuracy[0] * 100:.2f}%, int8 {self.accuracy[1] * 100:.2f}%")
-        bad = sorted(self.layer_errors, key=lambda e: e.sqnr_db)[:worst]
+        bad = sorted(self.layer_errors, key=lambda e: -e.added_noise)[:worst]
         if bad:
             lines.append("")
-            lines += format_table(["lowest-SQNR layers", "op", "SQNR dB"], [[e.node, e.op_type, f"{e.sqnr_db:.1f}"] for e in bad])
+            lines += format_table(
+                ["layers losing the most SQNR", "op", "input dB", "output dB"],
+                [[e.node, e.op_type, f"{e.input_sqnr_db:.1f}", f"{e.sqnr_db:.1f}"] for e in bad],
+            )
         if self.kept_float:
             lines.append("kept in float: " + ", ".join(self.kept_float))
         if self.unfused:
@@ -129,7 +146,9 @@ def quantize_static(
     exclude: Iterable[str] = (),
     min_macs: int = 0,
     min_sqnr: float | None = None,
+    min_cosine: float | None = None,
     max_accuracy_drop: float | None = None,
+    activation_products: bool = False,
     evaluate: Evaluate | None = None,
     eval_samples: int = 16,
     max_fallback: int = 32,
@@ -141,7 +160,10 @@ def quantize_static(
     report = QuantizationReport(
         method, target or "cpu", policy.activation_type, per_channel, source.description, bool(getattr(source, "synthetic", False))
     )
-    samples = list(itertools.islice(iter(source), eval_samples))
+    # One pass over the data: the first batches are kept for measuring errors and then
+    # calibrated on with the rest (a reader without rewind() can be read only once).
+    stream = iter(source)
+    samples = list(itertools.islice(stream, eval_samples))
     if per_channel and (model.opset("") or 1) < 13:
         raised, note = raise_opset(model, 13, samples[:4])
         report.notes.append(note)
@@ -152,29 +174,33 @@ def quantize_static(
         else:
             model = raised
     float_proto = to_proto(model)
-    plan = plan_qdq(model, policy, exclude=set(exclude), min_macs=min_macs)
+    plan = plan_qdq(model, policy, exclude=set(exclude), min_macs=min_macs, activation_products=activation_products)
     symmetric = policy.activation_type == "int8"
-    ranges_full = collect_ranges(float_proto, plan.calibrate, source, method, symmetric=symmetric, progress=progress)
+    ranges_full = collect_ranges(
+        float_proto, plan.calibrate, itertools.chain(samples, stream), method, symmetric=symmetric, progress=progress
+    )
     ranges = {k: (r.min, r.max) for k, r in ranges_full.items()}
     excluded = set(exclude)
     float_eval = evaluate(float_proto) if evaluate is not None else None
     while True:
-        q_model, q_plan = _build(float_proto, policy, ranges, excluded, min_macs, per_channel)
+        q_model, q_plan = _build(float_proto, policy, ranges, excluded, min_macs, per_channel, activation_products)
         q_proto = to_proto(q_model)
         errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples)
         q_eval = evaluate(q_proto) if evaluate is not None else None
         ok = True
         if min_sqnr is not None and out_sqnr and min(out_sqnr.values()) < min_sqnr:
             ok = False
+        if min_cosine is not None and out_cos and min(out_cos.values()) < min_cosine:
+            ok = False
         if max_accuracy_drop is not None and float_eval is not None and q_eval is not None:
             ok = ok and (float_eval - q_eval) * 100 <= max_accuracy_drop
-        candidates = [e for e in sorted(errors, key=lambda e: e.sqnr_db) if e.node not in excluded]
+        candidates = [e for e in sorted(errors, key=lambda e: -e.added_noise) if e.node not in excluded]
         if ok or not candidates or len(report.kept_float) >= max_fallback:
             break
         worst = candidates[0]
         excluded.add(worst.node)
         report.kept_float.append(worst.node)
-        log.info("keeping %s in float (layer SQNR %.1f dB)", worst.node, worst.sqnr_db)
+        log.info("keeping %s in float (it adds %.2g of noise power)", worst.node, worst.added_noise)
     report.quantized = [n.name or n.op_type for n in q_plan.compute if (n.name or n.op_type) not in excluded]
     report.weight_only = [n.name or n.op_type for n in q_plan.weight_only]
     report.skipped = {k: v for k, v in q_plan.skipped.items() if k not in report.kept_float}
@@ -186,6 +212,8 @@ def quantize_static(
     report.unfused = unfused_pairs(q_proto, policy)
     if min_sqnr is not None and out_sqnr and min(out_sqnr.values()) < min_sqnr:
         report.notes.append(f"output SQNR stays below {min_sqnr} dB even with {len(report.kept_float)} layer(s) in float")
+    if min_cosine is not None and out_cos and min(out_cos.values()) < min_cosine:
+        report.notes.append(f"output cosine stays below {min_cosine} even with {len(report.kept_float)} layer(s) in float")
     return q_model, report
 
 
@@ -196,13 +224,15 @@ def _build(
     excluded: set[str],
     min_macs: int,
     per_channel: bool,
+    activation_products: bool,
 ) -> tuple[Model, QdqPlan]:
     from onnxforge.passes import DeadCodeElimination, TopologicalSort
     from onnxforge.passmanager import PassContext
 
     q = from_proto(float_proto)
-    plan = plan_qdq(q, policy, exclude=excluded, min_macs=min_macs)
-    apply_qdq(q, plan, dict(ranges), policy, per_channel=per_channel)
+    plan = plan_qdq(q, policy, exclude=excluded, min_macs=min_macs, activation_products=activation_products)
+    done = apply_qdq(q, plan, dict(ranges), policy, per_channel=per_channel)
+    plan.compute = [n for n in plan.compute if (n.name or n.op_type) in set(done.quantized)]
     ctx = PassContext()
     ctx.run(DeadCodeElimination(), q)
     ctx.run(TopologicalSort(), q)
@@ -212,38 +242,54 @@ def _build(
 def measure(
     float_proto: onnx.ModelProto, q_proto: onnx.ModelProto, plan: QdqPlan, samples: Sequence[Mapping[str, np.ndarray]]
 ) -> tuple[list[LayerError], dict[str, float], dict[str, float]]:
-    """SQNR of every quantized layer's output and of every model output, and output cosine."""
-    layers = [(n.name or n.op_type, n.op_type, n.output(0).name) for n in plan.compute if n.output(0) is not None]  # type: ignore[union-attr]
-    names = [t for _, _, t in layers]
+    """SQNR of every quantized layer's output and input, and of every model output (plus the
+    outputs' cosine similarity), over ``samples``, against the float model."""
+    layers = []
+    for n in plan.compute:
+        out, inp = n.output(0), _float_source(n.input(0))
+        if out is not None and inp is not None:
+            layers.append((n.name or n.op_type, n.op_type, out.name, inp.name))
     outputs = [o.name for o in float_proto.graph.output]
+    graph_inputs = {i.name for i in float_proto.graph.input}
+    names = [
+        n
+        for n in dict.fromkeys([*outputs, *(t for _, _, t, _ in layers), *(i for _, _, _, i in layers)])
+        if n not in graph_inputs
+    ]
     runner = OrtRunner()
-    f_model = exposed_model(float_proto, names)
-    q_model = exposed_model(q_proto, names)
+    f_sess = runner.session(exposed_model(float_proto, names))
+    q_sess = runner.session(exposed_model(q_proto, names))
     acc: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for feed in samples:
-        f = runner.run(f_model, feed)
-        q = runner.run(q_model, feed)
-        for k in set(names) | set(outputs):
-            if k in f and k in q and isinstance(f[k], np.ndarray):
+        f = dict(zip(names, f_sess.run(names, dict(feed))))
+        q = dict(zip(names, q_sess.run(names, dict(feed))))
+        for k in names:
+            if isinstance(f.get(k), np.ndarray) and isinstance(q.get(k), np.ndarray) and f[k].shape == q[k].shape:
                 acc.setdefault(k, []).append((f[k], q[k]))
 
-    def sq(k: str) -> float:
-        pairs = acc.get(k, [])
-        if not pairs:
-            return float("nan")
+    def flat(k: str) -> tuple[np.ndarray, np.ndarray]:
+        pairs = acc[k]
         ref = np.concatenate([a.reshape(-1) for a, _ in pairs]).astype(np.float64)
         got = np.concatenate([b.reshape(-1) for _, b in pairs]).astype(np.float64)
-        return sqnr_db(ref, got)
+        return ref, got
 
-    errors = [LayerError(node, op, t, sq(t)) for node, op, t in layers if t in acc]
+    def sq(k: str) -> float:
+        return sqnr_db(*flat(k)) if k in acc else math.nan
+
+    errors = [LayerError(node, op, t, sq(t), sq(i) if i in acc else math.inf) for node, op, t, i in layers if t in acc]
     out_sqnr = {o: sq(o) for o in outputs if o in acc}
-    out_cos = {}
-    for o in outputs:
-        if o in acc:
-            ref = np.concatenate([a.reshape(-1) for a, _ in acc[o]]).astype(np.float64)
-            got = np.concatenate([b.reshape(-1) for _, b in acc[o]]).astype(np.float64)
-            out_cos[o] = cosine(ref, got)
+    out_cos = {o: cosine(*flat(o)) for o in outputs if o in acc}
     return errors, out_sqnr, out_cos
+
+
+def _float_source(v: Any) -> Any:
+    """The float tensor behind a ``Q → DQ`` pair (``v`` itself otherwise)."""
+    dq = v.producer if v is not None else None
+    if dq is not None and dq.op_type == "DequantizeLinear":
+        q = dq.input(0).producer if dq.input(0) is not None else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            return q.input(0)
+    return v
 
 
 def unfused_pairs(q_proto: onnx.ModelProto, policy: TargetPolicy) -> list[str]:

@@ -3,11 +3,13 @@
 Two steps, so calibration can run in between:
 
 1. :func:`plan_qdq` picks the compute nodes to quantize (float Conv/ConvTranspose/Gemm/MatMul
-   of the main graph with constant weights or, for MatMul, two calibrated activations; not
+   of the main graph with constant weights or, with ``activation_products``, MatMuls of two
+   calibrated activations such as attention scores, which cost accuracy for little speed; not
    excluded; at least ``min_macs`` multiply-accumulates when shapes are known, since tiny
    layers run slower quantized) and the activation tensors that need a range: their
-   activation inputs, their outputs where the target quantizes outputs (after a Relu/Clip that
-   follows), the inputs/outputs of the target's quantized elementwise ops, and the outputs of
+   activation inputs, convolution outputs where the target quantizes outputs (after a Relu/Clip
+   that follows; MatMul/Gemm outputs stay float: onnxruntime runs them on integers with a float
+   output, and transformers' residual streams suffer from int8), the inputs/outputs of the target's quantized elementwise ops, and the outputs of
    pass-through ops, which reuse their input's parameters.
 2. :func:`apply_qdq` inserts, for every planned tensor, ``Q → DQ`` read by all its consumers
    (graph outputs keep the float tensor), replaces weights by int8 tensors behind a
@@ -55,6 +57,9 @@ class QdqPlan:
     #: Compute nodes quantized weight-only (inside subgraphs).
     weight_only: list[Node] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: Tensors produced by Relu / Clip(0, ...): their range starts at 0 exactly, so the zero
+    #: point is the type's minimum and the runtime can drop the activation.
+    non_negative: set[str] = field(default_factory=set)
 
 
 def _const_float(v: Value | None) -> np.ndarray | None:
@@ -88,7 +93,14 @@ def _macs(node: Node) -> int | None:
     return math.prod(ys) * k
 
 
-def plan_qdq(model: Model, policy: TargetPolicy, *, exclude: set[str] = frozenset(), min_macs: int = 0) -> QdqPlan:  # type: ignore[assignment]
+def plan_qdq(
+    model: Model,
+    policy: TargetPolicy,
+    *,
+    exclude: set[str] = frozenset(),  # type: ignore[assignment]
+    min_macs: int = 0,
+    activation_products: bool = False,
+) -> QdqPlan:
     """Choose the nodes and tensors to quantize (see the module docstring)."""
     plan = QdqPlan()
     graph = model.graph
@@ -102,7 +114,7 @@ def plan_qdq(model: Model, policy: TargetPolicy, *, exclude: set[str] = frozense
     for node in graph.topological_order():
         label = node.name or node.op_type
         if node.op_type in COMPUTE_OPS and node.is_standard_domain():
-            reason = _refuse(node, exclude, min_macs)
+            reason = _refuse(node, exclude, min_macs, activation_products)
             if reason:
                 plan.skipped[label] = reason
                 continue
@@ -110,8 +122,14 @@ def plan_qdq(model: Model, policy: TargetPolicy, *, exclude: set[str] = frozense
             want(node.input(0))
             if node.op_type == "MatMul" and _const_float(node.input(1)) is None:
                 want(node.input(1))
-            if policy.quantize_outputs:
-                want(_output_to_quantize(node))
+            if policy.quantize_outputs and node.op_type in ("Conv", "ConvTranspose"):
+                # onnxruntime needs the output Q to run a convolution on integers; MatMul and
+                # Gemm run integer kernels with a float output (MatMulIntegerToFloat, QGemm),
+                # so their outputs (bias adds, residual streams) stay float.
+                out = _output_to_quantize(node)
+                want(out)
+                if out is not None and out is not node.output(0):
+                    plan.non_negative.add(out.name)
         elif node.op_type in policy.elementwise_ops and node.is_standard_domain() and label not in exclude:
             acts = [v for v in node.inputs if _is_float_activation(v)]
             if acts and all(v.name in quantized for v in acts if v is not None):
@@ -135,15 +153,18 @@ def plan_qdq(model: Model, policy: TargetPolicy, *, exclude: set[str] = frozense
     return plan
 
 
-def _refuse(node: Node, exclude: set[str], min_macs: int) -> str:
+def _refuse(node: Node, exclude: set[str], min_macs: int, activation_products: bool) -> str:
     label = node.name or node.op_type
     if label in exclude:
         return "excluded (kept in float)"
     if not _is_float_activation(node.input(0)):
         return "input is not a float32 activation"
     w = node.input(1)
-    if _const_float(w) is None and not (node.op_type == "MatMul" and _is_float_activation(w)):
-        return "weight is neither a float32 constant nor (MatMul) a float32 activation"
+    if _const_float(w) is None:
+        if not (node.op_type == "MatMul" and _is_float_activation(w)):
+            return "weight is neither a float32 constant nor (MatMul) a float32 activation"
+        if not activation_products:
+            return "product of two activations (attention scores/context): kept in float for accuracy"
     if node.op_type == "Gemm" and int(node.attr("transA", 0)):
         return "Gemm with transA"
     macs = _macs(node)
@@ -176,6 +197,8 @@ class QdqResult:
     """What :func:`apply_qdq` did: tensors quantized, weights quantized, and the parameters."""
 
     tensors: dict[str, QuantParams] = field(default_factory=dict)
+    #: Compute nodes that run quantized (activations and weights).
+    quantized: list[str] = field(default_factory=list)
     weights: int = 0
     weight_only: int = 0
     biases: int = 0
@@ -199,6 +222,8 @@ def apply_qdq(
         if r is None or not all(math.isfinite(x) for x in r):
             log.debug("no usable range for %s: left in float", name)
             continue
+        if name in plan.non_negative:
+            r = (0.0, max(r[1], 0.0))
         result.tensors[name] = activation_params(r[0], r[1], policy.activation_type)
     for name, src in plan.shared.items():
         if src in result.tensors:
@@ -215,10 +240,12 @@ def apply_qdq(
         if xp is None:
             continue  # its input stayed float: leave the node float too
         if node.op_type == "MatMul" and _const_float(node.input(1)) is None:
+            result.quantized.append(node.name or node.op_type)
             continue  # two activations: their Q/DQ pairs are all it needs
         wq = _quantize_weight_input(graph, node, per_channel, weight_cache)
         if wq is None:
             continue
+        result.quantized.append(node.name or node.op_type)
         result.weights += 1
         bias_index = COMPUTE_OPS[node.op_type][1]
         if bias_index is not None and _const_float(node.input(bias_index)) is not None:
@@ -251,6 +278,8 @@ def _insert_qdq(graph: Graph, v: Value, p: QuantParams) -> None:
     if v.type is not None:
         out.type = v.type
     for node, idx in users:
+        if node.op_type in ("Shape", "Size") and node.is_standard_domain():
+            continue  # they read only the shape: keep them on the float tensor
         node.set_input(idx, out)
 
 

@@ -1,0 +1,53 @@
+"""Int8 quantization support: calibration data, range collection and error measures.
+
+* :mod:`~onnxforge.quantize.data`: where calibration samples come from (``.npz``, a folder of
+  ``.npz``, an onnxruntime ``CalibrationDataReader``, or explicitly requested synthetic data).
+* :mod:`~onnxforge.quantize.collect`: streaming range collection with onnxruntime.
+* :mod:`~onnxforge.quantize.histogram` / :mod:`~onnxforge.quantize.ranges`: the accumulators and
+  the range-selection methods (minmax, percentile, entropy, mse), scale and zero point.
+* :mod:`~onnxforge.quantize.sqnr`: SQNR and cosine similarity for per-layer error reports.
+* :mod:`~onnxforge.quantize.progress`: a stderr progress bar for the CLI.
+"""
+
+from __future__ import annotations
+
+from onnxforge.quantize.collect import collect_ranges, exposed_model
+from onnxforge.quantize.data import (
+    CalibrationSource,
+    InputSpec,
+    from_folder,
+    from_npz,
+    from_reader,
+    model_inputs,
+    open_calibration,
+    synthetic,
+    synthetic_data,
+)
+from onnxforge.quantize.histogram import Histogram, RunningMinMax, StreamingHistogram
+from onnxforge.quantize.progress import ProgressBar
+from onnxforge.quantize.ranges import METHODS, TensorRange, compute_range, scale_zero_point
+from onnxforge.quantize.sqnr import cosine, sqnr_db
+
+__all__ = [
+    "METHODS",
+    "CalibrationSource",
+    "Histogram",
+    "InputSpec",
+    "ProgressBar",
+    "RunningMinMax",
+    "StreamingHistogram",
+    "TensorRange",
+    "collect_ranges",
+    "compute_range",
+    "cosine",
+    "exposed_model",
+    "from_folder",
+    "from_npz",
+    "from_reader",
+    "model_inputs",
+    "open_calibration",
+    "scale_zero_point",
+    "sqnr_db",
+    "synthetic",
+    "synthetic_data",
+]

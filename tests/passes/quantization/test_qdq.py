@@ -1,0 +1,144 @@
+"""QDQ planning and insertion: placement per target, weights/biases, onnxruntime's integer
+kernels actually used, and the int8 pipeline end to end on the trained digits CNN."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxforge
+from onnxforge.api import QuantizationOptions
+from onnxforge.cli import main
+from onnxforge.errors import UsageError
+from onnxforge.ir import to_proto
+from onnxforge.models.digits import train_digits_cnn
+from onnxforge.passes.quantization.policy import CPU, TENSORRT
+from onnxforge.passes.quantization.qdq import apply_qdq, plan_qdq
+from onnxforge.passes.quantization.weights import activation_params, quantize_bias, quantize_weight
+from onnxforge.quantize.data import from_npz
+
+
+@pytest.fixture(scope="module")
+def digits():
+    proto, (x, y) = train_digits_cnn(0)
+    return proto, x, y
+
+
+def _ort_ops(model: onnx.ModelProto) -> collections.Counter:
+    """Ops onnxruntime actually runs after its own optimizations (QDQ fusions included)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.log_severity_level = 3
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        so.optimized_model_filepath = f"{d}/opt.onnx"
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return collections.Counter(n.op_type for n in onnx.load(f"{d}/opt.onnx").graph.node)
+
+
+def test_weights_are_symmetric_per_channel_and_bias_int32():
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    q, p = quantize_weight(w, axis=0)
+    assert q.dtype == np.int8 and p.scale.shape == (4,) and not p.zero_point.any()
+    assert np.abs(q).max() == 127
+    err = np.abs(q * p.scale.reshape(-1, 1, 1, 1) - w).max(axis=(1, 2, 3))
+    assert np.all(err <= p.scale / 2 + 1e-7)
+    b, bp = quantize_bias(np.array([0.5, -1.0, 0.0, 2.0], np.float32), 0.02, p.scale)
+    assert b.dtype == np.int32 and np.allclose(b * bp.scale, [0.5, -1.0, 0.0, 2.0], atol=bp.scale.max())
+    a = activation_params(-1.0, 3.0, "uint8")
+    assert a.zero_point.dtype == np.uint8 and np.isclose(float(a.scale) * int(a.zero_point), 1.0, atol=float(a.scale))
+    assert activation_params(-1.0, 3.0, "int8").zero_point == 0
+
+
+def test_cpu_placement_lets_onnxruntime_run_integer_kernels(digits):
+    proto, x, _ = digits
+    ir = onnxforge.compile(proto, "optimize").ir
+    plan = plan_qdq(ir, CPU)
+    assert [n.op_type for n in plan.compute] == ["Conv", "Conv", "Gemm"]
+    assert set(plan.shared) == {"pool", "flat"}  # pass-through ops share their input's params
+    ranges = {n: (-1.0, 6.0) for n in plan.calibrate}
+    apply_qdq(ir, plan, ranges, CPU)
+    q = to_proto(ir)
+    onnx.checker.check_model(q)
+    ops = _ort_ops(q)
+    assert ops["QLinearConv"] == 2 and ops["QGemm"] == 1 and "Conv" not in ops
+    assert {i.name: i.type.tensor_type.elem_type for i in q.graph.input} == {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
+
+
+def test_tensorrt_placement_has_no_output_qdq(digits):
+    proto, _, _ = digits
+    ir = onnxforge.compile(proto, "optimize").ir
+    plan = plan_qdq(ir, TENSORRT)
+    assert "relu1" in plan.calibrate  # conv inputs
+    relu2_out_q = [n for n in plan.calibrate if n == "logits"]
+    assert relu2_out_q == []
+    apply_qdq(ir, plan, {n: (-1.0, 6.0) for n in plan.calibrate}, TENSORRT)
+    q = to_proto(ir)
+    zps = [t for t in q.graph.initializer if t.name.endswith("_zero_point") and not t.name.endswith(("_w_zero_point", "_b_zero_point"))]
+    assert zps and all(t.data_type == onnx.TensorProto.INT8 for t in zps)
+
+
+def test_int8_pipeline_keeps_digits_accuracy(digits, tmp_path):
+    proto, x, y = digits
+    inp = proto.graph.input[0].name
+    np.savez(tmp_path / "calib.npz", **{inp: x[:64]})
+    result = onnxforge.compile(
+        proto, "int8", quantization=QuantizationOptions(calibration=str(tmp_path / "calib.npz"), method="minmax"), verify=True
+    )
+    rep = result.report.quantization
+    assert len(rep.quantized) == 3 and min(rep.output_cosine.values()) > 0.999
+
+    def accuracy(m: onnx.ModelProto) -> float:
+        s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return float((s.run(None, {inp: x})[0].argmax(1) == y).mean())
+
+    drop = (accuracy(proto) - accuracy(result.model)) * 100
+    assert drop <= 0.3, drop
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in result.model.graph.initializer)
+    assert result.report.to_dict()["quantization"]["layer_sqnr_db"]
+
+
+def test_budget_keeps_layers_in_float(digits, tmp_path):
+    proto, x, _ = digits
+    inp = proto.graph.input[0].name
+    source = from_npz_path = tmp_path / "c.npz"
+    np.savez(from_npz_path, **{inp: x[:16]})
+    result = onnxforge.compile(
+        proto, "int8", quantization=QuantizationOptions(calibration=str(source), min_sqnr=200.0)
+    )
+    rep = result.report.quantization
+    # An impossible budget keeps layers in float until none is left or the budget holds.
+    assert rep.kept_float
+    assert min(rep.output_sqnr.values()) >= 200 or any("SQNR stays below" in n for n in rep.notes)
+    assert not set(rep.kept_float) & set(rep.quantized)
+
+
+def test_int8_needs_calibration_data_unless_synthetic(digits, tmp_path, capsys):
+    proto, _, _ = digits
+    with pytest.raises(UsageError, match="calibration needs sample inputs"):
+        onnxforge.compile(proto, "int8")
+    result = onnxforge.compile(proto, "int8", quantization=QuantizationOptions(calibration="synthetic"))
+    assert result.report.quantization.synthetic
+    src = tmp_path / "d.onnx"
+    onnx.save(proto, src)
+    code = main(["compile", str(src), "-o", str(tmp_path / "o.onnx"), "--pipeline", "int8"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "calibration" in err
+    report = tmp_path / "r.json"
+    code = main(["compile", str(src), "-o", str(tmp_path / "o.onnx"), "--pipeline", "int8", "--calibration", "synthetic",
+                 "--report", str(report), "-q"])
+    assert code == 0 and json.loads(report.read_text())["quantization"]["synthetic_calibration"] is True
+
+
+def test_npz_source_reads_model_inputs(digits, tmp_path):
+    proto, x, _ = digits
+    inp = proto.graph.input[0].name
+    np.savez(tmp_path / "c.npz", **{inp: x[:5]})
+    src = from_npz(tmp_path / "c.npz")
+    assert len(list(src)) == 5

@@ -1,0 +1,49 @@
+"""SQNR and cosine similarity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from onnxforge.quantize.sqnr import cosine, sqnr_db
+
+
+def test_sqnr_equal_is_infinite() -> None:
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    assert sqnr_db(x, x.copy()) == math.inf
+    assert sqnr_db(np.zeros(0), np.zeros(0)) == math.inf
+
+
+def test_sqnr_known_noise() -> None:
+    ref = np.full(1000, 2.0)  # signal power 4 per element
+    noise = 0.02 * np.where(np.arange(1000) % 2, 1.0, -1.0)  # noise power 4e-4
+    assert sqnr_db(ref, ref + noise) == pytest.approx(40.0, abs=1e-9)
+    assert sqnr_db(ref, ref + 10 * noise) == pytest.approx(20.0, abs=1e-9)
+    assert sqnr_db(ref.astype(np.float16), (ref + noise).astype(np.float16)) == pytest.approx(40.0, abs=0.5)
+
+
+def test_sqnr_of_8bit_quantization_is_about_6db_per_bit() -> None:
+    x = np.random.default_rng(0).uniform(-1, 1, 100000)
+    scale = 2 / 255
+    q = np.round(x / scale) * scale
+    assert 46 < sqnr_db(x, q) < 50  # ~ 6.02 * 8 dB for a full-scale uniform signal
+
+
+def test_sqnr_edge_cases() -> None:
+    assert sqnr_db(np.zeros(3), np.ones(3)) == -math.inf
+    assert math.isnan(sqnr_db(np.array([1.0, np.nan]), np.array([1.0, 2.0])))
+    with pytest.raises(ValueError, match="shapes differ"):
+        sqnr_db(np.zeros(3), np.zeros(4))
+
+
+def test_cosine() -> None:
+    a = np.array([1.0, 2.0, 3.0])
+    assert cosine(a, 2 * a) == pytest.approx(1.0)
+    assert cosine(a, -a) == pytest.approx(-1.0)
+    assert cosine(np.array([1.0, 0.0]), np.array([0.0, 5.0])) == pytest.approx(0.0)
+    assert cosine(np.zeros(3), np.zeros(3)) == 1.0
+    assert cosine(np.zeros(3), a) == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        cosine(a, a[:2])
