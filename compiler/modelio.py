@@ -133,6 +133,7 @@ def load(
     recheck = check and not check_proto(proto, where, path)
     ir_model = from_proto(proto)
     ir_model.tensor_store = store
+    ir_model.export_value_info = _has_value_info(proto.graph)
     try:
         ir_model.graph.toposort()
         for g in ir_model.graph.all_graphs():
@@ -145,6 +146,13 @@ def load(
         check_proto(to_proto(ir_model), where, None if uses_external else path)
     ir_model.version = 0
     return LoadedModel(ir_model, path, uses_external)
+
+
+def _has_value_info(g: onnx.GraphProto) -> bool:
+    """True when the graph (or a subgraph) declares types of intermediate values."""
+    if len(g.value_info):
+        return True
+    return any(_has_value_info(a.g) for n in g.node for a in n.attribute if a.HasField("g"))
 
 
 def _short(e: BaseException, limit: int = 240) -> str:

@@ -68,7 +68,10 @@ def optimize(options: Mapping[str, Mapping[str, Any]] | None = None, target: str
     make = _maker(options)
     fusions: list[Pass] = [make(p.FusePortable)]
     if target in ("cpu", "cuda"):
-        fusions.append(make(p.FuseOnnxRuntime))
+        ort_opts = dict((options or {}).get(p.FuseOnnxRuntime.name, {}))
+        if target == "cuda":
+            ort_opts.setdefault("skip_layer_norm", True)
+        fusions.append(p.FuseOnnxRuntime(**ort_opts))
     return Sequential(
         [
             lossless(options),

@@ -161,7 +161,7 @@ def export_for_inference(model: Model, max_data_bytes: int = 1024) -> onnx.Model
                 stub.external_data.add(key="location", value=_STRIPPED_LOCATION)
                 swapped.append((v, t))
                 v.const = stub
-        return to_proto(model)
+        return to_proto(model, value_info=True)
     finally:
         for v, t in swapped:
             v.const = t

@@ -711,6 +711,11 @@ class Model:
         self.opset_imports: dict[str, int] = dict(opset_imports or {"": 21})
         self.ir_version: int = onnx.IR_VERSION
         self.tensor_store: TensorStore | None = None
+        #: Whether exports write value_info for intermediate values. Loading sets it to whether
+        #: the source model had any: types we infer stay internal unless the user's model
+        #: carried them (onnxruntime's optimizer fuses differently once it can prove shapes,
+        #: not always for the better).
+        self.export_value_info = True
         self._names: set[str] = set()
         self._node_names: set[str] = set()
         self._counter = itertools.count()

@@ -175,11 +175,12 @@ def _value_info(v: Value, name: str | None = None) -> onnx.ValueInfoProto:
     return vi
 
 
-def to_proto(model: Model) -> onnx.ModelProto:
+def to_proto(model: Model, *, value_info: bool | None = None) -> onnx.ModelProto:
     """Export the IR as a ModelProto (graphs are emitted in topological order).
 
     Tensors that refer to external data keep their references; :mod:`onnxforge.modelio` rewrites
-    them when saving.
+    them when saving. ``value_info`` (default: ``model.export_value_info``) decides whether the
+    types of intermediate values are written.
     """
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto_shell)
@@ -187,11 +188,12 @@ def to_proto(model: Model) -> onnx.ModelProto:
     del proto.opset_import[:]
     for dom, ver in model.opset_imports.items():
         proto.opset_import.add(domain=dom, version=ver)
-    proto.graph.CopyFrom(_export_graph(model.graph))
+    emit = model.export_value_info if value_info is None else value_info
+    proto.graph.CopyFrom(_export_graph(model.graph, emit))
     return proto
 
 
-def _export_graph(g: Graph) -> onnx.GraphProto:
+def _export_graph(g: Graph, value_info: bool = True) -> onnx.GraphProto:
     """Export without touching the IR: nodes go out in topological order, names on copies."""
     gp = onnx.GraphProto(name=g.name, doc_string=g.doc_string)
     gp.metadata_props.extend(g.metadata_props)
@@ -234,13 +236,13 @@ def _export_graph(g: Graph) -> onnx.GraphProto:
             if isinstance(sg, list):
                 a = onnx.AttributeProto(name=name, type=onnx.AttributeProto.GRAPHS)
                 for s in sg:
-                    a.graphs.append(_export_graph(s))
+                    a.graphs.append(_export_graph(s, value_info))
             else:
                 a = onnx.AttributeProto(name=name, type=onnx.AttributeProto.GRAPH)
-                a.g.CopyFrom(_export_graph(sg))
+                a.g.CopyFrom(_export_graph(sg, value_info))
             np_.attribute.append(a)
         for v in node._outputs:
-            if v is not None and v.type is not None and v not in described:
+            if value_info and v is not None and v.type is not None and v not in described:
                 value_infos.append(_value_info(v))
     gp.value_info.extend(value_infos)
     gp.value_info.extend(g.extra_value_info)

@@ -47,7 +47,7 @@ def raise_opset(model: Model, target: int, samples: Iterable[Mapping[str, np.nda
     current = model.opset("") or 1
     if current >= target:
         return model, f"opset {current} already >= {target}"
-    proto = to_proto(model)
+    proto = to_proto(model, value_info=True)
     try:
         converted = onnx.version_converter.convert_version(proto, target)
         onnx.checker.check_model(converted)
@@ -69,4 +69,7 @@ def raise_opset(model: Model, target: int, samples: Iterable[Mapping[str, np.nda
     if worst > tolerance:
         return None, f"conversion to opset {target} changes the outputs (relative error {worst:.2g})"
     log.info("raised the opset from %d to %d (checked on %d samples, error %.1e)", current, target, checked, worst)
-    return from_proto(converted), f"opset raised from {current} to {target}"
+    raised = from_proto(converted)
+    raised.export_value_info = model.export_value_info
+    raised.tensor_store = model.tensor_store
+    return raised, f"opset raised from {current} to {target}"

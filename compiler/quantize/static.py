@@ -173,7 +173,7 @@ def quantize_static(
             report.notes.append("weights quantized per tensor")
         else:
             model = raised
-    float_proto = to_proto(model)
+    float_proto = to_proto(model, value_info=True)  # planning reads the value types
     plan = plan_qdq(model, policy, exclude=set(exclude), min_macs=min_macs, activation_products=activation_products)
     symmetric = policy.activation_type == "int8"
     ranges_full = collect_ranges(
@@ -184,6 +184,7 @@ def quantize_static(
     float_eval = evaluate(float_proto) if evaluate is not None else None
     while True:
         q_model, q_plan = _build(float_proto, policy, ranges, excluded, min_macs, per_channel, activation_products)
+        q_model.export_value_info = model.export_value_info
         q_proto = to_proto(q_model)
         errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples)
         q_eval = evaluate(q_proto) if evaluate is not None else None
