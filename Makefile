@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/pytest
 CORPUS  ?= $(CURDIR)/.corpus
 export ONNXFORGE_CORPUS := $(CORPUS)
 
-.PHONY: setup test test-all lint demo conformance corpus bench bench-scale bench-cost bench-fusion clean exports
+.PHONY: setup test test-all lint demo conformance corpus bench bench-scale bench-cost bench-fusion bench-quant clean exports
 
 setup: $(STAMP)
 
@@ -59,14 +59,23 @@ $(EXPORT_STAMP): pyproject.toml
 exports: $(EXPORT_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(EXPORT_VENV)/bin/python -m onnxforge.models.exports build
 
-bench: setup bench-scale bench-cost bench-fusion
+bench: setup bench-scale bench-cost bench-fusion bench-quant
+
+BENCH_STAMP := $(VENV)/.bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 bench-scale: setup
 	$(BIN)/python -m benchmarks.scale --out benchmarks/scale.md
 
 ## Fusion: node counts, equality and latency against the original (run `make exports` first for the transformers).
-bench-fusion: setup corpus
+bench-fusion: setup corpus $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.fusion --out benchmarks/fusion.md
+
+## int8: onnxforge and onnxruntime's quantizer side by side (run `make exports` first for the transformers).
+bench-quant: setup corpus
+	$(BIN)/python -m benchmarks.quantization --out benchmarks/quantization.md
 
 ## Cost model vs measured latency on the corpus and the exports (run `make exports` first for those).
 bench-cost: setup corpus

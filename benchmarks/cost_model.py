@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from benchmarks.latency import interleaved_medians, session
+from benchmarks.real_models import real_models
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -40,18 +40,6 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _models() -> list[tuple[str, Path, dict[str, np.ndarray]]]:
-    from onnxforge.models.corpus import feeds_for, list_corpus
-    from onnxforge.models.exports import feeds_for_export, list_exports
-
-    out = []
-    for name, path in list_corpus().items():
-        out.append((name, path, feeds_for(name, onnx.load(path, load_external_data=False), seed=0)))
-    for name, path in list_exports().items():
-        out.append((name, path, feeds_for_export(name, seed=0)))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     from onnxforge import modelio
     from onnxforge.cost import analyze, get_profile
@@ -64,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     profile = get_profile("cpu")
-    models = _models()
+    models = real_models()
     if not models:
         raise SystemExit("no models: run `make corpus` (and `make exports` for the transformers models)")
     rows = []

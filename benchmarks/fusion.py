@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from benchmarks.latency import interleaved_medians, session
+from benchmarks.real_models import real_models
 
 log = logging.getLogger("benchmarks.fusion")
 
@@ -62,18 +62,6 @@ def _ort_transformers_nodes(name: str, path: Path) -> str:
         return f"failed: {type(e).__name__}"
 
 
-def _models() -> list[tuple[str, Path, dict[str, np.ndarray]]]:
-    from onnxforge.models.corpus import feeds_for, list_corpus
-    from onnxforge.models.exports import feeds_for_export, list_exports
-
-    out = []
-    for name, path in list_corpus().items():
-        out.append((name, path, feeds_for(name, onnx.load(path, load_external_data=False), seed=0)))
-    for name, path in list_exports().items():
-        out.append((name, path, feeds_for_export(name, seed=0)))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     import onnxforge
 
@@ -85,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("onnxforge").setLevel(logging.WARNING)
 
-    models = [m for m in _models() if not args.only or m[0] in args.only]
+    models = [m for m in real_models() if not args.only or m[0] in args.only]
     if not models:
         raise SystemExit("no models: run `make corpus` (and `make exports`)")
     rows: list[str] = []

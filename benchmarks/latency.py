@@ -40,11 +40,18 @@ def interleaved_medians(
     budget_s: float = 20.0,
 ) -> list[float]:
     """Median seconds per run of each session; the sessions run in turn, round after round
-    (fewer rounds when the budget would be exceeded, at least 5)."""
+    (fewer rounds when the budget would be exceeded, at least 5; more for fast models)."""
     per = [feeds] * len(sessions) if isinstance(feeds, Mapping) else list(feeds)
+    one_round = 0.0
     for s, f in zip(sessions, per):
         for _ in range(warmup):
+            t0 = time.perf_counter()
             s.run(None, dict(f))
+            last = time.perf_counter() - t0
+        one_round += last
+    # Small models run many more rounds (up to 400, about 2 s) so that medians of a few
+    # microseconds are not at the mercy of one noisy scheduling slice.
+    rounds = max(rounds, min(400, int(2.0 / max(one_round, 1e-6))))
     times: list[list[float]] = [[] for _ in sessions]
     start = time.perf_counter()
     for r in range(rounds):

@@ -8,9 +8,12 @@
 4. Errors are measured on up to ``eval_samples`` calibration batches: the SQNR of every
    quantized layer's output and of every model output against the float model (plus cosine),
    and, given an evaluation function, accuracy.
-5. With ``min_sqnr`` (dB, on the model outputs) or ``max_accuracy_drop`` (points, with an
-   evaluation function), the layer with the lowest SQNR is kept in float, one at a time, until
-   the budget holds or nothing is left; the report names them.
+5. With ``min_sqnr`` (dB, on the model outputs), ``min_cosine`` or ``max_accuracy_drop``
+   (points, with an evaluation function), the layer that adds the most noise is kept in float,
+   one at a time, until the budget holds or nothing is left; the report names them.
+6. Speed is part of correctness: the float and the int8 model are timed on onnxruntime (all
+   optimizations, one thread, this machine); while int8 is not faster, weight-only layers and
+   then the half of the quantized layers with the fewest MACs go back to float.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class QuantizationReport:
     weight_only: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     kept_float: list[str] = field(default_factory=list)
+    kept_for_speed: list[str] = field(default_factory=list)
+    speedup: float | None = None
     layer_errors: list[LayerError] = field(default_factory=list)
     output_sqnr: dict[str, float] = field(default_factory=dict)
     output_cosine: dict[str, float] = field(default_factory=dict)
@@ -95,6 +100,8 @@ class QuantizationReport:
             "weight_only_nodes": self.weight_only,
             "skipped": self.skipped,
             "kept_in_float_for_accuracy": self.kept_float,
+            "kept_in_float_for_speed": self.kept_for_speed,
+            "measured_speedup": None if self.speedup is None else round(self.speedup, 3),
             "layer_sqnr_db": [
                 {"node": e.node, "op_type": e.op_type, "tensor": e.tensor, "sqnr_db": num(e.sqnr_db), "input_sqnr_db": num(e.input_sqnr_db)}
                 for e in self.layer_errors
@@ -127,7 +134,11 @@ class QuantizationReport:
                 [[e.node, e.op_type, f"{e.input_sqnr_db:.1f}", f"{e.sqnr_db:.1f}"] for e in bad],
             )
         if self.kept_float:
-            lines.append("kept in float: " + ", ".join(self.kept_float))
+            lines.append("kept in float for accuracy: " + ", ".join(self.kept_float))
+        if self.kept_for_speed:
+            lines.append(f"kept in float for speed: {len(self.kept_for_speed)} small layer(s)")
+        if self.speedup is not None:
+            lines.append(f"measured speed-up over fp32 (onnxruntime, ORT_ENABLE_ALL, 1 thread, this machine): {self.speedup:.2f}x")
         if self.unfused:
             lines.append(f"{len(self.unfused)} Q/DQ pair(s) the target will not fuse: " + ", ".join(self.unfused[:8]))
         if self.synthetic:
@@ -150,6 +161,7 @@ def quantize_static(
     max_accuracy_drop: float | None = None,
     activation_products: bool = False,
     evaluate: Evaluate | None = None,
+    speed_guard: bool = True,
     eval_samples: int = 16,
     max_fallback: int = 32,
     progress: ProgressCallback | None = None,
@@ -202,6 +214,34 @@ def quantize_static(
         excluded.add(worst.node)
         report.kept_float.append(worst.node)
         log.info("keeping %s in float (it adds %.2g of noise power)", worst.node, worst.added_noise)
+    if speed_guard and samples:
+        weight_only = True
+        macs = _layer_macs(float_proto, samples[0])
+        for _ in range(6):
+            t_float, t_int8 = _latencies(float_proto, q_proto, samples[0])
+            report.speedup = t_float / t_int8 if t_int8 > 0 else None
+            if t_int8 <= t_float * 0.97:
+                break
+            done = [n.name or n.op_type for n in q_plan.compute if (n.name or n.op_type) not in excluded]
+            if weight_only and q_plan.weight_only:
+                weight_only = False  # weight-only DQ runs on every call: first thing to drop
+                report.notes.append("weight-only int8 in subgraphs made the model slower: kept in float")
+            elif done:
+                done.sort(key=lambda n: macs.get(n, 0))
+                drop = done[: max(1, len(done) // 2)]
+                excluded.update(drop)
+                report.kept_for_speed.extend(drop)
+            else:
+                break
+            q_model, q_plan = _build(float_proto, policy, ranges, excluded, min_macs, per_channel, activation_products, weight_only)
+            q_model.export_value_info = model.export_value_info
+            q_proto = to_proto(q_model)
+            errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples)
+        if report.speedup is not None and report.speedup < 1.0 / 0.97:
+            report.notes.append(
+                f"int8 is not faster than fp32 on this machine ({report.speedup:.2f}x): the layers that remain quantized are "
+                "kept for size, not speed"
+            )
     report.quantized = [n.name or n.op_type for n in q_plan.compute if (n.name or n.op_type) not in excluded]
     report.weight_only = [n.name or n.op_type for n in q_plan.weight_only]
     report.skipped = {k: v for k, v in q_plan.skipped.items() if k not in report.kept_float}
@@ -226,12 +266,15 @@ def _build(
     min_macs: int,
     per_channel: bool,
     activation_products: bool,
+    weight_only: bool = True,
 ) -> tuple[Model, QdqPlan]:
     from onnxforge.passes import DeadCodeElimination, TopologicalSort
     from onnxforge.passmanager import PassContext
 
     q = from_proto(float_proto)
     plan = plan_qdq(q, policy, exclude=excluded, min_macs=min_macs, activation_products=activation_products)
+    if not weight_only:
+        plan.weight_only = []
     done = apply_qdq(q, plan, dict(ranges), policy, per_channel=per_channel)
     plan.compute = [n for n in plan.compute if (n.name or n.op_type) in set(done.quantized)]
     ctx = PassContext()
@@ -281,6 +324,44 @@ def measure(
     out_sqnr = {o: sq(o) for o in outputs if o in acc}
     out_cos = {o: cosine(*flat(o)) for o in outputs if o in acc}
     return errors, out_sqnr, out_cos
+
+
+def _layer_macs(float_proto: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """MACs of every node (by name) at the sample's input shapes, from the cost model."""
+    from onnxforge.cost import analyze
+    from onnxforge.cost.roofline import H100
+
+    try:
+        ir = from_proto(float_proto)
+        shapes = {k: tuple(np.asarray(v).shape) for k, v in feed.items()}
+        report = analyze(ir, shapes=shapes, target=H100, probe=False, reorder=False)
+    except Exception as e:  # the guard then drops layers in graph order
+        log.debug("cost model unavailable for the speed guard: %s", e)
+        return {}
+    return {n.name: n.macs for n in report.nodes if n.name}
+
+
+def _latencies(float_proto: onnx.ModelProto, q_proto: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> tuple[float, float]:
+    """Median seconds per call of the float and the quantized model (onnxruntime, all
+    optimizations, one thread), measured interleaved for about a second."""
+    import statistics
+    import time
+
+    runner = OrtRunner(optimize=True)
+    sessions = [runner.session(float_proto), runner.session(q_proto)]
+    for sess in sessions:
+        for _ in range(3):
+            sess.run(None, dict(feed))
+    times: list[list[float]] = [[], []]
+    start = time.perf_counter()
+    while time.perf_counter() - start < 1.0 or len(times[0]) < 5:
+        for i, sess in enumerate(sessions):
+            t0 = time.perf_counter()
+            sess.run(None, dict(feed))
+            times[i].append(time.perf_counter() - t0)
+        if len(times[0]) >= 200:
+            break
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _float_source(v: Any) -> Any:
