@@ -195,7 +195,8 @@ class QuantizationOptions:
     keep the most harmful layers in float until the budget holds; ``min_cosine`` (default 0.99,
     None to disable) does the same for every output's cosine similarity to the float model on
     the calibration samples. ``activation_products``: also quantize MatMuls of two activations
-    (attention scores and context; little speed, real accuracy cost). ``min_macs``: smaller layers
+    (attention scores and context; little speed, real accuracy cost). ``speed_guard``: time
+    fp32 and int8 on this machine and keep layers in float while int8 is not faster. ``min_macs``: smaller layers
     stay float (int8 does not pay for them).
     """
 
@@ -208,6 +209,7 @@ class QuantizationOptions:
     max_accuracy_drop: float | None = None
     eval_data: str | os.PathLike[str] | None = None
     activation_products: bool = False
+    speed_guard: bool = True
     min_macs: int = 16384
     progress: Any = None
     dims: Mapping[str, int] | None = None
@@ -249,6 +251,7 @@ def _quantize(ir: Model, q: QuantizationOptions, target: str | None) -> tuple[Mo
         min_cosine=q.min_cosine,
         max_accuracy_drop=q.max_accuracy_drop,
         activation_products=q.activation_products,
+        speed_guard=q.speed_guard,
         evaluate=evaluate,
         progress=q.progress,
     )

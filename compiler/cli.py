@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--min-sqnr", type=float, metavar="DB", help="keep layers in float until every output's SQNR reaches DB")
     q.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="accuracy budget in points (needs --eval-data)")
     q.add_argument("--eval-data", metavar="NPZ", help="labelled evaluation data: model inputs plus a 'labels' array")
+    q.add_argument("--no-speed-guard", action="store_true", help="quantize even layers that make the model slower here")
     c.add_argument("--passes", help="comma-separated pass names to run once each, instead of --pipeline")
     c.add_argument("--disable", action="append", default=[], metavar="PASS", help="skip this pass (repeatable)")
     c.add_argument(
@@ -249,6 +250,7 @@ def _quantization_options(args: argparse.Namespace) -> Any:
         min_sqnr=args.min_sqnr,
         max_accuracy_drop=args.max_accuracy_drop,
         eval_data=args.eval_data,
+        speed_guard=not args.no_speed_guard,
         progress=progress,
         dims=_parse_dims(args.dim),
     )

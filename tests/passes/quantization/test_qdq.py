@@ -89,7 +89,10 @@ def test_int8_pipeline_keeps_digits_accuracy(digits, tmp_path):
     inp = proto.graph.input[0].name
     np.savez(tmp_path / "calib.npz", **{inp: x[:64]})
     result = onnxforge.compile(
-        proto, "int8", quantization=QuantizationOptions(calibration=str(tmp_path / "calib.npz"), method="minmax"), verify=True
+        proto,
+        "int8",
+        quantization=QuantizationOptions(calibration=str(tmp_path / "calib.npz"), method="minmax", speed_guard=False),
+        verify=True,
     )
     rep = result.report.quantization
     assert len(rep.quantized) == 3 and min(rep.output_cosine.values()) > 0.999
@@ -110,7 +113,7 @@ def test_budget_keeps_layers_in_float(digits, tmp_path):
     source = from_npz_path = tmp_path / "c.npz"
     np.savez(from_npz_path, **{inp: x[:16]})
     result = onnxforge.compile(
-        proto, "int8", quantization=QuantizationOptions(calibration=str(source), min_sqnr=200.0)
+        proto, "int8", quantization=QuantizationOptions(calibration=str(source), min_sqnr=200.0, speed_guard=False)
     )
     rep = result.report.quantization
     # An impossible budget keeps layers in float until none is left or the budget holds.
@@ -142,3 +145,14 @@ def test_npz_source_reads_model_inputs(digits, tmp_path):
     np.savez(tmp_path / "c.npz", **{inp: x[:5]})
     src = from_npz(tmp_path / "c.npz")
     assert len(list(src)) == 5
+
+
+def test_speed_guard_keeps_layers_float_when_int8_is_slower(digits, tmp_path):
+    proto, x, _ = digits
+    inp = proto.graph.input[0].name
+    np.savez(tmp_path / "c.npz", **{inp: x[:8]})  # batch 1: the digits CNN is too small to gain
+    result = onnxforge.compile(proto, "int8", quantization=QuantizationOptions(calibration=str(tmp_path / "c.npz")))
+    rep = result.report.quantization
+    assert rep.speedup is not None
+    assert rep.speedup >= 1 / 0.97 or rep.kept_for_speed or any("not faster" in n for n in rep.notes)
+    assert result.report.to_dict()["quantization"]["measured_speedup"] is not None
