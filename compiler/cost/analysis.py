@@ -36,7 +36,7 @@ from onnxforge.cost.shapes import ShapeBindings, ShapeTable, bind_inputs
 from onnxforge.ir import Graph, Model, Node, Value
 from onnxforge.ir.constants import constant_value, is_constant
 from onnxforge.kernels.costs import CostCall, MissingShape, OpCost, TensorInfo, get_formula
-from onnxforge.kernels.costs.registry import MOVEMENT
+from onnxforge.kernels.costs.registry import MATMUL, MOVEMENT
 
 log = logging.getLogger(__name__)
 
@@ -392,11 +392,49 @@ class _Walker:
         return rec
 
     def _estimate(self, rec: NodeCost, node: Node) -> None:
+        if _fused_qdq(node):
+            # A runtime fuses Q/DQ pairs around integer kernels (QLinearConv, MatMulIntegerToFloat,
+            # ...) and pre-packs dequantized weights: no separate pass over memory.
+            rec.note = rec.note or "Q/DQ fused into the integer kernel by the runtime"
+            rec.bound, rec.est_ms = "memory", 0.0
+            return
         first = next((v for v in node.inputs if v is not None), None)
         cls = dtype_class(first.elem_type() if first is not None else None)
         moved = rec.input_bytes + rec.output_bytes + rec.weight_read_bytes
+        if rec.kind == MATMUL and _dequantized_input(node):
+            cls = "int8"  # the runtime runs this op on its int8 operands
+            moved = (rec.input_bytes + rec.weight_read_bytes) // 4 + rec.output_bytes
         seconds, rec.bound = self.profile.node_time(rec.kind, cls, rec.flops, moved)
         rec.est_ms = seconds * 1e3
+
+
+_INTEGER_KERNEL_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+_QDQ_NEIGHBOURS = _INTEGER_KERNEL_OPS | frozenset(
+    {"Relu", "Clip", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Add", "Mul",
+     "AveragePool", "GlobalAveragePool", "Concat", "QuantizeLinear", "DequantizeLinear"}
+)
+
+
+def _dequantized_input(node: Node) -> bool:
+    """True when an input of ``node`` comes straight from a DequantizeLinear (QDQ format)."""
+    return any(v is not None and v.producer is not None and v.producer.op_type == "DequantizeLinear" for v in node.inputs)
+
+
+def _fused_qdq(node: Node) -> bool:
+    """A QuantizeLinear/DequantizeLinear that a runtime folds into its neighbours: every
+    reader of a DequantizeLinear (or the producer of a QuantizeLinear's input) runs on integer
+    kernels or just moves data."""
+    if not node.is_standard_domain():
+        return False
+    if node.op_type == "DequantizeLinear":
+        out = node.output(0)
+        users = out.consumers() if out is not None else []
+        return bool(users) and all(u.op_type in _QDQ_NEIGHBOURS for u in users)
+    if node.op_type == "QuantizeLinear":
+        src = node.input(0)
+        p = src.producer if src is not None else None
+        return p is not None and p.op_type in _QDQ_NEIGHBOURS
+    return False
 
 
 def _subgraphs(node: Node) -> Iterator[Graph]:
