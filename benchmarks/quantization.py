@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -147,6 +148,8 @@ def _onnxruntime(case: dict[str, Any], tmp: Path) -> tuple[Path | None, str]:
 
     pre = tmp / f"{case['name']}.pre.onnx"
     out = tmp / f"{case['name']}.ort_int8.onnx"
+    cwd = os.getcwd()
+    os.chdir(tmp)  # onnxruntime's pre-processing leaves external-data files in the working folder
     try:
         try:
             quant_pre_process(str(case["path"]), str(pre))
@@ -164,6 +167,8 @@ def _onnxruntime(case: dict[str, Any], tmp: Path) -> tuple[Path | None, str]:
         return out, note
     except Exception as e:
         return None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    finally:
+        os.chdir(cwd)
 
 
 def _accuracy(path: Path, inp: str, x: np.ndarray, y: np.ndarray) -> float:

@@ -94,6 +94,20 @@ def int8(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | N
     return optimize(options, None if target in ("cpu", "cuda") else target)
 
 
+def int4(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
+    """The optimize pipeline, then int4 weight-only quantization of MatMul/Gemm weights
+    (blocks of 32): com.microsoft MatMulNBits for onnxruntime (default, cpu, cuda), blockwise
+    DequantizeLinear (opset >= 21) for tensorrt. No calibration data needed."""
+    p = _passes()
+    opts = dict((options or {}).get(p.QuantizeWeightsInt4.name, {}))
+    opts.setdefault("target", "portable" if target == "tensorrt" else "onnxruntime")
+    make = _maker(options)
+    return Sequential(
+        [optimize(options, None if target in ("cpu", "cuda") else target), p.QuantizeWeightsInt4(**opts), make(p.DeadCodeElimination)],
+        name="int4",
+    )
+
+
 def passthrough(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
     """No rewriting at all: load, validate and save (useful to re-save or inspect)."""
     return Sequential([], name="none")
@@ -114,6 +128,7 @@ PIPELINES: dict[str, PipelineInfo] = {
     "optimize": PipelineInfo("optimize", optimize),
     "lossless": PipelineInfo("lossless", lossless),
     "int8": PipelineInfo("int8", int8),
+    "int4": PipelineInfo("int4", int4),
     "none": PipelineInfo("none", passthrough),
 }
 

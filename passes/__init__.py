@@ -16,6 +16,7 @@ from onnxforge.passes.dead_code import DeadCodeElimination
 from onnxforge.passes.dedup_initializers import DeduplicateInitializers
 from onnxforge.passes.fusion import FuseOnnxRuntime, FusePortable
 from onnxforge.passes.noop_elimination import NoOpElimination
+from onnxforge.passes.quantization.int4 import QuantizeWeightsInt4
 from onnxforge.passes.shape_inference import ShapeInference
 from onnxforge.passes.toposort import TopologicalSort
 from onnxforge.passmanager import Pass
@@ -32,6 +33,7 @@ ALL_PASSES: tuple[type[Pass], ...] = (
     ShapeInference,
     FusePortable,
     FuseOnnxRuntime,
+    QuantizeWeightsInt4,
 )
 
 #: Passes by their CLI name.
@@ -59,6 +61,7 @@ __all__ = [
     "FusePortable",
     "NoOpElimination",
     "NormalizeConstants",
+    "QuantizeWeightsInt4",
     "ShapeInference",
     "TopologicalSort",
     "get_pass",
