@@ -18,7 +18,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         fp32 = times[0]
         speed = {}
         i = 1
-        for label, path in (("ours", ours), ("ort", theirs)):
+        for label in ("ours", "ort"):
             if cells.get(label) is not None:
                 speed[label] = fp32 / times[i]
                 i += 1
@@ -231,15 +231,11 @@ def main(argv: list[str] | None = None) -> int:
                     parts.append(f"{label} {_accuracy(path, inp, x, y) * 100:.2f}%")
             acc = ", ".join(parts)
 
-        def fmt(label: str) -> str:
-            c = cells.get(label)
-            return "invalid" if c is None else f"{c:.4f}"
-
-        def sp(label: str) -> str:
-            return f"{speed[label]:.2f}x" if label in speed else "-"
-
+        cos = {k: ("invalid" if cells.get(k) is None else f"{cells[k]:.4f}") for k in ("ours", "ort")}
+        spd = {k: (f"{speed[k]:.2f}x" if k in speed else "-") for k in ("ours", "ort")}
         rows.append(
-            f"| {case['name']} | {fmt('ours')} | {sp('ours')} | {fmt('ort')} | {sp('ort')} | {fp32 * 1e3:.3g} | {ours_note} | {theirs_note} | {acc} | {ours_s:.1f} |"
+            f"| {case['name']} | {cos['ours']} | {spd['ours']} | {cos['ort']} | {spd['ort']} | {fp32 * 1e3:.3g} "
+            f"| {ours_note} | {theirs_note} | {acc} | {ours_s:.1f} |"
         )
         log.info(rows[-1])
 
