@@ -108,6 +108,22 @@ def int4(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | N
     )
 
 
+def fp16(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
+    """The optimize pipeline with standard ops, then float16 weights and activations (model
+    inputs/outputs stay float32; ops that need float32 stay there behind Casts), then the
+    onnxruntime contrib fusions for --target cuda/cpu. Meant for GPUs (cuda, tensorrt)."""
+    p = _passes()
+    make = _maker(options)
+    steps: list[Pass] = [optimize(options, None if target in ("cpu", "cuda") else target), make(p.ConvertFloat16)]
+    if target in ("cpu", "cuda"):
+        ort_opts = dict((options or {}).get(p.FuseOnnxRuntime.name, {}))
+        if target == "cuda":
+            ort_opts.setdefault("skip_layer_norm", True)
+        steps.append(p.FuseOnnxRuntime(**ort_opts))
+    steps += [make(p.DeadCodeElimination), make(p.TopologicalSort)]
+    return Sequential(steps, name="fp16")
+
+
 def passthrough(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
     """No rewriting at all: load, validate and save (useful to re-save or inspect)."""
     return Sequential([], name="none")
@@ -129,6 +145,7 @@ PIPELINES: dict[str, PipelineInfo] = {
     "lossless": PipelineInfo("lossless", lossless),
     "int8": PipelineInfo("int8", int8),
     "int4": PipelineInfo("int4", int4),
+    "fp16": PipelineInfo("fp16", fp16),
     "none": PipelineInfo("none", passthrough),
 }
 

@@ -16,6 +16,7 @@ from onnxforge.passes.dead_code import DeadCodeElimination
 from onnxforge.passes.dedup_initializers import DeduplicateInitializers
 from onnxforge.passes.fusion import FuseOnnxRuntime, FusePortable
 from onnxforge.passes.noop_elimination import NoOpElimination
+from onnxforge.passes.quantization.fp16 import ConvertFloat16
 from onnxforge.passes.quantization.int4 import QuantizeWeightsInt4
 from onnxforge.passes.shape_inference import ShapeInference
 from onnxforge.passes.toposort import TopologicalSort
@@ -34,6 +35,7 @@ ALL_PASSES: tuple[type[Pass], ...] = (
     FusePortable,
     FuseOnnxRuntime,
     QuantizeWeightsInt4,
+    ConvertFloat16,
 )
 
 #: Passes by their CLI name.
@@ -54,6 +56,7 @@ __all__ = [
     "ALL_PASSES",
     "PASSES_BY_NAME",
     "CommonSubexpressionElimination",
+    "ConvertFloat16",
     "ConstantFolding",
     "DeadCodeElimination",
     "DeduplicateInitializers",
