@@ -234,7 +234,9 @@ def apply_qdq(
         v = values.get(name)
         if v is not None:
             _insert_qdq(graph, v, params)
-    weight_cache: dict[tuple[int, bool], tuple[Value, QuantParams]] = {}
+    # Keyed by graph too: a DequantizeLinear lives in one graph, and an outer weight captured
+    # by both branches of an If needs one in each branch.
+    weight_cache: dict[tuple[int, bool, int], tuple[Value, QuantParams]] = {}
     for node in plan.compute:
         xp = input_params.get(node)
         if xp is None:
@@ -284,7 +286,7 @@ def _insert_qdq(graph: Graph, v: Value, p: QuantParams) -> None:
 
 
 def _quantize_weight_input(
-    graph: Graph, node: Node, per_channel: bool, cache: dict[tuple[int, bool], tuple[Value, QuantParams]]
+    graph: Graph, node: Node, per_channel: bool, cache: dict[tuple[int, bool, int], tuple[Value, QuantParams]]
 ) -> QuantParams | None:
     w_v = node.input(1)
     w = _const_float(w_v)
@@ -294,7 +296,7 @@ def _quantize_weight_input(
     axis = weight_axis(node.op_type, trans_b) if per_channel and w.ndim >= 2 else None
     if node.op_type == "ConvTranspose" and int(node.attr("group", 1)) != 1:
         axis = None  # per-channel DQ cannot express grouped ConvTranspose output channels
-    key = (w_v.id, axis is not None)
+    key = (w_v.id, axis is not None, id(graph))
     hit = cache.get(key)
     if hit is None:
         q, params = quantize_weight(w, axis)

@@ -156,3 +156,42 @@ def test_speed_guard_keeps_layers_float_when_int8_is_slower(digits, tmp_path):
     assert rep.speedup is not None
     assert rep.speedup >= 1 / 0.97 or rep.kept_for_speed or any("not faster" in n for n in rep.notes)
     assert result.report.to_dict()["quantization"]["measured_speedup"] is not None
+
+
+def test_outer_weight_used_in_both_if_branches_gets_a_dequantize_in_each():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxforge import modelio
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "W")
+
+    def branch(name: str) -> onnx.GraphProto:
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["x", "W"], [f"{name}_y"], name=f"{name}_mm")],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [2, 64])],
+        )
+
+    g = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("else"))],
+        "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, []), helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])],
+        [w],
+    )
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    ir = modelio.load(proto).model
+    plan = plan_qdq(ir, CPU)
+    assert len(plan.weight_only) == 2
+    result = apply_qdq(ir, plan, {}, CPU)
+    assert result.weight_only == 2
+    q = to_proto(ir)
+    onnx.checker.check_model(q, full_check=True)
+    sess = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
+    for c in (True, False):
+        got = sess.run(None, {"c": np.array(c), "x": x})[0]
+        ref = x @ numpy_helper.to_array(w)
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.02
