@@ -136,7 +136,10 @@ def plan_qdq(
                 for v in acts:
                     want(v)
                 if policy.quantize_outputs:
-                    want(node.output(0))
+                    out = _output_to_quantize(node)  # after a following Relu, as for convolutions
+                    want(out)
+                    if out is not None and out is not node.output(0):
+                        plan.non_negative.add(out.name)
         elif node.op_type in policy.pass_through and node.is_standard_domain():
             src = node.input(0)
             out = node.output(0)
