@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.latency import interleaved_medians, session
+from benchmarks.latency import interleaved_medians, session, write_markdown
 from benchmarks.real_models import real_models
 
 
@@ -116,9 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         *rows,
         "",
     ]
-    Path(args.out).write_text("\n".join(lines))
-    print(f"Spearman: {rho_all:.3f} (ORT_ENABLE_ALL), {rho_off:.3f} (ORT_DISABLE_ALL); wrote {args.out}")
-    return 0
+    print(f"Spearman: {rho_all:.3f} (ORT_ENABLE_ALL), {rho_off:.3f} (ORT_DISABLE_ALL)")
+    return write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.latency import interleaved_medians, session
+from benchmarks.latency import interleaved_medians, session, write_markdown
 from benchmarks.real_models import real_models
 
 log = logging.getLogger("benchmarks.fusion")
@@ -147,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         *[f"| {n} | {g:.2f}x | {c:.2f}x |" for n, g, c, _, _ in summary],
         "",
     ]
-    Path(args.out).write_text("\n".join(lines))
-    print(f"wrote {args.out}")
-    return 0
+    return write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":

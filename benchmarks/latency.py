@@ -62,3 +62,12 @@ def interleaved_medians(
         if r >= 4 and time.perf_counter() - start > budget_s:
             break
     return [statistics.median(t) for t in times]
+
+
+def write_markdown(out: str, lines: Sequence[str]) -> int:
+    """Write a benchmark's markdown report and say where (the scripts' exit code, 0)."""
+    from pathlib import Path
+
+    Path(out).write_text("\n".join(lines))
+    print(f"wrote {out}")
+    return 0

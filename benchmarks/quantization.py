@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from benchmarks.latency import interleaved_medians, session
+from benchmarks.latency import interleaved_medians, session, write_markdown
 
 log = logging.getLogger("benchmarks.quantization")
 
@@ -256,9 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         *rows,
         "",
     ]
-    Path(args.out).write_text("\n".join(lines))
-    print(f"wrote {args.out}")
-    return 0
+    return write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":
