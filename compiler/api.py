@@ -196,7 +196,8 @@ class QuantizationOptions:
     None to disable) does the same for every output's cosine similarity to the float model on
     the calibration samples. ``activation_products``: also quantize MatMuls of two activations
     (attention scores and context; little speed, real accuracy cost). ``speed_guard``: time
-    fp32 and int8 on this machine and keep layers in float while int8 is not faster. ``min_macs``: smaller layers
+    fp32 and int8 on this machine and keep layers in float while int8 is not faster.
+    ``smooth_alpha``: SmoothQuant migration strength for MatMul inputs (None: off). ``min_macs``: smaller layers
     stay float (int8 does not pay for them).
     """
 
@@ -210,6 +211,7 @@ class QuantizationOptions:
     eval_data: str | os.PathLike[str] | None = None
     activation_products: bool = False
     speed_guard: bool = True
+    smooth_alpha: float | None = 0.7
     min_macs: int = 16384
     progress: Any = None
     dims: Mapping[str, int] | None = None
@@ -252,6 +254,7 @@ def _quantize(ir: Model, q: QuantizationOptions, target: str | None) -> tuple[Mo
         max_accuracy_drop=q.max_accuracy_drop,
         activation_products=q.activation_products,
         speed_guard=q.speed_guard,
+        smooth_alpha=q.smooth_alpha,
         evaluate=evaluate,
         progress=q.progress,
     )

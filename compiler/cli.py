@@ -59,9 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per output channel")
     q.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep NODE in float (repeatable)")
     q.add_argument("--min-sqnr", type=float, metavar="DB", help="keep layers in float until every output's SQNR reaches DB")
+    q.add_argument(
+        "--min-cosine", type=float, default=0.99, metavar="C", help="keep layers in float until every output's cosine reaches C (0: off)"
+    )
     q.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="accuracy budget in points (needs --eval-data)")
     q.add_argument("--eval-data", metavar="NPZ", help="labelled evaluation data: model inputs plus a 'labels' array")
     q.add_argument("--no-speed-guard", action="store_true", help="quantize even layers that make the model slower here")
+    q.add_argument(
+        "--smooth-alpha", type=float, default=0.7, metavar="A", help="SmoothQuant strength for MatMul inputs (0 turns it off)"
+    )
     c.add_argument("--passes", help="comma-separated pass names to run once each, instead of --pipeline")
     c.add_argument("--disable", action="append", default=[], metavar="PASS", help="skip this pass (repeatable)")
     c.add_argument(
@@ -248,9 +254,11 @@ def _quantization_options(args: argparse.Namespace) -> Any:
         per_channel=not args.per_tensor,
         exclude=tuple(args.exclude),
         min_sqnr=args.min_sqnr,
+        min_cosine=args.min_cosine or None,
         max_accuracy_drop=args.max_accuracy_drop,
         eval_data=args.eval_data,
         speed_guard=not args.no_speed_guard,
+        smooth_alpha=args.smooth_alpha or None,
         progress=progress,
         dims=_parse_dims(args.dim),
     )

@@ -1,5 +1,7 @@
 """Static int8 quantization of a (fused) model: calibrate, insert Q/DQ, measure, fall back.
 
+0. MatMul inputs are smoothed (SmoothQuant, :mod:`onnxforge.quantize.smoothing`): per-channel
+   outliers move into the weights, exactly in float.
 1. Per-channel weights need opset 13: a lower opset is raised and the conversion checked on
    real samples (:mod:`onnxforge.quantize.opset`); if that fails, weights are per tensor.
 2. :func:`onnxforge.passes.quantization.qdq.plan_qdq` picks nodes and tensors for the target;
@@ -162,6 +164,7 @@ def quantize_static(
     activation_products: bool = False,
     evaluate: Evaluate | None = None,
     speed_guard: bool = True,
+    smooth_alpha: float | None = 0.7,
     eval_samples: int = 16,
     max_fallback: int = 32,
     progress: ProgressCallback | None = None,
@@ -185,6 +188,13 @@ def quantize_static(
             report.notes.append("weights quantized per tensor")
         else:
             model = raised
+    if smooth_alpha:
+        from onnxforge.quantize.smoothing import smooth_activations
+
+        model = from_proto(to_proto(model, value_info=True))  # smoothing edits a copy
+        n = smooth_activations(model, samples, smooth_alpha)
+        if n:
+            report.notes.append(f"smoothed {n} MatMul input(s) before quantizing (SmoothQuant, alpha {smooth_alpha})")
     float_proto = to_proto(model, value_info=True)  # planning reads the value types
     plan = plan_qdq(model, policy, exclude=set(exclude), min_macs=min_macs, activation_products=activation_products)
     symmetric = policy.activation_type == "int8"
