@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn
 
 import numpy as np
-import onnx
 
 from onnxforge.ir import Graph, Model, Node, Value, replace_all_uses_with
-from onnxforge.ir.constants import add_constant, constant_value, is_constant
+from onnxforge.ir.constants import add_constant, constant_value
 from onnxforge.passmanager import Pass, PassContext, PassResult
 
 log = logging.getLogger(__name__)
@@ -347,12 +346,3 @@ def _remove_matched(graph: Graph, m: Match) -> None:
             if v is not None and (v.is_graph_output() or any(u not in dead_set for u in v.consumers())):
                 raise RuntimeError(f"rewrite left {v.name!r} in use; the rule must replace the anchor's outputs")
     graph.remove(dead)
-
-
-def copy_type(elem_type: int, shape: Sequence[int | str | None] | None) -> onnx.TypeProto:
-    """A tensor TypeProto (for values a rewrite creates)."""
-    return onnx.helper.make_tensor_type_proto(elem_type, None if shape is None else list(shape))
-
-
-def is_const(v: Value | None) -> bool:
-    return is_constant(v)
