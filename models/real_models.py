@@ -51,7 +51,8 @@ class RealModel:
     description: str
     #: Full shapes for inputs whose declared shape has dynamic dims.
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    #: What the main (non-state) float inputs hold: "image" (normalized pixels), "audio" (samples
+    #: What the main (non-state) float inputs hold: "image" (normalized pixels), "document" (a
+    #: page with dark text-like strokes, for text detectors), "audio" (samples
     #: in [-1, 1]), "audio_int16" (samples at int16 scale), "features" (standard normal),
     #: "bytes" (byte values 0..255 with the padding token 256).
     kind: str = "features"
@@ -112,7 +113,7 @@ MODELS: dict[str, RealModel] = {
             "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
             "PP-OCRv4 text detection (DBNet), NCHW image with sides a multiple of 32",
             shapes={"x": (1, 3, 96, 96)},
-            kind="image",
+            kind="document",
         ),
         RealModel(
             "ppocr_rec_v4",
@@ -232,6 +233,27 @@ MODELS: dict[str, RealModel] = {
 WHEELS: dict[str, Wheel] = {m.wheel.package: m.wheel for m in MODELS.values()}
 
 
+def _document(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A page-like picture: light paper with lines of dark glyph-like strokes, in [-1, 1]
+    (PP-OCR's normalization), so a text detector sees text rather than noise."""
+    h, w = shape[-2], shape[-1]
+    page = rng.uniform(0.85, 1.0) + 0.03 * rng.standard_normal((h, w))
+    y = int(rng.integers(2, 8))
+    while y < h - 8:
+        line_h = int(rng.integers(6, 14))
+        x = int(rng.integers(2, max(3, w // 4)))
+        end = int(rng.integers(w // 2, w - 2))
+        while x < end:
+            glyph_w = int(rng.integers(2, 7))
+            top = y + int(rng.integers(0, max(1, line_h // 3)))
+            bottom = y + line_h - int(rng.integers(0, max(1, line_h // 3)))
+            page[top:bottom, x : x + glyph_w] = rng.uniform(0.0, 0.3)
+            x += glyph_w + int(rng.integers(1, 4))
+        y += line_h + int(rng.integers(4, 16))
+    img = np.broadcast_to(np.clip(page, 0, 1), shape)
+    return (img - 0.5) / 0.5
+
+
 def main_input_values(
     kind: str, shape: tuple[int, ...], dtype: np.dtype, rng: np.random.Generator
 ) -> np.ndarray:
@@ -244,6 +266,8 @@ def main_input_values(
         img = np.pad(img, pad, mode="edge")
         img = 0.8 * img + 0.2 * rng.random(shape)
         return ((img - 0.5) / 0.5).astype(dtype)
+    if kind == "document":
+        return _document(shape, rng).astype(dtype)
     if kind in ("audio", "audio_int16"):
         n = shape[-1]
         t = np.arange(n) / 16000.0
