@@ -198,7 +198,9 @@ class QuantizationOptions:
     (attention scores and context; little speed, real accuracy cost). ``speed_guard``: time
     fp32 and int8 on this machine and keep layers in float while int8 is not faster.
     ``smooth_alpha``: SmoothQuant migration strength for MatMul inputs (None: off). ``min_macs``: smaller layers
-    stay float (int8 does not pay for them).
+    stay float (int8 does not pay for them). ``padding_mask``: the input that marks padding
+    (``"auto"``: an ``attention_mask`` input; None: off); errors of ``[batch, sequence, ...]``
+    tensors are then measured on real positions only.
     """
 
     calibration: Any = None
@@ -212,6 +214,7 @@ class QuantizationOptions:
     activation_products: bool = False
     speed_guard: bool = True
     smooth_alpha: float | None = 0.7
+    padding_mask: str | None = "auto"
     min_macs: int = 16384
     progress: Any = None
     dims: Mapping[str, int] | None = None
@@ -255,6 +258,7 @@ def _quantize(ir: Model, q: QuantizationOptions, target: str | None) -> tuple[Mo
         activation_products=q.activation_products,
         speed_guard=q.speed_guard,
         smooth_alpha=q.smooth_alpha,
+        padding_mask=q.padding_mask,
         evaluate=evaluate,
         progress=q.progress,
     )

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--smooth-alpha", type=float, default=0.7, metavar="A", help="SmoothQuant strength for MatMul inputs (0 turns it off)"
     )
+    q.add_argument(
+        "--padding-mask",
+        default="auto",
+        metavar="INPUT",
+        help="input marking padding (1 = real token); errors are measured on real positions only "
+        "(default auto: an attention_mask input; none: off)",
+    )
     c.add_argument("--passes", help="comma-separated pass names to run once each, instead of --pipeline")
     c.add_argument("--disable", action="append", default=[], metavar="PASS", help="skip this pass (repeatable)")
     c.add_argument(
@@ -259,6 +266,7 @@ def _quantization_options(args: argparse.Namespace) -> Any:
         eval_data=args.eval_data,
         speed_guard=not args.no_speed_guard,
         smooth_alpha=args.smooth_alpha or None,
+        padding_mask=args.padding_mask,
         progress=progress,
         dims=_parse_dims(args.dim),
     )

@@ -9,7 +9,9 @@
 3. :func:`~onnxforge.passes.quantization.qdq.apply_qdq` inserts Q/DQ into a copy of the model.
 4. Errors are measured on up to ``eval_samples`` calibration batches: the SQNR of every
    quantized layer's output and of every model output against the float model (plus cosine),
-   and, given an evaluation function, accuracy.
+   and, given an evaluation function, accuracy. Where the model takes a padding mask
+   (``attention_mask``), tensors shaped ``[batch, sequence, ...]`` are compared on the real
+   positions only (:mod:`onnxforge.quantize.padding`).
 5. With ``min_sqnr`` (dB, on the model outputs), ``min_cosine`` or ``max_accuracy_drop``
    (points, with an evaluation function), the layer that adds the most noise is kept in float,
    one at a time, until the budget holds or nothing is left; the report names them.
@@ -37,6 +39,7 @@ from onnxforge.passes.quantization.qdq import QdqPlan, apply_qdq, plan_qdq
 from onnxforge.quantize.collect import ProgressCallback, collect_ranges, exposed_model
 from onnxforge.quantize.data import CalibrationSource
 from onnxforge.quantize.opset import raise_opset
+from onnxforge.quantize.padding import find_padding_mask, valid_positions
 from onnxforge.quantize.sqnr import cosine, sqnr_db
 
 log = logging.getLogger(__name__)
@@ -165,6 +168,7 @@ def quantize_static(
     evaluate: Evaluate | None = None,
     speed_guard: bool = True,
     smooth_alpha: float | None = 0.7,
+    padding_mask: str | None = "auto",
     eval_samples: int = 16,
     max_fallback: int = 32,
     progress: ProgressCallback | None = None,
@@ -179,6 +183,9 @@ def quantize_static(
     # calibrated on with the rest (a reader without rewind() can be read only once).
     stream = iter(source)
     samples = list(itertools.islice(stream, eval_samples))
+    mask = find_padding_mask(padding_mask, [v.name for v in model.graph.inputs], samples[0] if samples else None)
+    if mask is not None:
+        report.notes.append(f"errors measured on real positions only (padding masked by input {mask!r})")
     if per_channel and (model.opset("") or 1) < 13:
         raised, note = raise_opset(model, 13, samples[:4])
         report.notes.append(note)
@@ -208,7 +215,7 @@ def quantize_static(
         q_model, q_plan = _build(float_proto, policy, ranges, excluded, min_macs, per_channel, activation_products)
         q_model.export_value_info = model.export_value_info
         q_proto = to_proto(q_model)
-        errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples)
+        errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples, mask)
         q_eval = evaluate(q_proto) if evaluate is not None else None
         ok = True
         if min_sqnr is not None and out_sqnr and min(out_sqnr.values()) < min_sqnr:
@@ -246,7 +253,7 @@ def quantize_static(
             q_model, q_plan = _build(float_proto, policy, ranges, excluded, min_macs, per_channel, activation_products, weight_only)
             q_model.export_value_info = model.export_value_info
             q_proto = to_proto(q_model)
-            errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples)
+            errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples, mask)
         if report.speedup is not None and report.speedup < 1.0 / 0.97:
             report.notes.append(
                 f"int8 is not faster than fp32 on this machine ({report.speedup:.2f}x): the layers that remain quantized are "
@@ -294,10 +301,16 @@ def _build(
 
 
 def measure(
-    float_proto: onnx.ModelProto, q_proto: onnx.ModelProto, plan: QdqPlan, samples: Sequence[Mapping[str, np.ndarray]]
+    float_proto: onnx.ModelProto,
+    q_proto: onnx.ModelProto,
+    plan: QdqPlan,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    padding_mask: str | None = None,
 ) -> tuple[list[LayerError], dict[str, float], dict[str, float]]:
     """SQNR of every quantized layer's output and input, and of every model output (plus the
-    outputs' cosine similarity), over ``samples``, against the float model."""
+    outputs' cosine similarity), over ``samples``, against the float model. With
+    ``padding_mask`` (an input name), tensors whose leading dimensions are that input's shape
+    are compared where the mask is non-zero only."""
     layers = []
     for n in plan.compute:
         out, inp = n.output(0), _float_source(n.input(0))
@@ -317,14 +330,15 @@ def measure(
     for feed in samples:
         f = dict(zip(names, f_sess.run(names, dict(feed))))
         q = dict(zip(names, q_sess.run(names, dict(feed))))
+        mask = np.asarray(feed[padding_mask]) if padding_mask and padding_mask in feed else None
         for k in names:
             if isinstance(f.get(k), np.ndarray) and isinstance(q.get(k), np.ndarray) and f[k].shape == q[k].shape:
-                acc.setdefault(k, []).append((f[k], q[k]))
+                acc.setdefault(k, []).append((valid_positions(f[k], mask), valid_positions(q[k], mask)))
 
     def flat(k: str) -> tuple[np.ndarray, np.ndarray]:
         pairs = acc[k]
-        ref = np.concatenate([a.reshape(-1) for a, _ in pairs]).astype(np.float64)
-        got = np.concatenate([b.reshape(-1) for _, b in pairs]).astype(np.float64)
+        ref = np.concatenate([a for a, _ in pairs]).astype(np.float64)
+        got = np.concatenate([b for _, b in pairs]).astype(np.float64)
         return ref, got
 
     def sq(k: str) -> float:
