@@ -33,6 +33,7 @@ class ProgressBar:
         self.enabled = is_tty if enabled is None else enabled
         self.redraw = is_tty
         self.label = label
+        self.unit = "batches"
         self.width = width
         self.interval = min_interval if is_tty else line_interval
         self.start = time.monotonic()
@@ -57,14 +58,21 @@ class ProgressBar:
 
     def render(self, done: int, total: int | None, elapsed: float) -> str:
         rate = done / elapsed if elapsed > 0 else 0.0
-        speed = f"{rate:.1f} batches/s" if rate else ""
+        speed = f"{rate:.1f} {self.unit}/s" if rate else ""
         if total:
             frac = min(done / total, 1.0)
             filled = int(frac * self.width)
             bar = "#" * filled + "." * (self.width - filled)
             eta = f" eta {(total - done) / rate:.0f}s" if rate and done < total else ""
             return f"{self.label} [{bar}] {done}/{total} {frac:4.0%} {speed}{eta}".rstrip()
-        return f"{self.label} {done} batches {speed}".rstrip()
+        return f"{self.label} {done} {self.unit} {speed}".rstrip()
+
+    def restart(self, label: str, unit: str = "batches") -> None:
+        """End the current line and count a new stage (``label``, counted in ``unit``)."""
+        self.close()
+        self.label, self.unit = label, unit
+        self.start = time.monotonic()
+        self.last = -float("inf")
 
     def close(self) -> None:
         if self.enabled and self.redraw and self.drawn:
