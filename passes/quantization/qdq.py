@@ -132,6 +132,8 @@ def plan_qdq(
                     plan.non_negative.add(out.name)
         elif node.op_type in policy.elementwise_ops and node.is_standard_domain() and label not in exclude:
             acts = [v for v in node.inputs if _is_float_activation(v)]
+            if node.op_type in policy.joins_only and len(acts) < 2:
+                continue  # a constant operand: int8 does not pay, the pair only adds noise
             if acts and all(v.name in quantized for v in acts if v is not None):
                 for v in acts:
                     want(v)
