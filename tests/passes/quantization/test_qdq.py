@@ -195,3 +195,43 @@ def test_outer_weight_used_in_both_if_branches_gets_a_dequantize_in_each():
         got = sess.run(None, {"c": np.array(c), "x": x})[0]
         ref = x @ numpy_helper.to_array(w)
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.02
+
+
+def test_residual_add_is_quantized_but_add_of_a_constant_is_not():
+    from onnx import TensorProto, helper
+
+    from onnxforge.ir import from_proto
+
+    rng = np.random.default_rng(0)
+
+    def conv(name, inp, out):
+        w = helper.make_tensor(f"{name}_w", TensorProto.FLOAT, [8, 8, 3, 3], rng.standard_normal(576).astype(np.float32).tolist())
+        return helper.make_node("Conv", [inp, f"{name}_w"], [out], name=name, pads=[1, 1, 1, 1]), w
+
+    c1, w1 = conv("c1", "x", "a")
+    c2, w2 = conv("c2", "a", "b")
+    c3, w3 = conv("c3", "s", "y")
+    nodes = [
+        c1,
+        c2,
+        helper.make_node("Add", ["a", "b"], ["r"], name="residual"),
+        helper.make_node("Add", ["r", "three"], ["s"], name="shift"),
+        c3,
+    ]
+    three = helper.make_tensor("three", TensorProto.FLOAT, [], [3.0])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [w1, w2, w3, three],
+    )
+    ir = from_proto(onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))
+    plan = plan_qdq(ir, CPU)
+    assert "r" in plan.calibrate  # the residual join runs as QLinearAdd between QLinearConvs
+    assert "s" in plan.calibrate  # c3's input
+    apply_qdq(ir, plan, {n: (-1.0, 6.0) for n in plan.calibrate}, CPU)
+    ops = _ort_ops(to_proto(ir))
+    # c1, c2 and the residual join run on integers; the constant shift runs in float between
+    # a DQ and c3's input Q (c3 itself writes the float model output)
+    assert ops["QLinearConv"] == 2 and ops["QLinearAdd"] == 1 and ops["Add"] == 1
