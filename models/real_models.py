@@ -52,7 +52,8 @@ class RealModel:
     #: Full shapes for inputs whose declared shape has dynamic dims.
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     #: What the main (non-state) float inputs hold: "image" (normalized pixels), "document" (a
-    #: page with dark text-like strokes, for text detectors), "audio" (samples
+    #: page with lines of printed characters, for text detectors), "text_line" (a crop of one
+    #: line of characters, for text recognizers and direction classifiers), "audio" (samples
     #: in [-1, 1]), "audio_int16" (samples at int16 scale), "features" (standard normal),
     #: "bytes" (byte values 0..255 with the padding token 256).
     kind: str = "features"
@@ -121,7 +122,7 @@ MODELS: dict[str, RealModel] = {
             "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
             "PP-OCRv4 text recognition (SVTR-LCNet, 6625 classes), text-line crops 48 high",
             shapes={"x": (1, 3, 48, 160)},
-            kind="image",
+            kind="text_line",
         ),
         RealModel(
             "ppocr_cls_mobile_v2",
@@ -129,7 +130,7 @@ MODELS: dict[str, RealModel] = {
             "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
             "PP-OCR mobile v2.0 text-direction classifier (0/180 degrees), crops 48x192",
             shapes={"x": (1, 3, 48, 192)},
-            kind="image",
+            kind="text_line",
         ),
         RealModel(
             "magika_v3_3",
@@ -234,22 +235,38 @@ WHEELS: dict[str, Wheel] = {m.wheel.package: m.wheel for m in MODELS.values()}
 
 
 def _document(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """A page-like picture: light paper with lines of dark glyph-like strokes, in [-1, 1]
-    (PP-OCR's normalization), so a text detector sees text rather than noise."""
+    """A page-like picture: light paper with lines of dark printed characters
+    (:mod:`onnxforge.models.glyphs`), in [-1, 1] (PP-OCR's normalization), so a text detector
+    sees text rather than noise."""
+    from onnxforge.models.glyphs import random_text, render_text
+
     h, w = shape[-2], shape[-1]
     page = rng.uniform(0.85, 1.0) + 0.03 * rng.standard_normal((h, w))
-    y = int(rng.integers(2, 8))
-    while y < h - 8:
-        line_h = int(rng.integers(6, 14))
-        x = int(rng.integers(2, max(3, w // 4)))
-        end = int(rng.integers(w // 2, w - 2))
-        while x < end:
-            glyph_w = int(rng.integers(2, 7))
-            top = y + int(rng.integers(0, max(1, line_h // 3)))
-            bottom = y + line_h - int(rng.integers(0, max(1, line_h // 3)))
-            page[top:bottom, x : x + glyph_w] = rng.uniform(0.0, 0.3)
-            x += glyph_w + int(rng.integers(1, 4))
-        y += line_h + int(rng.integers(4, 16))
+    y = float(rng.integers(2, 8))
+    while y < h - 10:
+        gh = float(rng.uniform(7, 14))
+        x = float(rng.uniform(2, max(3, w // 4)))
+        n = max(1, int((rng.uniform(0.4, 0.95) * w - x) / (0.75 * gh)))
+        render_text(random_text(rng, n), h, w, glyph_height=gh, x=x, top=y, ink_level=float(rng.uniform(0.0, 0.3)), canvas=page)
+        y += gh + float(rng.uniform(4, 14))
+    img = np.broadcast_to(np.clip(page, 0, 1), shape)
+    return (img - 0.5) / 0.5
+
+
+def _text_line(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A cropped line of printed characters as a text recognizer gets it: dark text filling
+    most of the crop's height on light paper, in [-1, 1]."""
+    from onnxforge.models.glyphs import random_text, render_text
+
+    h, w = shape[-2], shape[-1]
+    n = int(rng.integers(3, 9))
+    gh = min(float(rng.uniform(0.5, 0.72)) * h, (w - 8) / (0.75 * n))
+    x = float(rng.uniform(2, max(3.0, w - 0.75 * gh * n - 4)))
+    page = rng.uniform(0.8, 1.0) + 0.02 * rng.standard_normal((h, w))
+    render_text(
+        random_text(rng, n), h, w, glyph_height=gh, x=x, slant=float(rng.uniform(-0.1, 0.15)),
+        ink_level=float(rng.uniform(0.0, 0.3)), canvas=page,
+    )
     img = np.broadcast_to(np.clip(page, 0, 1), shape)
     return (img - 0.5) / 0.5
 
@@ -268,6 +285,8 @@ def main_input_values(
         return ((img - 0.5) / 0.5).astype(dtype)
     if kind == "document":
         return _document(shape, rng).astype(dtype)
+    if kind == "text_line":
+        return _text_line(shape, rng).astype(dtype)
     if kind in ("audio", "audio_int16"):
         n = shape[-1]
         t = np.arange(n) / 16000.0
