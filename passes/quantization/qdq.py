@@ -127,9 +127,10 @@ def plan_qdq(
                 # Gemm run integer kernels with a float output (MatMulIntegerToFloat, QGemm),
                 # so their outputs (bias adds, residual streams) stay float.
                 out = _output_to_quantize(node)
-                want(out)
-                if out is not None and out is not node.output(0):
-                    plan.non_negative.add(out.name)
+                if not _reaches_model_output(out, policy.pass_through):
+                    want(out)
+                    if out is not None and out is not node.output(0):
+                        plan.non_negative.add(out.name)
         elif node.op_type in policy.elementwise_ops and node.is_standard_domain() and label not in exclude:
             acts = [v for v in node.inputs if _is_float_activation(v)]
             if node.op_type in policy.joins_only and len(acts) < 2:
@@ -137,8 +138,8 @@ def plan_qdq(
             if acts and all(v.name in quantized for v in acts if v is not None):
                 for v in acts:
                     want(v)
-                if policy.quantize_outputs:
-                    out = _output_to_quantize(node)  # after a following Relu, as for convolutions
+                out = _output_to_quantize(node)  # after a following Relu, as for convolutions
+                if policy.quantize_outputs and not _reaches_model_output(out, policy.pass_through):
                     want(out)
                     if out is not None and out is not node.output(0):
                         plan.non_negative.add(out.name)
@@ -156,6 +157,26 @@ def plan_qdq(
             if node.op_type in COMPUTE_OPS and node.is_standard_domain() and _const_float(node.input(1)) is not None:
                 plan.weight_only.append(node)
     return plan
+
+
+def _reaches_model_output(v: Value | None, pass_through: frozenset[str]) -> bool:
+    """Whether ``v`` is a model output or becomes one through data-movement ops only. Such a
+    tensor is never quantized: its calibrated range would clamp the model's own outputs on
+    inputs beyond the calibration data (silero-vad's speech probability stuck at the largest
+    value seen in calibration), and nothing downstream would read it as integers."""
+    seen: set[int] = set()
+    todo = [v]
+    while todo:
+        cur = todo.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if cur.is_graph_output():
+            return True
+        for user in cur.consumers():
+            if user.op_type in pass_through and user.input(0) is cur:
+                todo.extend(user.outputs)
+    return False
 
 
 def _refuse(node: Node, exclude: set[str], min_macs: int, activation_products: bool) -> str:
