@@ -212,7 +212,9 @@ def quantize_static(
     if smooth_alpha:
         from onnxforge.quantize.smoothing import smooth_activations
 
-        model = from_proto(to_proto(model, value_info=True))  # smoothing edits a copy
+        copy = from_proto(to_proto(model, value_info=True))  # smoothing edits a copy
+        copy.export_value_info = model.export_value_info  # (exporting inferred shapes changes ORT's fusions)
+        model = copy
         n = smooth_activations(model, samples, smooth_alpha)
         if n:
             report.notes.append(f"smoothed {n} MatMul input(s) before quantizing (SmoothQuant, alpha {smooth_alpha})")
