@@ -17,9 +17,10 @@ memory, and per tensor a few scalars (minmax) or ``2 * num_bins`` int64 counts (
 methods). Nothing grows with the number of batches, so data readers are consumed lazily.
 
 Graph inputs are ranged from the feeds; initializers (weights) from their data, once. Tensors
-defined inside If/Loop/Scan bodies cannot be graph outputs of the main graph: they are skipped
-(logged at INFO) and get no entry in the result. A name the model does not know at all is a
-:class:`~onnxforge.errors.UsageError`.
+computed inside If branches are threaded out through their If nodes
+(:mod:`onnxforge.quantize.taps`) and ranged over the batches that ran their branch; one whose
+branch never ran gets no entry in the result (logged at INFO), nor does one inside a Loop/Scan
+body. A name the model does not know at all is a :class:`~onnxforge.errors.UsageError`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from onnxforge.errors import ModelError, UsageError
 from onnxforge.quantize.data import CalibrationSource, DataReader, from_reader
 from onnxforge.quantize.histogram import RunningMinMax, StreamingHistogram
 from onnxforge.quantize.ranges import METHODS, TensorRange, compute_range
+from onnxforge.quantize.taps import tapped_model
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +87,12 @@ def collect_ranges(
     batches = _run_batches(model_proto, plan, source, stats, progress, threads, model_dir)
     if batches == 0:
         raise UsageError("calibration data is empty: it yielded no batches")
-    ranges = {
-        n: compute_range(stats[n], method, percentile=percentile, symmetric=symmetric, bits=bits)
-        for n in plan.wanted
-    }
+    ranges = {}
+    for n in plan.wanted:
+        if n in plan.nested and stats[n].count == 0:
+            log.info("tensor %r is in an If branch the calibration data never ran: not calibrated", n)
+            continue
+        ranges[n] = compute_range(stats[n], method, percentile=percentile, symmetric=symmetric, bits=bits)
     for name, r in ranges.items():
         if r.count == 0:
             log.warning("tensor %r had no finite values in the calibration data; its range is [0, 0]", name)
@@ -128,6 +132,7 @@ class _Plan:
         self.initializers: list[str] = []  # constants: read once from the model
         self.outputs: list[str] = []  # computed: exposed as graph outputs
         self.defaults: set[str] = set()  # inputs with an initializer default (may be left unfed)
+        self.nested: set[str] = set()  # computed inside If branches: tapped out
 
     @classmethod
     def of(cls, model: onnx.ModelProto, names: Sequence[str]) -> _Plan:
@@ -147,8 +152,8 @@ class _Plan:
             elif name in computed:
                 plan.outputs.append(name)
             elif name in nested:
-                log.info("tensor %r is defined inside a subgraph (If/Loop/Scan body): not calibrated", name)
-                continue
+                plan.outputs.append(name)
+                plan.nested.add(name)
             else:
                 raise UsageError(f"tensor {name!r} is not in the model")
             plan.wanted.append(name)
@@ -253,7 +258,15 @@ class _BatchStep:
     ) -> None:
         self.plan = plan
         self.stats = stats
-        self.session = _session(exposed_model(model, plan.outputs), threads, model_dir) if plan.outputs else None
+        self.session = None
+        if plan.outputs:
+            tapped, taps = tapped_model(model, plan.outputs)
+            for name in [n for n in plan.outputs if n not in taps]:
+                log.info("tensor %r is inside a Loop/Scan body: not calibrated", name)
+                plan.outputs.remove(name)
+                plan.wanted.remove(name)
+            self.taps = [taps[n] for n in plan.outputs]
+            self.session = _session(tapped, threads, model_dir)
         self.feed_names = [i.name for i in self.session.get_inputs()] if self.session is not None else []
         self.required = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
         self.defaults = {n: _initializer_array(model, n, model_dir) for n in plan.defaults}
@@ -272,7 +285,7 @@ class _BatchStep:
         if missing:
             raise UsageError(f"calibration batch {index} has no data for input(s) {', '.join(map(repr, missing))}")
         run_feed = {n: feed[n] for n in self.feed_names if n in feed}
-        outputs = _run(self.session, self.plan.outputs, run_feed, index)
+        outputs = _run(self.session, self.taps, run_feed, index)
         for name, value in zip(self.plan.outputs, outputs):
             self.stats[name].add(value)
 

@@ -40,11 +40,12 @@ from onnxforge.equivalence import OrtRunner
 from onnxforge.ir import Model, from_proto, to_proto
 from onnxforge.passes.quantization.policy import TargetPolicy, policy_for
 from onnxforge.passes.quantization.qdq import QdqPlan, apply_qdq, plan_qdq
-from onnxforge.quantize.collect import ProgressCallback, collect_ranges, exposed_model
+from onnxforge.quantize.collect import ProgressCallback, collect_ranges
 from onnxforge.quantize.data import CalibrationSource
 from onnxforge.quantize.opset import raise_opset
 from onnxforge.quantize.padding import find_padding_mask, valid_positions
 from onnxforge.quantize.sqnr import cosine, sqnr_db
+from onnxforge.quantize.taps import tapped_model
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +357,9 @@ def _build(
     if not weight_only:
         plan.weight_only = []
     done = apply_qdq(q, plan, dict(ranges), policy, per_channel=per_channel)
-    plan.compute = [n for n in plan.compute if (n.name or n.op_type) in set(done.quantized)]
+    quantized = set(done.quantized)
+    plan.compute = [n for n in plan.compute if (n.name or n.op_type) in quantized]
+    plan.weight_only = [n for n in plan.weight_only if (n.name or n.op_type) not in quantized]
     ctx = PassContext()
     ctx.run(DeadCodeElimination(), q)
     ctx.run(TopologicalSort(), q)
@@ -388,15 +391,19 @@ def measure(
         if n not in graph_inputs
     ]
     runner = OrtRunner()
-    f_sess = runner.session(exposed_model(float_proto, names))
-    q_sess = runner.session(exposed_model(q_proto, names))
+    f_model, f_taps = tapped_model(float_proto, names)
+    q_model, q_taps = tapped_model(q_proto, names)
+    names = [n for n in names if n in f_taps and n in q_taps]  # tensors inside Loop/Scan bodies are not measured
+    f_sess = runner.session(f_model)
+    q_sess = runner.session(q_model)
     acc: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for feed in samples:
-        f = dict(zip(names, f_sess.run(names, dict(feed))))
-        q = dict(zip(names, q_sess.run(names, dict(feed))))
+        f = dict(zip(names, f_sess.run([f_taps[n] for n in names], dict(feed))))
+        q = dict(zip(names, q_sess.run([q_taps[n] for n in names], dict(feed))))
         mask = np.asarray(feed[padding_mask]) if padding_mask and padding_mask in feed else None
         for k in names:
-            if isinstance(f.get(k), np.ndarray) and isinstance(q.get(k), np.ndarray) and f[k].shape == q[k].shape:
+            fk, qk = f.get(k), q.get(k)
+            if isinstance(fk, np.ndarray) and isinstance(qk, np.ndarray) and fk.shape == qk.shape and fk.size:
                 acc.setdefault(k, []).append((valid_positions(f[k], mask), valid_positions(q[k], mask)))
 
     def flat(k: str) -> tuple[np.ndarray, np.ndarray]:

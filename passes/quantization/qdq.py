@@ -14,8 +14,12 @@ Two steps, so calibration can run in between:
 2. :func:`apply_qdq` inserts, for every planned tensor, ``Q → DQ`` read by all its consumers
    (graph outputs keep the float tensor), replaces weights by int8 tensors behind a
    DequantizeLinear (per output channel from opset 13 on, else per tensor), and biases by
-   int32 tensors with scale ``input_scale * weight_scale``. Compute nodes inside If/Loop/Scan
-   bodies, whose activations cannot be calibrated, get weight-only quantization.
+   int32 tensors with scale ``input_scale * weight_scale``.
+
+Nodes inside If branches are planned like the main graph's (calibration reaches their tensors
+through :mod:`onnxforge.quantize.taps`); a compute node there whose input got no range (its
+branch never ran on the calibration data) falls back to weight-only quantization, as do the
+compute nodes of Loop/Scan bodies, whose activations are not calibrated.
 
 The model's inputs and outputs keep their float types.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,6 +116,43 @@ def plan_qdq(
             quantized.add(v.name)
             plan.calibrate.append(v.name)
 
+    for g in graph.all_graphs():
+        if _in_loop_body(g):
+            for node in g:
+                if (
+                    node.op_type in COMPUTE_OPS
+                    and node.is_standard_domain()
+                    and _const_float(node.input(1)) is not None
+                ):
+                    if (node.name or node.op_type) not in exclude:
+                        plan.weight_only.append(node)
+            continue
+        _plan_graph(g, g is graph, plan, policy, quantized, want, exclude, min_macs, activation_products)
+    return plan
+
+
+def _in_loop_body(g: Graph) -> bool:
+    while g.parent is not None:
+        if g.parent.op_type != "If":
+            return True
+        parent_graph = g.parent.graph
+        if parent_graph is None:
+            return True
+        g = parent_graph
+    return False
+
+
+def _plan_graph(
+    graph: Graph,
+    is_main: bool,
+    plan: QdqPlan,
+    policy: TargetPolicy,
+    quantized: set[str],
+    want: Callable[[Value | None], None],
+    exclude: set[str],
+    min_macs: int,
+    activation_products: bool,
+) -> None:
     for node in graph.topological_order():
         label = node.name or node.op_type
         if node.op_type in COMPUTE_OPS and node.is_standard_domain():
@@ -119,6 +161,8 @@ def plan_qdq(
                 plan.skipped[label] = reason
                 continue
             plan.compute.append(node)
+            if not is_main and _const_float(node.input(1)) is not None:
+                plan.weight_only.append(node)  # used only if its branch never ran in calibration
             want(node.input(0))
             if node.op_type == "MatMul" and _const_float(node.input(1)) is None:
                 want(node.input(1))
@@ -150,13 +194,6 @@ def plan_qdq(
                 if out.name not in quantized:
                     quantized.add(out.name)
                     plan.shared[out.name] = plan.shared.get(src.name, src.name)
-    for g in graph.all_graphs():
-        if g is graph:
-            continue
-        for node in g:
-            if node.op_type in COMPUTE_OPS and node.is_standard_domain() and _const_float(node.input(1)) is not None:
-                plan.weight_only.append(node)
-    return plan
 
 
 def _reaches_model_output(v: Value | None, pass_through: frozenset[str]) -> bool:
@@ -172,7 +209,11 @@ def _reaches_model_output(v: Value | None, pass_through: frozenset[str]) -> bool
             continue
         seen.add(id(cur))
         if cur.is_graph_output():
-            return True
+            owner = cur.graph.parent if cur.graph is not None else None
+            if owner is None or owner.op_type != "If" or cur.graph is None:
+                return True  # the model's output, or a Loop/Scan body's (carried on: assume so)
+            # an If branch's k-th output is the If's k-th output
+            todo.extend(owner.output(k) for k, o in enumerate(cur.graph.outputs) if o is cur)
         for user in cur.consumers():
             if user.op_type in pass_through and user.input(0) is cur:
                 todo.extend(user.outputs)
@@ -254,12 +295,14 @@ def apply_qdq(
     for name, src in plan.shared.items():
         if src in result.tensors:
             result.tensors[name] = result.tensors[src]
-    values = {v.name: v for v in graph.values()}
-    input_params = {node: result.tensors.get(node.input(0).name) for node in plan.compute if node.input(0) is not None}  # type: ignore[union-attr]
+    values = {v.name: v for g in graph.all_graphs() for v in g.values()}
+    input_params = {
+        node: result.tensors.get(node.input(0).name) for node in plan.compute if node.input(0) is not None
+    }  # type: ignore[union-attr]
     for name, params in result.tensors.items():
         v = values.get(name)
         if v is not None:
-            _insert_qdq(graph, v, params)
+            _insert_qdq(v.graph or graph, v, params)
     # Keyed by graph too: a DequantizeLinear lives in one graph, and an outer weight captured
     # by both branches of an If needs one in each branch.
     weight_cache: dict[tuple[int, bool, int], tuple[Value, QuantParams]] = {}
@@ -270,17 +313,24 @@ def apply_qdq(
         if node.op_type == "MatMul" and _const_float(node.input(1)) is None:
             result.quantized.append(node.name or node.op_type)
             continue  # two activations: their Q/DQ pairs are all it needs
-        wq = _quantize_weight_input(graph, node, per_channel, weight_cache)
+        home = node.graph or graph
+        wq = _quantize_weight_input(home, node, per_channel, weight_cache)
         if wq is None:
             continue
         result.quantized.append(node.name or node.op_type)
         result.weights += 1
         bias_index = COMPUTE_OPS[node.op_type][1]
         if bias_index is not None and _const_float(node.input(bias_index)) is not None:
-            _quantize_bias_input(graph, node, bias_index, float(xp.scale), wq)
+            _quantize_bias_input(home, node, bias_index, float(xp.scale), wq)
             result.biases += 1
+    done = set(result.quantized)
     for node in plan.weight_only:
-        if node.graph is not None and _quantize_weight_input(node.graph, node, per_channel, weight_cache) is not None:
+        if (node.name or node.op_type) in done:
+            continue
+        if (
+            node.graph is not None
+            and _quantize_weight_input(node.graph, node, per_channel, weight_cache) is not None
+        ):
             result.weight_only += 1
     model.version += 1
     return result
@@ -297,9 +347,19 @@ def _insert_qdq(graph: Graph, v: Value, p: QuantParams) -> None:
     if not users:
         return
     scale, zp = _params_inputs(graph, v.name, p)
-    q = graph.add_node("QuantizeLinear", [v, scale, zp], name=f"{v.name}_Q", output_names=[f"{v.name}_quantized"], provenance=PROVENANCE)
+    q = graph.add_node(
+        "QuantizeLinear",
+        [v, scale, zp],
+        name=f"{v.name}_Q",
+        output_names=[f"{v.name}_quantized"],
+        provenance=PROVENANCE,
+    )
     dq = graph.add_node(
-        "DequantizeLinear", [q.output(0), scale, zp], name=f"{v.name}_DQ", output_names=[f"{v.name}_dequantized"], provenance=PROVENANCE
+        "DequantizeLinear",
+        [q.output(0), scale, zp],
+        name=f"{v.name}_DQ",
+        output_names=[f"{v.name}_dequantized"],
+        provenance=PROVENANCE,
     )
     out = dq.output(0)
     assert out is not None
@@ -308,7 +368,53 @@ def _insert_qdq(graph: Graph, v: Value, p: QuantParams) -> None:
     for node, idx in users:
         if node.op_type in ("Shape", "Size") and node.is_standard_domain():
             continue  # they read only the shape: keep them on the float tensor
+        if node.graph is graph and _moves_into_a_subgraph(node):
+            continue  # see _moves_into_a_subgraph
         node.set_input(idx, out)
+
+
+#: Data-movement ops onnxruntime's QDQ propagation may move a DequantizeLinear across (a
+#: superset of its list, to stay safe across versions).
+_PROPAGATED = frozenset(
+    {
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Flatten",
+        "MaxPool",
+        "Slice",
+        "Gather",
+        "Expand",
+        "Resize",
+        "DepthToSpace",
+        "SpaceToDepth",
+    }
+)
+
+
+def _moves_into_a_subgraph(node: Node) -> bool:
+    """Whether ``node`` is data movement whose output (directly or through more data movement)
+    is read by a node inside an If/Loop/Scan body. onnxruntime 1.32's QDQPropagationTransformer
+    aborts the process when it propagates a DequantizeLinear across such a node (it reads the
+    body's implicit input as an explicit one: microsoft/onnxruntime#10096 is the same mistake in
+    another place), at any optimization level above DISABLE_ALL; such readers keep the float
+    tensor."""
+    if node.op_type not in _PROPAGATED or not node.is_standard_domain():
+        return False
+    todo, seen = [node], set()
+    while todo:
+        cur = todo.pop()
+        if cur in seen:
+            continue
+        seen.add(cur)
+        for out in cur.outputs:
+            for user in out.consumers() if out is not None else ():
+                if user.graph is not node.graph:
+                    return True
+                if user.op_type in _PROPAGATED and user.is_standard_domain():
+                    todo.append(user)
+    return False
 
 
 def _quantize_weight_input(
@@ -329,7 +435,9 @@ def _quantize_weight_input(
         q_v = add_constant(graph, q, f"{w_v.name}_int8")
         scale, zp = _params_inputs(graph, f"{w_v.name}_w", params)
         attrs = {"axis": axis} if axis is not None else {}
-        dq = graph.add_node("DequantizeLinear", [q_v, scale, zp], name=f"{w_v.name}_DQ", attrs=attrs, provenance=PROVENANCE)
+        dq = graph.add_node(
+            "DequantizeLinear", [q_v, scale, zp], name=f"{w_v.name}_DQ", attrs=attrs, provenance=PROVENANCE
+        )
         out = dq.output(0)
         assert out is not None
         hit = (out, params)
@@ -350,5 +458,7 @@ def _quantize_bias_input(graph: Graph, node: Node, index: int, x_scale: float, w
     q_v = add_constant(graph, q.reshape(b.shape), f"{b_v.name}_int32")
     scale, zp = _params_inputs(graph, f"{b_v.name}_b", params)
     attrs = {"axis": 0} if params.axis is not None and b.ndim == 1 else {}
-    dq = graph.add_node("DequantizeLinear", [q_v, scale, zp], name=f"{b_v.name}_DQ", attrs=attrs, provenance=PROVENANCE)
+    dq = graph.add_node(
+        "DequantizeLinear", [q_v, scale, zp], name=f"{b_v.name}_DQ", attrs=attrs, provenance=PROVENANCE
+    )
     node.set_input(index, dq.output(0))

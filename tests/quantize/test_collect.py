@@ -177,15 +177,21 @@ def test_relu_output_range_starts_at_zero() -> None:
         assert zp == 0 and scale > 0
 
 
-def test_tensors_inside_subgraphs_are_skipped_and_unknown_names_refused(caplog: pytest.LogCaptureFixture) -> None:
+def test_tensors_inside_if_branches_are_ranged_over_the_batches_that_ran_them(caplog: pytest.LogCaptureFixture) -> None:
     model = with_if()
-    feeds = [{"x": np.array([1.0, -2.0, 3.0], np.float32), "c": np.array(True)}]
-    with caplog.at_level("INFO", logger="onnxforge.quantize.collect"):
-        ranges = collect_ranges(model, ["s", "t_out", "y"], ListReader(feeds), "minmax")
-    assert set(ranges) == {"s", "y"}
-    assert (ranges["s"].min, ranges["s"].max) == (-4.0, 6.0)
+    before = model.SerializeToString()
+    x1, x2 = np.array([1.0, -2.0, 3.0], np.float32), np.array([5.0, 1.0, -1.0], np.float32)
+    feeds = [{"x": x1, "c": np.array(True)}, {"x": x2, "c": np.array(False)}]
+    ranges = collect_ranges(model, ["s", "t_out", "e_out", "y"], ListReader(feeds), "minmax")
+    assert (ranges["s"].min, ranges["s"].max) == (-4.0, 10.0)
+    assert (ranges["t_out"].min, ranges["t_out"].max) == (-8.0, 12.0)  # first batch only: s + s
+    assert (ranges["e_out"].min, ranges["e_out"].max) == (-1.0, 5.0)  # second batch only: s - x
     assert (ranges["y"].min, ranges["y"].max) == (-8.0, 12.0)
-    assert any("t_out" in rec.message and "subgraph" in rec.message for rec in caplog.records)
+    assert model.SerializeToString() == before
+    with caplog.at_level("INFO", logger="onnxforge.quantize.collect"):
+        ranges = collect_ranges(model, ["t_out", "e_out"], ListReader(feeds[:1]), "minmax")
+    assert set(ranges) == {"t_out"}  # the else branch never ran: no range, not [0, 0]
+    assert any("e_out" in rec.message and "never ran" in rec.message for rec in caplog.records)
     with pytest.raises(UsageError, match="tensor 'nope' is not in the model") as e:
         collect_ranges(model, ["nope"], ListReader(feeds))
     one_line(e)

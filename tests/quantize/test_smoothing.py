@@ -25,7 +25,10 @@ def test_smoothing_is_exact_in_float_and_flattens_activation_outliers():
         nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in (("a", [4, 16]), ("b", [4, 8]), ("res", [4, 16]))],
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+            for n, s in (("a", [4, 16]), ("b", [4, 8]), ("res", [4, 16]))
+        ],
         [w1, w2],
         value_info=[helper.make_tensor_value_info("h", TensorProto.FLOAT, [4, 16])],
     )
@@ -56,8 +59,14 @@ def test_int8_output_carries_value_info_only_when_the_source_did(tmp_path):
     from onnxforge.cli import main
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), f"W{i}") for i in range(2)]
-    nodes = [helper.make_node("MatMul", ["x", "W0"], ["h"]), helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "W1"], ["y"])]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), f"W{i}") for i in range(2)
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W0"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "W1"], ["y"]),
+    ]
     g = helper.make_graph(
         nodes,
         "g",
@@ -75,7 +84,17 @@ def test_int8_output_carries_value_info_only_when_the_source_did(tmp_path):
     x[..., 5] *= 30  # an outlier channel, so smoothing has work to do
     np.savez(tmp_path / "calib.npz", x=x)
     out = tmp_path / "int8.onnx"
-    args = ["compile", str(src), "-o", str(out), "--pipeline", "int8", "--calibration", str(tmp_path / "calib.npz"), "-q"]
+    args = [
+        "compile",
+        str(src),
+        "-o",
+        str(out),
+        "--pipeline",
+        "int8",
+        "--calibration",
+        str(tmp_path / "calib.npz"),
+        "-q",
+    ]
     assert main([*args, "--no-speed-guard"]) == 0
     q = onnx.load(out)
     assert any(n.op_type == "DequantizeLinear" for n in q.graph.node)
