@@ -288,6 +288,11 @@ def quantize_static(
             )
     report.quantized = [n.name or n.op_type for n in q_plan.compute if (n.name or n.op_type) not in excluded]
     report.weight_only = [n.name or n.op_type for n in q_plan.weight_only]
+    if report.weight_only:
+        report.notes.append(
+            f"{len(report.weight_only)} layer(s) weight-only int8: the calibration data never computed their inputs "
+            "(If branches it did not take, Loop/Scan bodies); calibrate with inputs that take a branch to quantize it fully"
+        )
     report.skipped = {k: v for k, v in q_plan.skipped.items() if k not in report.kept_float}
     report.layer_errors = errors
     report.output_sqnr = out_sqnr

@@ -114,6 +114,7 @@ def test_the_calibrated_branch_is_quantized_and_the_other_weight_only(tmp_path):
     # else_c2's input exists only when the else branch runs: weight-only (else_c1 reads the
     # calibrated main-graph tensor h, so its input is quantized either way)
     assert report.weight_only == ["else_c2"]
+    assert any("never computed their inputs" in n for n in report.notes)
     q = onnx.load(out)
     branches = _branches(q)
     then_ops, else_ops = _ops(branches["then_branch"]), _ops(branches["else_branch"])
