@@ -314,6 +314,7 @@ def apply_qdq(
             result.quantized.append(node.name or node.op_type)
             continue  # two activations: their Q/DQ pairs are all it needs
         home = node.graph or graph
+        bias_add = _gemm_bias_add(node) if policy.int32_bias_adds and node.op_type == "MatMul" else None
         wq = _quantize_weight_input(home, node, per_channel, weight_cache)
         if wq is None:
             continue
@@ -322,6 +323,9 @@ def apply_qdq(
         bias_index = COMPUTE_OPS[node.op_type][1]
         if bias_index is not None and _const_float(node.input(bias_index)) is not None:
             _quantize_bias_input(home, node, bias_index, float(xp.scale), wq)
+            result.biases += 1
+        elif bias_add is not None:
+            _quantize_bias_input(home, bias_add[0], bias_add[1], float(xp.scale), wq)
             result.biases += 1
     done = set(result.quantized)
     for node in plan.weight_only:
@@ -334,6 +338,33 @@ def apply_qdq(
             result.weight_only += 1
     model.version += 1
     return result
+
+
+def _gemm_bias_add(node: Node) -> tuple[Node, int] | None:
+    """The Add (and its bias input index) that onnxruntime's MatMulAddFusion will merge with
+    MatMul ``node`` into a Gemm: the MatMul's only reader, adding a constant 1-D bias of the
+    weight's N, with an input of rank 2 or of fully known shape (onnxruntime needs the shape to
+    reshape a higher-rank input to 2-D)."""
+    out = node.output(0)
+    if out is None or out.is_graph_output():
+        return None
+    uses = out.uses()
+    if len(uses) != 1:
+        return None
+    add, idx = uses[0]
+    if add.op_type != "Add" or not add.is_standard_domain() or len(add.inputs) != 2:
+        return None
+    bias_index = 1 - idx
+    b = _const_float(add.input(bias_index))
+    w = node.input(1)
+    ws = w.static_shape() if w is not None else None
+    if b is None or b.ndim != 1 or ws is None or len(ws) != 2 or b.shape[0] != ws[1]:
+        return None
+    a = node.input(0)
+    a_shape = a.shape() if a is not None else None
+    if a_shape is None or (len(a_shape) != 2 and a.static_shape() is None):  # type: ignore[union-attr]
+        return None
+    return add, bias_index
 
 
 def _params_inputs(graph: Graph, base: str, p: QuantParams) -> tuple[Value, Value]:

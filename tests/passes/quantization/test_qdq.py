@@ -235,3 +235,39 @@ def test_residual_add_is_quantized_but_add_of_a_constant_is_not():
     # c1, c2 and the residual join run on integers; the constant shift runs in float between
     # a DQ and c3's input Q (c3 itself writes the float model output)
     assert ops["QLinearConv"] == 2 and ops["QLinearAdd"] == 1 and ops["Add"] == 1
+
+
+@pytest.mark.parametrize("shape, fused", [([8, 64], True), ([1, 8, 64], True), (["batch", 8, 64], False)])
+def test_matmul_bias_add_gets_an_int32_bias_where_onnxruntime_makes_a_gemm(shape, fused):
+    """onnxruntime merges MatMul + bias Add into Gemm when it can reshape the input to 2-D; a float
+    bias then keeps that Gemm in float with its weight dequantized at every call."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxforge.ir import from_proto
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["m"], name="mm"), helper.make_node("Add", ["m", "b"], ["y"], name="bias")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*shape[:-1], 32])],
+        [w, b],
+    )
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    ir = from_proto(proto)
+    plan = plan_qdq(ir, CPU)
+    result = apply_qdq(ir, plan, {"x": (-3.0, 3.0)}, CPU)
+    q = to_proto(ir)
+    producers = {o: n for n in q.graph.node for o in n.output}
+    add = next(n for n in q.graph.node if n.op_type == "Add")
+    bias = producers.get(add.input[1])
+    assert (bias is not None and bias.op_type == "DequantizeLinear") == fused
+    assert result.biases == int(fused)
+    if fused:
+        assert _ort_ops(q)["QGemm"] == 1  # integer Gemm, no float Gemm left
+    x = rng.standard_normal([d if isinstance(d, int) else 2 for d in shape]).astype(np.float32)
+    ref = x @ numpy_helper.to_array(w) + numpy_helper.to_array(b)
+    got = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.02
