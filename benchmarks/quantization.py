@@ -2,8 +2,8 @@
 ``quantize_static`` side by side, on the same calibration data.
 
 Models: the digits CNN trained here (accuracy on the held-out digits), the transformers exports
-(ResNet-50, MobileNetV2: seeded images; MiniLM-L6: real sentences, sentence-embedding cosine on
-held-out sentences) and every corpus model (realistic seeded feeds). For each: whether a valid
+(ResNet-50, MobileNetV2, ViT-B/16: seeded images; BERT-base, GPT-2: seeded token ids, 128
+tokens; MiniLM-L6: real sentences, sentence-embedding cosine on held-out sentences) and every corpus model (realistic seeded feeds). For each: whether a valid
 model came out, output cosine against fp32 on held-out inputs, and latency at ORT_ENABLE_ALL on
 one thread (median of interleaved runs of fp32, ours and onnxruntime's). onnxruntime's quantizer
 runs after its own pre-processing (``quant_pre_process``), QDQ format, per-channel weights,
@@ -99,7 +99,7 @@ def _cases(quick: bool) -> list[dict[str, Any]]:
         }
     )
     exports = list_exports()
-    for name in ("resnet50", "mobilenet_v2"):
+    for name in ("resnet50", "mobilenet_v2", "vit_base", "bert_base", "gpt2"):
         if name in exports:
             cases.append(
                 {
