@@ -116,13 +116,21 @@ class QuantizationReport:
             "kept_in_float_for_speed": self.kept_for_speed,
             "measured_speedup": None if self.speedup is None else round(self.speedup, 3),
             "layer_sqnr_db": [
-                {"node": e.node, "op_type": e.op_type, "tensor": e.tensor, "sqnr_db": num(e.sqnr_db), "input_sqnr_db": num(e.input_sqnr_db)}
+                {
+                    "node": e.node,
+                    "op_type": e.op_type,
+                    "tensor": e.tensor,
+                    "sqnr_db": num(e.sqnr_db),
+                    "input_sqnr_db": num(e.input_sqnr_db),
+                }
                 for e in self.layer_errors
             ],
             "output_sqnr_db": {k: num(v) for k, v in self.output_sqnr.items()},
             "output_cosine": {k: round(v, 6) for k, v in self.output_cosine.items()},
             "layer_sensitivity_db": [{"node": n, "output_sqnr_db": num(v)} for n, v in self.sensitivity],
-            "accuracy": None if self.accuracy is None else {"float": self.accuracy[0], "int8": self.accuracy[1]},
+            "accuracy": None
+            if self.accuracy is None
+            else {"float": self.accuracy[0], "int8": self.accuracy[1]},
             "unfused_qdq": self.unfused,
             "notes": self.notes,
         }
@@ -137,7 +145,9 @@ class QuantizationReport:
             f"kept in float for accuracy {len(self.kept_float)}",
         ]
         for name, s in self.output_sqnr.items():
-            lines.append(f"output {name}: SQNR {s:.1f} dB, cosine {self.output_cosine.get(name, float('nan')):.5f}")
+            lines.append(
+                f"output {name}: SQNR {s:.1f} dB, cosine {self.output_cosine.get(name, float('nan')):.5f}"
+            )
         if self.accuracy is not None:
             lines.append(f"accuracy: float {self.accuracy[0] * 100:.2f}%, int8 {self.accuracy[1] * 100:.2f}%")
         bad = sorted(self.layer_errors, key=lambda e: -e.added_noise)[:worst]
@@ -150,16 +160,21 @@ class QuantizationReport:
         if self.sensitivity:
             lines.append("")
             lines += format_table(
-                ["most sensitive layers", "output dB with only it in int8"], [[n, f"{v:.1f}"] for n, v in self.sensitivity[:worst]]
+                ["most sensitive layers", "output dB with only it in int8"],
+                [[n, f"{v:.1f}"] for n, v in self.sensitivity[:worst]],
             )
         if self.kept_float:
             lines.append("kept in float for accuracy: " + ", ".join(self.kept_float))
         if self.kept_for_speed:
             lines.append(f"kept in float for speed: {len(self.kept_for_speed)} small layer(s)")
         if self.speedup is not None:
-            lines.append(f"measured speed-up over fp32 (onnxruntime, ORT_ENABLE_ALL, 1 thread, this machine): {self.speedup:.2f}x")
+            lines.append(
+                f"measured speed-up over fp32 (onnxruntime, ORT_ENABLE_ALL, 1 thread, this machine): {self.speedup:.2f}x"
+            )
         if self.unfused:
-            lines.append(f"{len(self.unfused)} Q/DQ pair(s) the target will not fuse: " + ", ".join(self.unfused[:8]))
+            lines.append(
+                f"{len(self.unfused)} Q/DQ pair(s) the target will not fuse: " + ", ".join(self.unfused[:8])
+            )
         if self.synthetic:
             lines.append("WARNING: calibrated on synthetic random data, not real inputs")
         lines += [f"note: {n}" for n in self.notes]
@@ -192,13 +207,20 @@ def quantize_static(
     Returns the quantized model (a new IR) and the report."""
     policy = policy_for(target)
     report = QuantizationReport(
-        method, target or "cpu", policy.activation_type, per_channel, source.description, bool(getattr(source, "synthetic", False))
+        method,
+        target or "cpu",
+        policy.activation_type,
+        per_channel,
+        source.description,
+        bool(getattr(source, "synthetic", False)),
     )
     # One pass over the data: the first batches are kept for measuring errors and then
     # calibrated on with the rest (a reader without rewind() can be read only once).
     stream = iter(source)
     samples = list(itertools.islice(stream, eval_samples))
-    mask = find_padding_mask(padding_mask, [v.name for v in model.graph.inputs], samples[0] if samples else None)
+    mask = find_padding_mask(
+        padding_mask, [v.name for v in model.graph.inputs], samples[0] if samples else None
+    )
     if mask is not None:
         report.notes.append(f"errors measured on real positions only (padding masked by input {mask!r})")
     if per_channel and (model.opset("") or 1) < 13:
@@ -218,19 +240,30 @@ def quantize_static(
         model = copy
         n = smooth_activations(model, samples, smooth_alpha)
         if n:
-            report.notes.append(f"smoothed {n} MatMul input(s) before quantizing (SmoothQuant, alpha {smooth_alpha})")
+            report.notes.append(
+                f"smoothed {n} MatMul input(s) before quantizing (SmoothQuant, alpha {smooth_alpha})"
+            )
     float_proto = to_proto(model, value_info=True)  # planning reads the value types
-    plan = plan_qdq(model, policy, exclude=set(exclude), min_macs=min_macs, activation_products=activation_products)
+    plan = plan_qdq(
+        model, policy, exclude=set(exclude), min_macs=min_macs, activation_products=activation_products
+    )
     symmetric = policy.activation_type == "int8"
     ranges_full = collect_ranges(
-        float_proto, plan.calibrate, itertools.chain(samples, stream), method, symmetric=symmetric, progress=progress
+        float_proto,
+        plan.calibrate,
+        itertools.chain(samples, stream),
+        method,
+        symmetric=symmetric,
+        progress=progress,
     )
     ranges = {k: (r.min, r.max) for k, r in ranges_full.items()}
     excluded = set(exclude)
     float_eval = evaluate(float_proto) if evaluate is not None else None
     ranking: list[str] | None = None
     while True:
-        q_model, q_plan = _build(float_proto, policy, ranges, excluded, min_macs, per_channel, activation_products)
+        q_model, q_plan = _build(
+            float_proto, policy, ranges, excluded, min_macs, per_channel, activation_products
+        )
         q_model.export_value_info = model.export_value_info
         q_proto = to_proto(q_model)
         errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples, mask)
@@ -247,10 +280,22 @@ def quantize_static(
         if ranking is None:
             quantized = [n.name or n.op_type for n in q_plan.compute]
 
-            def build_only(layer: str, others: frozenset[str] = frozenset(excluded | set(quantized))) -> Model:
-                return _build(float_proto, policy, ranges, set(others - {layer}), min_macs, per_channel, activation_products)[0]
+            def build_only(
+                layer: str, others: frozenset[str] = frozenset(excluded | set(quantized))
+            ) -> Model:
+                return _build(
+                    float_proto,
+                    policy,
+                    ranges,
+                    set(others - {layer}),
+                    min_macs,
+                    per_channel,
+                    activation_products,
+                )[0]
 
-            report.sensitivity = sensitivity_ranking(float_proto, quantized, samples[:sensitivity_samples], mask, build_only, progress)
+            report.sensitivity = sensitivity_ranking(
+                float_proto, quantized, samples[:sensitivity_samples], mask, build_only, progress
+            )
             ranking = [n for n, _ in report.sensitivity]
         worst = next((n for n in ranking if n not in excluded), None)
         if worst is None:
@@ -262,29 +307,41 @@ def quantize_static(
         weight_only = True
         macs = _layer_macs(float_proto, samples[0])
         rebuilt = False
-        for attempt in range(7):
+        for attempt in range(8):
             t_float, t_int8 = _latencies(float_proto, q_proto, samples[0])
             report.speedup = t_float / t_int8 if t_int8 > 0 else None
-            if t_int8 <= t_float * 0.97 or attempt == 6:
+            if t_int8 <= t_float * 0.97:
                 break
             done = [n.name or n.op_type for n in q_plan.compute if (n.name or n.op_type) not in excluded]
             if weight_only and q_plan.weight_only:
                 weight_only = False  # weight-only DQ runs on every call: first thing to drop
-                report.notes.append("int8 was not faster than fp32: weight-only layers went back to float first")
-            elif done:
+                report.notes.append(
+                    "int8 was not faster than fp32: weight-only layers went back to float first"
+                )
+            elif done and attempt < 6:
                 done.sort(key=lambda n: macs.get(n, 0))
                 drop = done[: max(1, len(done) // 2)]
                 excluded.update(drop)
                 report.kept_for_speed.extend(drop)
+            elif done:  # halving did not get there: int8 does not pay on this model here
+                excluded.update(done)
+                report.kept_for_speed.extend(done)
             else:
                 break
-            q_model, q_plan = _build(float_proto, policy, ranges, excluded, min_macs, per_channel, activation_products, weight_only)
+            q_model, q_plan = _build(
+                float_proto, policy, ranges, excluded, min_macs, per_channel, activation_products, weight_only
+            )
             q_model.export_value_info = model.export_value_info
             q_proto = to_proto(q_model)
             rebuilt = True
         if rebuilt:  # the errors of the model actually returned
             errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples, mask)
-        if report.speedup is not None and report.speedup < 1.0 / 0.97:
+        left = [n for n in q_plan.compute if (n.name or n.op_type) not in excluded]
+        if report.kept_for_speed and not left:
+            report.notes.append(
+                "int8 is not faster than fp32 on this machine: every layer kept in float (--no-speed-guard quantizes regardless)"
+            )
+        elif report.speedup is not None and report.speedup < 1.0 / 0.97:
             report.notes.append(
                 f"int8 is not faster than fp32 on this machine ({report.speedup:.2f}x): the layers that remain quantized are "
                 "kept for size, not speed"
@@ -304,9 +361,13 @@ def quantize_static(
         report.accuracy = (float_eval, q_eval)
     report.unfused = unfused_pairs(q_proto, policy)
     if min_sqnr is not None and out_sqnr and min(out_sqnr.values()) < min_sqnr:
-        report.notes.append(f"output SQNR stays below {min_sqnr} dB even with {len(report.kept_float)} layer(s) in float")
+        report.notes.append(
+            f"output SQNR stays below {min_sqnr} dB even with {len(report.kept_float)} layer(s) in float"
+        )
     if min_cosine is not None and out_cos and min(out_cos.values()) < min_cosine:
-        report.notes.append(f"output cosine stays below {min_cosine} even with {len(report.kept_float)} layer(s) in float")
+        report.notes.append(
+            f"output cosine stays below {min_cosine} even with {len(report.kept_float)} layer(s) in float"
+        )
     return q_model, report
 
 
@@ -340,7 +401,10 @@ def sensitivity_ranking(
                 if isinstance(got, np.ndarray) and isinstance(f[k], np.ndarray) and got.shape == f[k].shape:
                     pairs.append((valid_positions(f[k], mask), valid_positions(got, mask)))
             if pairs:
-                worst = min(worst, sqnr_db(np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])))
+                worst = min(
+                    worst,
+                    sqnr_db(np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])),
+                )
         noise[layer] = worst
         if progress is not None:
             progress(i + 1, len(layers))
@@ -401,7 +465,9 @@ def measure(
     runner = OrtRunner()
     f_model, f_taps = tapped_model(float_proto, names)
     q_model, q_taps = tapped_model(q_proto, names)
-    names = [n for n in names if n in f_taps and n in q_taps]  # tensors inside Loop/Scan bodies are not measured
+    names = [
+        n for n in names if n in f_taps and n in q_taps
+    ]  # tensors inside Loop/Scan bodies are not measured
     f_sess = runner.session(f_model)
     q_sess = runner.session(q_model)
     acc: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -423,7 +489,11 @@ def measure(
     def sq(k: str) -> float:
         return sqnr_db(*flat(k)) if k in acc else math.nan
 
-    errors = [LayerError(node, op, t, sq(t), sq(i) if i in acc else math.inf) for node, op, t, i in layers if t in acc]
+    errors = [
+        LayerError(node, op, t, sq(t), sq(i) if i in acc else math.inf)
+        for node, op, t, i in layers
+        if t in acc
+    ]
     out_sqnr = {o: sq(o) for o in outputs if o in acc}
     out_cos = {o: min(cosine(a, b) for a, b in acc[o]) for o in outputs if o in acc}
     return errors, out_sqnr, out_cos
@@ -444,7 +514,9 @@ def _layer_macs(float_proto: onnx.ModelProto, feed: Mapping[str, np.ndarray]) ->
     return {n.name: n.macs for n in report.nodes if n.name}
 
 
-def _latencies(float_proto: onnx.ModelProto, q_proto: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> tuple[float, float]:
+def _latencies(
+    float_proto: onnx.ModelProto, q_proto: onnx.ModelProto, feed: Mapping[str, np.ndarray]
+) -> tuple[float, float]:
     """Median seconds per call of the float and the quantized model (onnxruntime, all
     optimizations, one thread), measured interleaved for about a second."""
     import statistics
@@ -497,7 +569,9 @@ def _is_activation_dq(dq: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto
     return src is not None and src.op_type == "QuantizeLinear"
 
 
-def classification_accuracy(inputs: Mapping[str, np.ndarray], labels: np.ndarray, *, batch: int = 256) -> Evaluate:
+def classification_accuracy(
+    inputs: Mapping[str, np.ndarray], labels: np.ndarray, *, batch: int = 256
+) -> Evaluate:
     """An :data:`Evaluate` function: top-1 accuracy of the first output against ``labels``."""
 
     def evaluate(model: onnx.ModelProto) -> float:
@@ -509,7 +583,12 @@ def classification_accuracy(inputs: Mapping[str, np.ndarray], labels: np.ndarray
         for start in range(0, n, batch):
             feed = {k: v[start : start + batch] for k, v in inputs.items()}
             logits = sess.run([first], feed)[0]
-            correct += int((np.asarray(logits).reshape(len(labels[start : start + batch]), -1).argmax(1) == labels[start : start + batch]).sum())
+            correct += int(
+                (
+                    np.asarray(logits).reshape(len(labels[start : start + batch]), -1).argmax(1)
+                    == labels[start : start + batch]
+                ).sum()
+            )
         return correct / max(n, 1)
 
     return evaluate

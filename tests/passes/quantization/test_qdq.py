@@ -52,7 +52,9 @@ def test_weights_are_symmetric_per_channel_and_bias_int32():
     b, bp = quantize_bias(np.array([0.5, -1.0, 0.0, 2.0], np.float32), 0.02, p.scale)
     assert b.dtype == np.int32 and np.allclose(b * bp.scale, [0.5, -1.0, 0.0, 2.0], atol=bp.scale.max())
     a = activation_params(-1.0, 3.0, "uint8")
-    assert a.zero_point.dtype == np.uint8 and np.isclose(float(a.scale) * int(a.zero_point), 1.0, atol=float(a.scale))
+    assert a.zero_point.dtype == np.uint8 and np.isclose(
+        float(a.scale) * int(a.zero_point), 1.0, atol=float(a.scale)
+    )
     assert activation_params(-1.0, 3.0, "int8").zero_point == 0
 
 
@@ -68,7 +70,9 @@ def test_cpu_placement_lets_onnxruntime_run_integer_kernels(digits):
     onnx.checker.check_model(q)
     ops = _ort_ops(q)
     assert ops["QLinearConv"] == 2 and ops["QGemm"] == 1 and "Conv" not in ops
-    assert {i.name: i.type.tensor_type.elem_type for i in q.graph.input} == {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
+    assert {i.name: i.type.tensor_type.elem_type for i in q.graph.input} == {
+        i.name: i.type.tensor_type.elem_type for i in proto.graph.input
+    }
 
 
 def test_tensorrt_placement_has_no_output_qdq(digits):
@@ -80,7 +84,11 @@ def test_tensorrt_placement_has_no_output_qdq(digits):
     assert relu2_out_q == []
     apply_qdq(ir, plan, {n: (-1.0, 6.0) for n in plan.calibrate}, TENSORRT)
     q = to_proto(ir)
-    zps = [t for t in q.graph.initializer if t.name.endswith("_zero_point") and not t.name.endswith(("_w_zero_point", "_b_zero_point"))]
+    zps = [
+        t
+        for t in q.graph.initializer
+        if t.name.endswith("_zero_point") and not t.name.endswith(("_w_zero_point", "_b_zero_point"))
+    ]
     assert zps and all(t.data_type == onnx.TensorProto.INT8 for t in zps)
 
 
@@ -91,7 +99,9 @@ def test_int8_pipeline_keeps_digits_accuracy(digits, tmp_path):
     result = onnxforge.compile(
         proto,
         "int8",
-        quantization=QuantizationOptions(calibration=str(tmp_path / "calib.npz"), method="minmax", speed_guard=False),
+        quantization=QuantizationOptions(
+            calibration=str(tmp_path / "calib.npz"), method="minmax", speed_guard=False
+        ),
         verify=True,
     )
     rep = result.report.quantization
@@ -113,7 +123,9 @@ def test_budget_keeps_layers_in_float(digits, tmp_path):
     source = from_npz_path = tmp_path / "c.npz"
     np.savez(from_npz_path, **{inp: x[:16]})
     result = onnxforge.compile(
-        proto, "int8", quantization=QuantizationOptions(calibration=str(source), min_sqnr=200.0, speed_guard=False)
+        proto,
+        "int8",
+        quantization=QuantizationOptions(calibration=str(source), min_sqnr=200.0, speed_guard=False),
     )
     rep = result.report.quantization
     # An impossible budget keeps layers in float until none is left or the budget holds.
@@ -134,8 +146,21 @@ def test_int8_needs_calibration_data_unless_synthetic(digits, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "calibration" in err
     report = tmp_path / "r.json"
-    code = main(["compile", str(src), "-o", str(tmp_path / "o.onnx"), "--pipeline", "int8", "--calibration", "synthetic",
-                 "--report", str(report), "-q"])
+    code = main(
+        [
+            "compile",
+            str(src),
+            "-o",
+            str(tmp_path / "o.onnx"),
+            "--pipeline",
+            "int8",
+            "--calibration",
+            "synthetic",
+            "--report",
+            str(report),
+            "-q",
+        ]
+    )
     assert code == 0 and json.loads(report.read_text())["quantization"]["synthetic_calibration"] is True
 
 
@@ -151,11 +176,66 @@ def test_speed_guard_keeps_layers_float_when_int8_is_slower(digits, tmp_path):
     proto, x, _ = digits
     inp = proto.graph.input[0].name
     np.savez(tmp_path / "c.npz", **{inp: x[:8]})  # batch 1: the digits CNN is too small to gain
-    result = onnxforge.compile(proto, "int8", quantization=QuantizationOptions(calibration=str(tmp_path / "c.npz")))
+    result = onnxforge.compile(
+        proto, "int8", quantization=QuantizationOptions(calibration=str(tmp_path / "c.npz"))
+    )
     rep = result.report.quantization
     assert rep.speedup is not None
     assert rep.speedup >= 1 / 0.97 or rep.kept_for_speed or any("not faster" in n for n in rep.notes)
     assert result.report.to_dict()["quantization"]["measured_speedup"] is not None
+
+
+def _conv_chain(n: int) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(n):
+        inits.append(
+            numpy_helper.from_array((rng.standard_normal((8, 8, 3, 3)) * 0.15).astype(np.float32), f"w{i}")
+        )
+        nodes += [
+            helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+        ]
+        x = f"r{i}"
+    g = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 8, 16, 16])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("which", ["digits", "70 convolutions"])
+def test_speed_guard_returns_float_when_int8_never_pays(which, digits, tmp_path, monkeypatch):
+    """Timing replaced by a machine where int8 is always 10% slower: halving the quantized layers
+    never gets there, so every layer goes back to float rather than returning a slower model."""
+    import onnxforge.quantize.static as static
+
+    monkeypatch.setattr(static, "_latencies", lambda f, q, feed: (1.0, 1.0 if _no_q(q) else 1.1))
+    if which == "digits":
+        proto, x, _ = digits
+        x = x[:64]
+    else:
+        proto = _conv_chain(70)
+        x = np.random.default_rng(1).standard_normal((4, 1, 8, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", **{proto.graph.input[0].name: x})
+    result = onnxforge.compile(
+        proto, "int8", quantization=QuantizationOptions(calibration=str(tmp_path / "c.npz"))
+    )
+    rep = result.report.quantization
+    assert rep.quantized == [] and rep.kept_for_speed
+    assert any("every layer kept in float" in n for n in rep.notes)
+    assert _no_q(result.model)
+
+
+def _no_q(model: onnx.ModelProto) -> bool:
+    return not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
 def test_outer_weight_used_in_both_if_branches_gets_a_dequantize_in_each():
@@ -176,7 +256,10 @@ def test_outer_weight_used_in_both_if_branches_gets_a_dequantize_in_each():
     g = helper.make_graph(
         [helper.make_node("If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("else"))],
         "g",
-        [helper.make_tensor_value_info("c", TensorProto.BOOL, []), helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])],
         [w],
     )
@@ -205,7 +288,9 @@ def test_residual_add_is_quantized_but_add_of_a_constant_is_not():
     rng = np.random.default_rng(0)
 
     def conv(name, inp, out):
-        w = helper.make_tensor(f"{name}_w", TensorProto.FLOAT, [8, 8, 3, 3], rng.standard_normal(576).astype(np.float32).tolist())
+        w = helper.make_tensor(
+            f"{name}_w", TensorProto.FLOAT, [8, 8, 3, 3], rng.standard_normal(576).astype(np.float32).tolist()
+        )
         return helper.make_node("Conv", [inp, f"{name}_w"], [out], name=name, pads=[1, 1, 1, 1]), w
 
     c1, w1 = conv("c1", "x", "a")
@@ -226,7 +311,11 @@ def test_residual_add_is_quantized_but_add_of_a_constant_is_not():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
         [w1, w2, w3, three],
     )
-    ir = from_proto(onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))
+    ir = from_proto(
+        onnx.shape_inference.infer_shapes(
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        )
+    )
     plan = plan_qdq(ir, CPU)
     assert "r" in plan.calibrate  # the residual join runs as QLinearAdd between QLinearConvs
     assert "s" in plan.calibrate  # c3's input
@@ -249,13 +338,18 @@ def test_matmul_bias_add_gets_an_int32_bias_where_onnxruntime_makes_a_gemm(shape
     w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "W")
     b = numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["m"], name="mm"), helper.make_node("Add", ["m", "b"], ["y"], name="bias")],
+        [
+            helper.make_node("MatMul", ["x", "W"], ["m"], name="mm"),
+            helper.make_node("Add", ["m", "b"], ["y"], name="bias"),
+        ],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*shape[:-1], 32])],
         [w, b],
     )
-    proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    proto = onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    )
     ir = from_proto(proto)
     plan = plan_qdq(ir, CPU)
     result = apply_qdq(ir, plan, {"x": (-3.0, 3.0)}, CPU)
@@ -269,5 +363,7 @@ def test_matmul_bias_add_gets_an_int32_bias_where_onnxruntime_makes_a_gemm(shape
         assert _ort_ops(q)["QGemm"] == 1  # integer Gemm, no float Gemm left
     x = rng.standard_normal([d if isinstance(d, int) else 2 for d in shape]).astype(np.float32)
     ref = x @ numpy_helper.to_array(w) + numpy_helper.to_array(b)
-    got = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
+        0
+    ]
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.02
