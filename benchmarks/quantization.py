@@ -138,7 +138,8 @@ def _ours(case: dict[str, Any], out: Path) -> tuple[Path | None, str]:
         r = onnxforge.compile(case["path"], "int8", quantization=QuantizationOptions(calibration=from_reader(_Reader(case["calib"]))))
         r.save(out)
         q = r.report.quantization
-        return out, f"{len(q.quantized)} int8, {len(q.weight_only)} weight-only, {len(q.kept_float)} kept float"
+        speed = f", {len(q.kept_for_speed)} float for speed" if q.kept_for_speed else ""
+        return out, f"{len(q.quantized)} int8, {len(q.weight_only)} weight-only, {len(q.kept_float)} kept float{speed}"
     except Exception as e:
         return None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
 
