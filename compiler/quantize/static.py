@@ -392,20 +392,16 @@ def sensitivity_ranking(
         restart("measuring layer sensitivity", "layers")
     for i, layer in enumerate(layers):
         q_sess = runner.session(to_proto(build_only(layer)))
-        worst = math.inf
-        for k, out in enumerate(outputs):
-            pairs = []
-            for feed, f in zip(samples, ref):
-                mask = np.asarray(feed[padding_mask]) if padding_mask and padding_mask in feed else None
-                got = q_sess.run([out], dict(feed))[0]
+        pairs: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in outputs]
+        for feed, f in zip(samples, ref):  # one run per sample for all outputs
+            mask = np.asarray(feed[padding_mask]) if padding_mask and padding_mask in feed else None
+            for k, got in enumerate(q_sess.run(outputs, dict(feed))):
                 if isinstance(got, np.ndarray) and isinstance(f[k], np.ndarray) and got.shape == f[k].shape:
-                    pairs.append((valid_positions(f[k], mask), valid_positions(got, mask)))
-            if pairs:
-                worst = min(
-                    worst,
-                    sqnr_db(np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])),
-                )
-        noise[layer] = worst
+                    pairs[k].append((valid_positions(f[k], mask), valid_positions(got, mask)))
+        noise[layer] = min(
+            (sqnr_db(np.concatenate([a for a, _ in p]), np.concatenate([b for _, b in p])) for p in pairs if p),
+            default=math.inf,
+        )
         if progress is not None:
             progress(i + 1, len(layers))
     return sorted(noise.items(), key=lambda kv: kv[1])
