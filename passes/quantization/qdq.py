@@ -3,18 +3,20 @@
 Two steps, so calibration can run in between:
 
 1. :func:`plan_qdq` picks the compute nodes to quantize (float Conv/ConvTranspose/Gemm/MatMul
-   of the main graph with constant weights or, with ``activation_products``, MatMuls of two
+   with constant weights or, with ``activation_products``, MatMuls of two
    calibrated activations such as attention scores, which cost accuracy for little speed; not
    excluded; at least ``min_macs`` multiply-accumulates when shapes are known, since tiny
    layers run slower quantized) and the activation tensors that need a range: their
    activation inputs, convolution outputs where the target quantizes outputs (after a Relu/Clip
    that follows; MatMul/Gemm outputs stay float: onnxruntime runs them on integers with a float
-   output, and transformers' residual streams suffer from int8), the inputs/outputs of the target's quantized elementwise ops, and the outputs of
-   pass-through ops, which reuse their input's parameters.
+   output, and transformers' residual streams suffer from int8), the inputs/outputs of the
+   target's quantized elementwise ops, and the outputs of pass-through ops, which reuse their
+   input's parameters.
 2. :func:`apply_qdq` inserts, for every planned tensor, ``Q → DQ`` read by all its consumers
    (graph outputs keep the float tensor), replaces weights by int8 tensors behind a
    DequantizeLinear (per output channel from opset 13 on, else per tensor), and biases by
-   int32 tensors with scale ``input_scale * weight_scale``.
+   int32 tensors with scale ``input_scale * weight_scale`` (with the CPU policy also the bias
+   Add after a MatMul that onnxruntime will merge into a Gemm).
 
 Nodes inside If branches are planned like the main graph's (calibration reaches their tensors
 through :mod:`onnxforge.quantize.taps`); a compute node there whose input got no range (its
