@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ from onnxforge.quantize.collect import ProgressCallback, collect_ranges
 from onnxforge.quantize.data import CalibrationSource
 from onnxforge.quantize.opset import raise_opset
 from onnxforge.quantize.padding import find_padding_mask, valid_positions
+from onnxforge.quantize.shared_weights import SharedWeightSessions
 from onnxforge.quantize.sqnr import cosine, sqnr_db
 from onnxforge.quantize.taps import tapped_model
 
@@ -378,20 +380,35 @@ def sensitivity_ranking(
     padding_mask: str | None,
     build_only: Callable[[str], Model],
     progress: ProgressCallback | None = None,
+    budget_s: float = 60.0,
 ) -> list[tuple[str, float]]:
     """``(layer, output SQNR dB)`` from the layer the model outputs are most sensitive to: for
     each layer, the model with that layer alone quantized (``build_only(layer)``) is run on
-    ``samples`` and its outputs compared with the float model's; the worst output SQNR ranks it."""
-    runner = OrtRunner()
+    ``samples`` and its outputs compared with the float model's; the worst output SQNR ranks it.
+    When running every layer's model on every sample would take more than ``budget_s`` (from the
+    float model's time per sample), fewer samples are used, never fewer than two."""
+    sessions = SharedWeightSessions(float_proto)
     outputs = [o.name for o in float_proto.graph.output]
-    f_sess = runner.session(float_proto)
+    f_sess = sessions.session(float_proto)
+    start = time.perf_counter()
     ref = [f_sess.run(outputs, dict(feed)) for feed in samples]
+    per_sample = (time.perf_counter() - start) / max(len(samples), 1)
+    n = max(2, min(len(samples), int(budget_s / max(len(layers) * per_sample, 1e-9))))
+    if n < len(samples):
+        log.info(
+            "sensitivity of %d layers measured on %d of %d samples (%.2f s per run)",
+            len(layers),
+            n,
+            len(samples),
+            per_sample,
+        )
+        samples, ref = samples[:n], ref[:n]
     noise: dict[str, float] = {}
     restart = getattr(progress, "restart", None)
     if restart is not None:
         restart("measuring layer sensitivity", "layers")
     for i, layer in enumerate(layers):
-        q_sess = runner.session(to_proto(build_only(layer)))
+        q_sess = sessions.session(to_proto(build_only(layer)))
         pairs: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in outputs]
         for feed, f in zip(samples, ref):  # one run per sample for all outputs
             mask = np.asarray(feed[padding_mask]) if padding_mask and padding_mask in feed else None
@@ -399,7 +416,11 @@ def sensitivity_ranking(
                 if isinstance(got, np.ndarray) and isinstance(f[k], np.ndarray) and got.shape == f[k].shape:
                     pairs[k].append((valid_positions(f[k], mask), valid_positions(got, mask)))
         noise[layer] = min(
-            (sqnr_db(np.concatenate([a for a, _ in p]), np.concatenate([b for _, b in p])) for p in pairs if p),
+            (
+                sqnr_db(np.concatenate([a for a, _ in p]), np.concatenate([b for _, b in p]))
+                for p in pairs
+                if p
+            ),
             default=math.inf,
         )
         if progress is not None:
@@ -516,7 +537,6 @@ def _latencies(
     """Median seconds per call of the float and the quantized model (onnxruntime, all
     optimizations, one thread), measured interleaved for about a second."""
     import statistics
-    import time
 
     runner = OrtRunner(optimize=True)
     sessions = [runner.session(float_proto), runner.session(q_proto)]
