@@ -26,6 +26,7 @@ from onnx import numpy_helper
 
 from onnxforge.errors import ModelError, UsageError
 from onnxforge.ir import Model, from_proto, to_proto
+from onnxforge.ir.proto_walk import graph_protos
 from onnxforge.ir.tensor_data import TensorStore, is_external, iter_tensors
 
 log = logging.getLogger(__name__)
@@ -150,9 +151,7 @@ def load(
 
 def _has_value_info(g: onnx.GraphProto) -> bool:
     """True when the graph (or a subgraph) declares types of intermediate values."""
-    if len(g.value_info):
-        return True
-    return any(_has_value_info(a.g) for n in g.node for a in n.attribute if a.HasField("g"))
+    return any(len(gp.value_info) for gp in graph_protos(g))
 
 
 def _short(e: BaseException, limit: int = 240) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +11,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxforge.ir import Model, Node, Value, to_proto
+from onnxforge.ir.proto_walk import graph_protos
 from onnxforge.ir.tensor_data import is_external
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
 
@@ -28,16 +29,6 @@ class ShapeInferenceOptions(PassOptions):
     def validate(self) -> None:
         if self.max_data_bytes < 0:
             raise ValueError("max_data_bytes must be >= 0")
-
-
-def _graph_protos(g: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield g
-    for n in g.node:
-        for a in n.attribute:
-            if a.HasField("g"):
-                yield from _graph_protos(a.g)
-            for sg in a.graphs:
-                yield from _graph_protos(sg)
 
 
 def _reinferable(node: Node, functions: set[tuple[str, str]]) -> bool:
@@ -195,7 +186,7 @@ def infer_types(
         if v is not None and not v.is_graph_output()
     }
     proto = export_for_inference(model, max_data_bytes)
-    for gp in _graph_protos(proto.graph):
+    for gp in graph_protos(proto.graph):
         kept = [vi for vi in gp.value_info if vi.name not in recomputed]
         del gp.value_info[:]
         gp.value_info.extend(kept)
@@ -209,7 +200,7 @@ def infer_types(
             if vi.name in produced and vi.type.HasField("tensor_type"):
                 vi.type.tensor_type.ClearField("shape")
     if value_types:
-        for gp in _graph_protos(proto.graph):
+        for gp in graph_protos(proto.graph):
             declared = {vi.name for vi in [*gp.input, *gp.output]}
             for n in gp.node:
                 for name in n.output:
@@ -219,7 +210,7 @@ def infer_types(
         _substitute_known(proto, known_values)
     result = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     inferred: dict[str, onnx.TypeProto] = {}
-    for gp in _graph_protos(result.graph):
+    for gp in graph_protos(result.graph):
         for vi in [*gp.input, *gp.output, *gp.value_info]:
             if vi.HasField("type"):
                 inferred[vi.name] = vi.type
@@ -232,7 +223,7 @@ _KNOWN_SUFFIX = "__onnxforge_known"
 def _substitute_known(proto: onnx.ModelProto, known: Mapping[str, np.ndarray]) -> None:
     """Point every consumer of a known value at an initializer holding its data."""
     used: set[str] = set()
-    for gp in _graph_protos(proto.graph):
+    for gp in graph_protos(proto.graph):
         for n in gp.node:
             for i, name in enumerate(n.input):
                 if name in known:

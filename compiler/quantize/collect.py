@@ -37,6 +37,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxforge.errors import ModelError, UsageError
+from onnxforge.ir.proto_walk import graph_protos, subgraphs
 from onnxforge.quantize.data import CalibrationSource, DataReader, from_reader
 from onnxforge.quantize.histogram import RunningMinMax, StreamingHistogram
 from onnxforge.quantize.ranges import METHODS, TensorRange, compute_range
@@ -163,12 +164,11 @@ class _Plan:
 def _subgraph_names(g: onnx.GraphProto) -> set[str]:
     names: set[str] = set()
     for node in g.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                names.update(vi.name for vi in sub.input)
-                names.update(t.name for t in sub.initializer)
-                names.update(o for n in sub.node for o in n.output if o)
-                names |= _subgraph_names(sub)
+        for sub in subgraphs(node):
+            for gp in graph_protos(sub):
+                names.update(vi.name for vi in gp.input)
+                names.update(t.name for t in gp.initializer)
+                names.update(o for n in gp.node for o in n.output if o)
     return names
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from onnxforge.ir.proto_walk import graph_protos
+
 #: Initializers at least this large are shared; small ones are cheaper to send.
 MIN_SHARED_BYTES = 1 << 16
 
@@ -76,11 +78,9 @@ class SharedWeightSessions:
 
 
 def _read_names(g: onnx.GraphProto) -> set[str]:
-    """Names read by the nodes of ``g`` and its subgraphs, and its outputs."""
-    names = {o.name for o in g.output}
-    for node in g.node:
-        names.update(node.input)
-        for a in node.attribute:
-            for sub in [a.g] if a.HasField("g") else list(a.graphs):
-                names |= _read_names(sub)
+    """Names read by the nodes of ``g`` and its subgraphs, and their outputs."""
+    names: set[str] = set()
+    for gp in graph_protos(g):
+        names.update(o.name for o in gp.output)
+        names.update(i for n in gp.node for i in n.input)
     return names

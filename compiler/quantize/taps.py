@@ -16,10 +16,12 @@ left out of the returned mapping. The input model is never modified.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import onnx
 from onnx import TensorProto, helper
+
+from onnxforge.ir.proto_walk import graph_protos
 
 log = logging.getLogger(__name__)
 
@@ -92,31 +94,22 @@ class _Namer:
         return name
 
 
-def _subgraphs(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
-    for a in node.attribute:
-        if a.HasField("g"):
-            yield a.g
-        yield from a.graphs
-
-
 def _all_names(g: onnx.GraphProto) -> set[str]:
-    names = {vi.name for vi in g.input} | {t.name for t in g.initializer} | {vi.name for vi in g.output}
-    for n in g.node:
-        names.update(o for o in n.output if o)
-        for sub in _subgraphs(n):
-            names |= _all_names(sub)
+    names: set[str] = set()
+    for gp in graph_protos(g):
+        names.update(vi.name for vi in [*gp.input, *gp.output])
+        names.update(t.name for t in gp.initializer)
+        names.update(o for n in gp.node for o in n.output if o)
     return names
 
 
 def _elem_types(g: onnx.GraphProto) -> dict[str, int]:
     """Element types known from value_info/outputs anywhere in the model."""
     types: dict[str, int] = {}
-    for vi in [*g.value_info, *g.output, *g.input]:
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    for n in g.node:
-        for sub in _subgraphs(n):
-            types.update(_elem_types(sub))
+    for gp in graph_protos(g):
+        for vi in [*gp.value_info, *gp.output, *gp.input]:
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+                types[vi.name] = vi.type.tensor_type.elem_type
     return types
 
 
