@@ -79,13 +79,13 @@ def collect_ranges(
     if not isinstance(source, CalibrationSource) and isinstance(source, DataReader):
         source = from_reader(source)
     names = list(dict.fromkeys(tensor_names))
-    plan = _Plan.of(model_proto, names)
+    plan, tapped = _Plan.of(model_proto, names)
     stats: dict[str, RunningMinMax] = {n: _accumulator(method, num_bins) for n in plan.wanted}
     for name in plan.initializers:
         stats[name].add(_initializer_array(model_proto, name, model_dir))
 
     start = time.perf_counter()
-    batches = _run_batches(model_proto, plan, source, stats, progress, threads, model_dir)
+    batches = _run_batches(tapped, plan, source, stats, progress, threads, model_dir)
     if batches == 0:
         raise UsageError("calibration data is empty: it yielded no batches")
     ranges = {}
@@ -132,11 +132,15 @@ class _Plan:
         self.inputs: list[str] = []  # graph inputs: read from the feed
         self.initializers: list[str] = []  # constants: read once from the model
         self.outputs: list[str] = []  # computed: exposed as graph outputs
+        self.taps: list[str] = []  # the graph output carrying each of ``outputs``
         self.defaults: set[str] = set()  # inputs with an initializer default (may be left unfed)
         self.nested: set[str] = set()  # computed inside If branches: tapped out
 
     @classmethod
-    def of(cls, model: onnx.ModelProto, names: Sequence[str]) -> _Plan:
+    def of(cls, model: onnx.ModelProto, names: Sequence[str]) -> tuple[_Plan, onnx.ModelProto]:
+        """The plan, and the model to run: a copy whose outputs are the computed tensors (those
+        inside If branches threaded out by :func:`~onnxforge.quantize.taps.tapped_model`), or
+        ``model`` itself when nothing needs computing."""
         g = model.graph
         graph_inputs = {vi.name for vi in g.input}
         inits = {t.name for t in g.initializer}
@@ -158,7 +162,15 @@ class _Plan:
             else:
                 raise UsageError(f"tensor {name!r} is not in the model")
             plan.wanted.append(name)
-        return plan
+        if not plan.outputs:
+            return plan, model
+        tapped, taps = tapped_model(model, plan.outputs)
+        for name in [n for n in plan.outputs if n not in taps]:
+            log.info("tensor %r is inside a Loop/Scan body: not calibrated", name)
+            plan.outputs.remove(name)
+            plan.wanted.remove(name)
+        plan.taps = [taps[n] for n in plan.outputs]
+        return plan, tapped
 
 
 def _subgraph_names(g: onnx.GraphProto) -> set[str]:
@@ -188,20 +200,10 @@ def exposed_model(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelP
     """A copy of ``model`` whose graph outputs are exactly ``outputs`` (main-graph tensors).
 
     Output types come from ``value_info`` when the model has them; otherwise they are left
-    empty, which onnxruntime accepts (it infers them).
+    empty, which onnxruntime accepts (it infers them). Tensors inside If branches need
+    :func:`~onnxforge.quantize.taps.tapped_model`, which names the outputs that carry them.
     """
-    known = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.output]}
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    del copy.graph.output[:]
-    for name in outputs:
-        vi = onnx.ValueInfoProto()
-        if name in known:
-            vi.CopyFrom(known[name])
-        else:
-            vi.name = name
-        copy.graph.output.append(vi)
-    return copy
+    return tapped_model(model, outputs)[0]
 
 
 def _session(model: onnx.ModelProto, threads: int, model_dir: str | os.PathLike[str] | None) -> Any:
@@ -258,15 +260,7 @@ class _BatchStep:
     ) -> None:
         self.plan = plan
         self.stats = stats
-        self.session = None
-        if plan.outputs:
-            tapped, taps = tapped_model(model, plan.outputs)
-            for name in [n for n in plan.outputs if n not in taps]:
-                log.info("tensor %r is inside a Loop/Scan body: not calibrated", name)
-                plan.outputs.remove(name)
-                plan.wanted.remove(name)
-            self.taps = [taps[n] for n in plan.outputs]
-            self.session = _session(tapped, threads, model_dir)
+        self.session = _session(model, threads, model_dir) if plan.outputs else None
         self.feed_names = [i.name for i in self.session.get_inputs()] if self.session is not None else []
         self.required = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
         self.defaults = {n: _initializer_array(model, n, model_dir) for n in plan.defaults}
@@ -285,7 +279,7 @@ class _BatchStep:
         if missing:
             raise UsageError(f"calibration batch {index} has no data for input(s) {', '.join(map(repr, missing))}")
         run_feed = {n: feed[n] for n in self.feed_names if n in feed}
-        outputs = _run(self.session, self.taps, run_feed, index)
+        outputs = _run(self.session, self.plan.taps, run_feed, index)
         for name, value in zip(self.plan.outputs, outputs):
             self.stats[name].add(value)
 
