@@ -225,6 +225,9 @@ def quantize_static(
     )
     if mask is not None:
         report.notes.append(f"errors measured on real positions only (padding masked by input {mask!r})")
+    # The source's choice, kept through the copies below: exported shapes change which fusions
+    # onnxruntime applies, and so how fast the int8 model is.
+    export_value_info = model.export_value_info
     if per_channel and (model.opset("") or 1) < 13:
         raised, note = raise_opset(model, 13, samples[:4])
         report.notes.append(note)
@@ -237,9 +240,7 @@ def quantize_static(
     if smooth_alpha:
         from onnxforge.quantize.smoothing import smooth_activations
 
-        copy = from_proto(to_proto(model, value_info=True))  # smoothing edits a copy
-        copy.export_value_info = model.export_value_info  # (exporting inferred shapes changes ORT's fusions)
-        model = copy
+        model = from_proto(to_proto(model, value_info=True))  # smoothing edits a copy
         n = smooth_activations(model, samples, smooth_alpha)
         if n:
             report.notes.append(
@@ -259,14 +260,19 @@ def quantize_static(
         progress=progress,
     )
     ranges = {k: (r.min, r.max) for k, r in ranges_full.items()}
+
+    def build(skip: set[str], weight_only: bool = True) -> tuple[Model, QdqPlan]:
+        q, p = _build(
+            float_proto, policy, ranges, skip, min_macs, per_channel, activation_products, weight_only
+        )
+        q.export_value_info = export_value_info
+        return q, p
+
     excluded = set(exclude)
     float_eval = evaluate(float_proto) if evaluate is not None else None
     ranking: list[str] | None = None
     while True:
-        q_model, q_plan = _build(
-            float_proto, policy, ranges, excluded, min_macs, per_channel, activation_products
-        )
-        q_model.export_value_info = model.export_value_info
+        q_model, q_plan = build(excluded)
         q_proto = to_proto(q_model)
         errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples, mask)
         q_eval = evaluate(q_proto) if evaluate is not None else None
@@ -285,15 +291,7 @@ def quantize_static(
             def build_only(
                 layer: str, others: frozenset[str] = frozenset(excluded | set(quantized))
             ) -> Model:
-                return _build(
-                    float_proto,
-                    policy,
-                    ranges,
-                    set(others - {layer}),
-                    min_macs,
-                    per_channel,
-                    activation_products,
-                )[0]
+                return build(set(others - {layer}))[0]
 
             report.sensitivity = sensitivity_ranking(
                 float_proto, quantized, samples[:sensitivity_samples], mask, build_only, progress
@@ -330,10 +328,7 @@ def quantize_static(
                 report.kept_for_speed.extend(done)
             else:
                 break
-            q_model, q_plan = _build(
-                float_proto, policy, ranges, excluded, min_macs, per_channel, activation_products, weight_only
-            )
-            q_model.export_value_info = model.export_value_info
+            q_model, q_plan = build(excluded, weight_only)
             q_proto = to_proto(q_model)
             rebuilt = True
         if rebuilt:  # the errors of the model actually returned
