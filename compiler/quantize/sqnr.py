@@ -7,6 +7,8 @@ Used by the per-layer error reports of the quantizer (in the spirit of onnxrunti
   actual)**2))``. Higher is better; +inf when the tensors are equal, about 6 dB per bit for a
   well-ranged uniform quantizer (8 bits on a uniform signal: ~48 dB).
 * :func:`cosine`: cosine similarity of the flattened tensors, 1 for identical directions.
+* :class:`ErrorPairs`: both over many samples, per tensor name, on real positions only when a
+  padding mask is given (see :mod:`onnxforge.quantize.padding`).
 
 Both compute in float64, so float16 inputs do not overflow; NaN anywhere gives NaN.
 """
@@ -14,9 +16,12 @@ Both compute in float64, so float16 inputs do not overflow; NaN anywhere gives N
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from onnxforge.quantize.padding import valid_positions
 
 
 def _pair(reference: ArrayLike, actual: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -57,3 +62,41 @@ def cosine(a: ArrayLike, b: ArrayLike) -> float:
     if nx == 0.0 or ny == 0.0:
         return 1.0 if nx == ny else 0.0
     return float(np.clip(np.dot(x, y) / (nx * ny), -1.0, 1.0))
+
+
+class ErrorPairs:
+    """Float and quantized values of named tensors collected over samples.
+
+    :meth:`add` keeps a pair only when both are arrays of the same non-empty shape (an If
+    branch that did not run yields an empty tap), restricted to the positions the sample's
+    ``padding_mask`` input marks as real. :meth:`sqnr` pools every sample; :meth:`worst_cosine`
+    is the cosine of the worst sample.
+    """
+
+    def __init__(self, padding_mask: str | None = None) -> None:
+        self.padding_mask = padding_mask
+        self._pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def add(self, name: str, reference: object, actual: object, feed: Mapping[str, object]) -> None:
+        if not (isinstance(reference, np.ndarray) and isinstance(actual, np.ndarray)):
+            return
+        if reference.shape != actual.shape or not reference.size:
+            return
+        key = self.padding_mask
+        mask = np.asarray(feed[key]) if key and key in feed else None
+        self._pairs.setdefault(name, []).append((valid_positions(reference, mask), valid_positions(actual, mask)))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._pairs
+
+    def sqnr(self, name: str) -> float:
+        """SQNR over all samples pooled (NaN when nothing was collected)."""
+        pairs = self._pairs.get(name)
+        if not pairs:
+            return math.nan
+        return sqnr_db(np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs]))
+
+    def worst_cosine(self, name: str) -> float:
+        """The lowest per-sample cosine similarity (NaN when nothing was collected)."""
+        pairs = self._pairs.get(name)
+        return min(cosine(a, b) for a, b in pairs) if pairs else math.nan

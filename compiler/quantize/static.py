@@ -44,9 +44,9 @@ from onnxforge.passes.quantization.qdq import QdqPlan, apply_qdq, plan_qdq
 from onnxforge.quantize.collect import ProgressCallback, collect_ranges
 from onnxforge.quantize.data import CalibrationSource
 from onnxforge.quantize.opset import raise_opset
-from onnxforge.quantize.padding import find_padding_mask, valid_positions
+from onnxforge.quantize.padding import find_padding_mask
 from onnxforge.quantize.shared_weights import SharedWeightSessions
-from onnxforge.quantize.sqnr import cosine, sqnr_db
+from onnxforge.quantize.sqnr import ErrorPairs
 from onnxforge.quantize.taps import tapped_model
 
 log = logging.getLogger(__name__)
@@ -404,20 +404,11 @@ def sensitivity_ranking(
         restart("measuring layer sensitivity", "layers")
     for i, layer in enumerate(layers):
         q_sess = sessions.session(to_proto(build_only(layer)))
-        pairs: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in outputs]
+        pairs = ErrorPairs(padding_mask)
         for feed, f in zip(samples, ref):  # one run per sample for all outputs
-            mask = np.asarray(feed[padding_mask]) if padding_mask and padding_mask in feed else None
-            for k, got in enumerate(q_sess.run(outputs, dict(feed))):
-                if isinstance(got, np.ndarray) and isinstance(f[k], np.ndarray) and got.shape == f[k].shape:
-                    pairs[k].append((valid_positions(f[k], mask), valid_positions(got, mask)))
-        noise[layer] = min(
-            (
-                sqnr_db(np.concatenate([a for a, _ in p]), np.concatenate([b for _, b in p]))
-                for p in pairs
-                if p
-            ),
-            default=math.inf,
-        )
+            for out, want, got in zip(outputs, f, q_sess.run(outputs, dict(feed))):
+                pairs.add(out, want, got, feed)
+        noise[layer] = min((pairs.sqnr(o) for o in outputs if o in pairs), default=math.inf)
         if progress is not None:
             progress(i + 1, len(layers))
     return sorted(noise.items(), key=lambda kv: kv[1])
@@ -482,32 +473,19 @@ def measure(
     ]  # tensors inside Loop/Scan bodies are not measured
     f_sess = runner.session(f_model)
     q_sess = runner.session(q_model)
-    acc: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    acc = ErrorPairs(padding_mask)
     for feed in samples:
-        f = dict(zip(names, f_sess.run([f_taps[n] for n in names], dict(feed))))
-        q = dict(zip(names, q_sess.run([q_taps[n] for n in names], dict(feed))))
-        mask = np.asarray(feed[padding_mask]) if padding_mask and padding_mask in feed else None
-        for k in names:
-            fk, qk = f.get(k), q.get(k)
-            if isinstance(fk, np.ndarray) and isinstance(qk, np.ndarray) and fk.shape == qk.shape and fk.size:
-                acc.setdefault(k, []).append((valid_positions(f[k], mask), valid_positions(q[k], mask)))
-
-    def flat(k: str) -> tuple[np.ndarray, np.ndarray]:
-        pairs = acc[k]
-        ref = np.concatenate([a for a, _ in pairs]).astype(np.float64)
-        got = np.concatenate([b for _, b in pairs]).astype(np.float64)
-        return ref, got
-
-    def sq(k: str) -> float:
-        return sqnr_db(*flat(k)) if k in acc else math.nan
-
+        f = f_sess.run([f_taps[n] for n in names], dict(feed))
+        q = q_sess.run([q_taps[n] for n in names], dict(feed))
+        for name, want, got in zip(names, f, q):
+            acc.add(name, want, got, feed)
     errors = [
-        LayerError(node, op, t, sq(t), sq(i) if i in acc else math.inf)
+        LayerError(node, op, t, acc.sqnr(t), acc.sqnr(i) if i in acc else math.inf)
         for node, op, t, i in layers
         if t in acc
     ]
-    out_sqnr = {o: sq(o) for o in outputs if o in acc}
-    out_cos = {o: min(cosine(a, b) for a, b in acc[o]) for o in outputs if o in acc}
+    out_sqnr = {o: acc.sqnr(o) for o in outputs if o in acc}
+    out_cos = {o: acc.worst_cosine(o) for o in outputs if o in acc}
     return errors, out_sqnr, out_cos
 
 

@@ -47,3 +47,24 @@ def test_cosine() -> None:
     assert cosine(np.zeros(3), a) == 0.0
     with pytest.raises(ValueError, match="shapes differ"):
         cosine(a, a[:2])
+
+
+def test_error_pairs_pool_samples_skip_empty_taps_and_mask_padding() -> None:
+    from onnxforge.quantize.sqnr import ErrorPairs
+
+    ref = np.arange(1, 7, dtype=np.float32).reshape(1, 3, 2)
+    noisy = ref.copy()
+    noisy[0, 2] += 100.0  # noise only at the padded position
+    pairs = ErrorPairs("mask")
+    feed = {"mask": np.array([[1, 1, 0]])}
+    pairs.add("h", ref, noisy, feed)
+    pairs.add("h", np.zeros(0, np.float32), np.zeros(0, np.float32), feed)  # a branch that did not run
+    pairs.add("h", ref, noisy[:, :2], feed)  # shapes differ: ignored
+    assert "h" in pairs and "other" not in pairs
+    assert pairs.sqnr("h") == float("inf") and pairs.worst_cosine("h") == pytest.approx(1.0)
+    unmasked = ErrorPairs()
+    unmasked.add("h", ref, ref, feed)
+    unmasked.add("h", ref, noisy, feed)
+    assert unmasked.sqnr("h") == pytest.approx(sqnr_db(np.concatenate([ref, ref]), np.concatenate([ref, noisy])))
+    assert unmasked.worst_cosine("h") == pytest.approx(cosine(ref, noisy))
+    assert math.isnan(unmasked.sqnr("missing"))
