@@ -37,7 +37,12 @@ import numpy as np
 
 from onnxforge.ir import Graph, Model, Node, Value
 from onnxforge.ir.constants import add_constant, constant_value, is_constant
-from onnxforge.passes.quantization.policy import COMPUTE_OPS, FOLDABLE_ACTIVATIONS, TargetPolicy
+from onnxforge.passes.quantization.policy import (
+    COMPUTE_OPS,
+    FOLDABLE_ACTIVATIONS,
+    PASS_THROUGH_OPS,
+    TargetPolicy,
+)
 from onnxforge.passes.quantization.weights import (
     QuantParams,
     activation_params,
@@ -203,6 +208,23 @@ def _reaches_model_output(v: Value | None, pass_through: frozenset[str]) -> bool
     tensor is never quantized: its calibrated range would clamp the model's own outputs on
     inputs beyond the calibration data (silero-vad's speech probability stuck at the largest
     value seen in calibration), and nothing downstream would read it as integers."""
+    todo = [v]
+    while todo:
+        for cur in _moved(todo.pop(), pass_through):
+            if not cur.is_graph_output() or cur.graph is None:
+                continue
+            owner = cur.graph.parent
+            if owner is None or owner.op_type != "If":
+                return True  # the model's output, or a Loop/Scan body's (carried on: assume so)
+            # an If branch's k-th output is the If's k-th output
+            todo.extend(owner.output(k) for k, o in enumerate(cur.graph.outputs) if o is cur)
+    return False
+
+
+def _moved(v: Value | None, ops: frozenset[str]) -> list[Value]:
+    """``v`` and every value made from it by chains of ``ops`` reading it as their data input
+    (in nested graphs too)."""
+    found: list[Value] = []
     seen: set[int] = set()
     todo = [v]
     while todo:
@@ -210,16 +232,11 @@ def _reaches_model_output(v: Value | None, pass_through: frozenset[str]) -> bool
         if cur is None or id(cur) in seen:
             continue
         seen.add(id(cur))
-        if cur.is_graph_output():
-            owner = cur.graph.parent if cur.graph is not None else None
-            if owner is None or owner.op_type != "If" or cur.graph is None:
-                return True  # the model's output, or a Loop/Scan body's (carried on: assume so)
-            # an If branch's k-th output is the If's k-th output
-            todo.extend(owner.output(k) for k, o in enumerate(cur.graph.outputs) if o is cur)
+        found.append(cur)
         for user in cur.consumers():
-            if user.op_type in pass_through and user.input(0) is cur:
+            if user.op_type in ops and user.input(0) is cur:
                 todo.extend(user.outputs)
-    return False
+    return found
 
 
 def _refuse(node: Node, exclude: set[str], min_macs: int, activation_products: bool) -> str:
@@ -408,22 +425,7 @@ def _insert_qdq(graph: Graph, v: Value, p: QuantParams) -> None:
 
 #: Data-movement ops onnxruntime's QDQ propagation may move a DequantizeLinear across (a
 #: superset of its list, to stay safe across versions).
-_PROPAGATED = frozenset(
-    {
-        "Reshape",
-        "Transpose",
-        "Squeeze",
-        "Unsqueeze",
-        "Flatten",
-        "MaxPool",
-        "Slice",
-        "Gather",
-        "Expand",
-        "Resize",
-        "DepthToSpace",
-        "SpaceToDepth",
-    }
-)
+_PROPAGATED = PASS_THROUGH_OPS | {"Expand"}
 
 
 def _moves_into_a_subgraph(node: Node) -> bool:
@@ -435,19 +437,12 @@ def _moves_into_a_subgraph(node: Node) -> bool:
     tensor."""
     if node.op_type not in _PROPAGATED or not node.is_standard_domain():
         return False
-    todo, seen = [node], set()
-    while todo:
-        cur = todo.pop()
-        if cur in seen:
-            continue
-        seen.add(cur)
-        for out in cur.outputs:
-            for user in out.consumers() if out is not None else ():
-                if user.graph is not node.graph:
-                    return True
-                if user.op_type in _PROPAGATED and user.is_standard_domain():
-                    todo.append(user)
-    return False
+    return any(
+        user.graph is not node.graph
+        for out in node.outputs
+        for cur in _moved(out, _PROPAGATED)
+        for user in cur.consumers()
+    )
 
 
 def _quantize_weight_input(
