@@ -81,7 +81,8 @@ class OrtRunner:
     optimize: bool = False
     threads: int = 1
 
-    def session(self, model: onnx.ModelProto | str | os.PathLike[str]) -> Any:
+    def options(self) -> Any:
+        """The onnxruntime SessionOptions this runner's sessions use."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -91,6 +92,12 @@ class OrtRunner:
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        return so
+
+    def session(self, model: onnx.ModelProto | str | os.PathLike[str]) -> Any:
+        import onnxruntime as ort
+
+        so = self.options()
         if isinstance(model, onnx.ModelProto):
             return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])

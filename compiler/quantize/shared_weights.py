@@ -15,6 +15,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from onnxforge.equivalence import OrtRunner
 from onnxforge.ir.proto_walk import graph_protos
 
 #: Initializers at least this large are shared; small ones are cheaper to send.
@@ -22,7 +23,8 @@ MIN_SHARED_BYTES = 1 << 16
 
 
 class SharedWeightSessions:
-    """Creates CPU sessions (optimizations off, one thread) for variants of ``base``."""
+    """Creates CPU sessions for variants of ``base``, configured as :class:`OrtRunner`'s
+    (optimizations off, one thread)."""
 
     def __init__(self, base: onnx.ModelProto, min_bytes: int = MIN_SHARED_BYTES) -> None:
         import onnxruntime as ort
@@ -51,11 +53,7 @@ class SharedWeightSessions:
         ]
         self.last_shared = shared
         model = variant
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+        so = OrtRunner().options()
         if shared:
             model = onnx.ModelProto()
             model.CopyFrom(variant)
