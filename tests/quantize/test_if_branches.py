@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import onnx
+from calib_models import ListReader
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxforge
@@ -68,14 +69,6 @@ def _model(captured: str = "h") -> onnx.ModelProto:
     return m
 
 
-class _Reader:
-    def __init__(self, feeds):
-        self.feeds = iter(feeds)
-
-    def get_next(self):
-        return next(self.feeds, None)
-
-
 def _feeds(n: int, c: bool, seed: int = 0) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [{"x": rng.standard_normal((1, 8, 16, 16)).astype(np.float32), "c": np.array(c)} for _ in range(n)]
@@ -89,7 +82,7 @@ def _compile(model: onnx.ModelProto, calib, tmp_path):
     result = onnxforge.compile(
         src,
         "int8",
-        quantization=QuantizationOptions(calibration=from_reader(_Reader(calib)), speed_guard=False),
+        quantization=QuantizationOptions(calibration=from_reader(ListReader(calib)), speed_guard=False),
     )
     return result, result.save(tmp_path / "int8.onnx")
 
