@@ -3,9 +3,10 @@
 
 Models: the digits CNN trained here (accuracy on the held-out digits), the transformers exports
 (ResNet-50, MobileNetV2, ViT-B/16: seeded images; BERT-base, GPT-2: seeded token ids, 128
-tokens; MiniLM-L6: real sentences, sentence-embedding cosine on held-out sentences) and every corpus model (realistic seeded feeds). For each: whether a valid
-model came out, output cosine against fp32 on held-out inputs, and latency at ORT_ENABLE_ALL on
-one thread (median of interleaved runs of fp32, ours and onnxruntime's). onnxruntime's quantizer
+tokens; MiniLM-L6: real sentences, sentence-embedding cosine on held-out sentences) and every
+corpus model (realistic seeded feeds). For each: whether a valid model came out, output cosine
+against fp32 on held-out inputs, and latency at ORT_ENABLE_ALL on one thread (median of
+interleaved runs of fp32, ours and onnxruntime's). onnxruntime's quantizer
 runs after its own pre-processing (``quant_pre_process``), QDQ format, per-channel weights,
 minmax calibration, its defaults otherwise. Writes a markdown report to ``--out``.
 """
@@ -27,6 +28,7 @@ import onnx
 import onnxruntime as ort
 
 from benchmarks.latency import interleaved_medians, session, write_markdown
+from onnxforge.quantize.sqnr import cosine
 
 log = logging.getLogger("benchmarks.quantization")
 
@@ -50,13 +52,6 @@ class _Reader:
         self.i = 0
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, np.float64).reshape(-1)
-    b = np.asarray(b, np.float64).reshape(-1)
-    d = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b / d) if d else 1.0
-
-
 def _output_cosine(ref: Any, got: Any, feeds: Sequence[Feeds], score: Callable[..., float] | None) -> float:
     """Worst cosine over held-out feeds and outputs (each output on its own), or the model's
     own score."""
@@ -68,7 +63,7 @@ def _output_cosine(ref: Any, got: Any, feeds: Sequence[Feeds], score: Callable[.
         if score is not None:
             worst = min(worst, score(f, a, b))
         else:
-            worst = min([worst, *(_cosine(x, y) for x, y in zip(a, b) if np.size(x))])
+            worst = min([worst, *(cosine(x, y) for x, y in zip(a, b) if np.size(x))])
     return worst
 
 
@@ -76,7 +71,7 @@ def _sentence_cosine(feed: Feeds, a: list[np.ndarray], b: list[np.ndarray]) -> f
     mask = feed["attention_mask"][..., None].astype(np.float64)
     ea = (a[0] * mask).sum(1) / mask.sum(1)
     eb = (b[0] * mask).sum(1) / mask.sum(1)
-    return _cosine(ea, eb)
+    return cosine(ea, eb)
 
 
 def _cases(quick: bool) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import pytest
 import onnxforge
 from onnxforge.api import QuantizationOptions
 from onnxforge.equivalence import OrtRunner
+from onnxforge.ir.proto_walk import graph_protos
 from onnxforge.models.corpus import feeds_for, list_corpus
 from onnxforge.quantize.data import from_reader
 from onnxforge.quantize.sqnr import cosine
@@ -66,14 +67,4 @@ def test_int8_real_model_stays_within_budget(name, tmp_path):
     # The guard holds 0.99 on the calibration batches; held-out inputs get a small margin.
     assert min(worst.values()) >= 0.985, (worst, report.kept_float)
     if report.quantized or report.weight_only:
-        assert any(n.op_type == "DequantizeLinear" for n in _all_nodes(q.graph))
-
-
-def _all_nodes(graph: onnx.GraphProto):
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(a.g)
-            for g in a.graphs:
-                yield from _all_nodes(g)
+        assert any(n.op_type == "DequantizeLinear" for g in graph_protos(q.graph) for n in g.node)
