@@ -127,10 +127,9 @@ def _cases(quick: bool) -> list[dict[str, Any]]:
 def _ours(case: dict[str, Any], out: Path) -> tuple[Path | None, str]:
     import onnxforge
     from onnxforge.api import QuantizationOptions
-    from onnxforge.quantize.data import from_reader
 
     try:
-        r = onnxforge.compile(case["path"], "int8", quantization=QuantizationOptions(calibration=from_reader(_Reader(case["calib"]))))
+        r = onnxforge.compile(case["path"], "int8", quantization=QuantizationOptions(calibration=case["calib"]))
         r.save(out)
         q = r.report.quantization
         speed = f", {len(q.kept_for_speed)} float for speed" if q.kept_for_speed else ""

@@ -187,8 +187,8 @@ class QuantizationOptions:
     """Settings of the ``int8`` pipeline.
 
     ``calibration``: a ``.npz`` (arrays keyed by input name, samples along axis 0), a folder of
-    ``.npz`` files, an onnxruntime ``CalibrationDataReader``, a
-    :class:`~onnxforge.quantize.data.CalibrationSource`, or ``"synthetic"`` to calibrate on
+    ``.npz`` files, an onnxruntime ``CalibrationDataReader``, a list of feed dicts (input name
+    -> array, one batch each), a :class:`~onnxforge.quantize.data.CalibrationSource`, or ``"synthetic"`` to calibrate on
     seeded random data (explicitly only; the report says so). ``method``: minmax, percentile,
     entropy or mse. ``exclude``: node names kept in float. ``min_sqnr`` (dB, every output) and
     ``max_accuracy_drop`` (points, with ``eval_data``: a ``.npz`` of inputs plus ``labels``)

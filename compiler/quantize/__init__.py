@@ -15,6 +15,7 @@ from onnxforge.quantize.collect import collect_ranges, exposed_model
 from onnxforge.quantize.data import (
     CalibrationSource,
     InputSpec,
+    from_feeds,
     from_folder,
     from_npz,
     from_reader,
@@ -43,6 +44,7 @@ __all__ = [
     "exposed_model",
     "from_folder",
     "from_npz",
+    "from_feeds",
     "from_reader",
     "model_inputs",
     "open_calibration",

@@ -542,6 +542,32 @@ def from_reader(reader: object, *, inputs: Sequence[InputSpec] | None = None) ->
     return ReaderSource(reader, _spec_map(inputs))
 
 
+class _FeedList:
+    """A rewindable reader over feeds held in memory."""
+
+    def __init__(self, feeds: Sequence[Mapping[str, object]]) -> None:
+        self.feeds = list(feeds)
+        self.i = 0
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def get_next(self) -> Mapping[str, object] | None:
+        if self.i >= len(self.feeds):
+            return None
+        self.i += 1
+        return self.feeds[self.i - 1]
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def from_feeds(feeds: Sequence[Mapping[str, object]], *, inputs: Sequence[InputSpec] | None = None) -> ReaderSource:
+    """Feeds already in memory (a list of input name -> array dicts, one batch each), read as
+    often as needed and checked like a data reader's."""
+    return ReaderSource(_FeedList(feeds), _spec_map(inputs))
+
+
 # -- synthetic data ---------------------------------------------------------------------------
 
 
@@ -645,7 +671,7 @@ NO_DATA_MESSAGE = (
 
 
 def open_calibration(
-    spec: str | os.PathLike[str] | DataReader | CalibrationSource | None,
+    spec: str | os.PathLike[str] | DataReader | CalibrationSource | Sequence[Mapping[str, object]] | None,
     *,
     input_names: Sequence[str] | None = None,
     inputs: Sequence[InputSpec] | None = None,
@@ -658,8 +684,8 @@ def open_calibration(
 ) -> CalibrationSource:
     """Turn what the user gave into a :class:`CalibrationSource`.
 
-    ``spec``: a ``.npz`` path, a folder of ``.npz`` files, a ``CalibrationDataReader``, an
-    existing source, or None. None is refused unless ``allow_synthetic`` is set, in which case
+    ``spec``: a ``.npz`` path, a folder of ``.npz`` files, a ``CalibrationDataReader``, a list
+    of feed dicts, an existing source, or None. None is refused unless ``allow_synthetic`` is set, in which case
     ``synthetic_samples`` random feeds are generated (needs ``inputs`` for shapes and dtypes).
     ``inputs`` (from :func:`model_inputs`) enables dtype/rank/shape checks; ``input_names``
     alone only checks that the required inputs are present. Every refusal is a one-line
@@ -685,6 +711,8 @@ def open_calibration(
         if p.suffix.lower() != ".npz" and not zipfile.is_zipfile(p):
             raise UsageError(f"calibration data {p} is neither a .npz file nor a folder of .npz files")
         return from_npz(p, batch_size, inputs=specs)
+    if isinstance(spec, (list, tuple)) and all(isinstance(f, Mapping) for f in spec):
+        return from_feeds(spec, inputs=specs)
     return from_reader(spec, inputs=specs)
 
 

@@ -12,27 +12,9 @@ from onnxforge.api import QuantizationOptions
 from onnxforge.equivalence import OrtRunner
 from onnxforge.ir.proto_walk import graph_protos
 from onnxforge.models.corpus import feeds_for, list_corpus
-from onnxforge.quantize.data import from_reader
 from onnxforge.quantize.sqnr import cosine
 
 CORPUS = list_corpus()
-
-
-class _Reader:
-    """An onnxruntime-style CalibrationDataReader over a list of feeds."""
-
-    def __init__(self, feeds):
-        self.feeds = list(feeds)
-        self.i = 0
-
-    def get_next(self):
-        if self.i >= len(self.feeds):
-            return None
-        self.i += 1
-        return self.feeds[self.i - 1]
-
-    def rewind(self):
-        self.i = 0
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
@@ -41,7 +23,7 @@ def test_int8_real_model_stays_within_budget(name, tmp_path):
     proto = onnx.load(path)
     calib = [feeds_for(name, proto, seed=s) for s in range(8)]
     result = onnxforge.compile(
-        path, "int8", quantization=QuantizationOptions(calibration=from_reader(_Reader(calib)), speed_guard=False)
+        path, "int8", quantization=QuantizationOptions(calibration=calib, speed_guard=False)
     )
     out = result.save(tmp_path / "int8.onnx")
     q = onnx.load(out)

@@ -297,3 +297,17 @@ def test_input_names_only_check_presence(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"shape \[1, 5\] but the model expects \[N, 4\]"):
         list(src)
     assert InputSpec("x", None, None).rank is None
+
+
+def test_a_list_of_feeds_is_a_source_read_as_often_as_needed() -> None:
+    from onnxforge.quantize.data import model_inputs, open_calibration
+
+    model = mlp()
+    feeds = [{"x": np.full((2, 4), float(i), np.float32)} for i in range(3)]
+    source = open_calibration(feeds, inputs=model_inputs(model))
+    assert source.num_batches == 3
+    first = [f["x"][0, 0] for f in source]
+    assert first == [f["x"][0, 0] for f in source] == [0.0, 1.0, 2.0]  # a second pass rewinds
+    with pytest.raises(UsageError) as e:
+        list(open_calibration([{"x": np.zeros((2, 5), np.float32)}], inputs=model_inputs(model)))
+    one_line(e)
