@@ -28,28 +28,12 @@ import onnx
 import onnxruntime as ort
 
 from benchmarks.latency import interleaved_medians, session, write_markdown
+from onnxforge.quantize.data import FeedReader
 from onnxforge.quantize.sqnr import cosine
 
 log = logging.getLogger("benchmarks.quantization")
 
 Feeds = dict[str, np.ndarray]
-
-
-class _Reader:
-    """An onnxruntime CalibrationDataReader over a list of feeds."""
-
-    def __init__(self, feeds: Sequence[Feeds]) -> None:
-        self.feeds = list(feeds)
-        self.i = 0
-
-    def get_next(self) -> Feeds | None:
-        if self.i >= len(self.feeds):
-            return None
-        self.i += 1
-        return self.feeds[self.i - 1]
-
-    def rewind(self) -> None:
-        self.i = 0
 
 
 def _output_cosine(ref: Any, got: Any, feeds: Sequence[Feeds], score: Callable[..., float] | None) -> float:
@@ -155,7 +139,7 @@ def _onnxruntime(case: dict[str, Any], tmp: Path) -> tuple[Path | None, str]:
             src = case["path"]
             note = f"pre-processing failed ({type(e).__name__})"
         quantize_static(
-            str(src), str(out), _Reader(case["calib"]), quant_format=QuantFormat.QDQ, per_channel=True,
+            str(src), str(out), FeedReader(case["calib"]), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
         )
         onnx.checker.check_model(str(out))

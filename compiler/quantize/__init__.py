@@ -14,6 +14,7 @@ from __future__ import annotations
 from onnxforge.quantize.collect import collect_ranges, exposed_model
 from onnxforge.quantize.data import (
     CalibrationSource,
+    FeedReader,
     InputSpec,
     from_feeds,
     from_folder,
@@ -44,6 +45,7 @@ __all__ = [
     "exposed_model",
     "from_folder",
     "from_npz",
+    "FeedReader",
     "from_feeds",
     "from_reader",
     "model_inputs",

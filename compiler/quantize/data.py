@@ -542,8 +542,9 @@ def from_reader(reader: object, *, inputs: Sequence[InputSpec] | None = None) ->
     return ReaderSource(reader, _spec_map(inputs))
 
 
-class _FeedList:
-    """A rewindable reader over feeds held in memory."""
+class FeedReader:
+    """An onnxruntime-style ``CalibrationDataReader`` over feeds held in memory (rewindable);
+    also what onnxruntime's own ``quantize_static`` accepts."""
 
     def __init__(self, feeds: Sequence[Mapping[str, object]]) -> None:
         self.feeds = list(feeds)
@@ -565,7 +566,7 @@ class _FeedList:
 def from_feeds(feeds: Sequence[Mapping[str, object]], *, inputs: Sequence[InputSpec] | None = None) -> ReaderSource:
     """Feeds already in memory (a list of input name -> array dicts, one batch each), read as
     often as needed and checked like a data reader's."""
-    return ReaderSource(_FeedList(feeds), _spec_map(inputs))
+    return ReaderSource(FeedReader(feeds), _spec_map(inputs))
 
 
 # -- synthetic data ---------------------------------------------------------------------------
