@@ -25,7 +25,7 @@ from onnxforge.passmanager import (
     TimingInstrument,
     VerifyInstrument,
 )
-from onnxforge.pipelines import from_pass_names, get_pipeline
+from onnxforge.pipelines import ORT_TARGETS, from_pass_names, get_pipeline
 from onnxforge.report import ModelStats, Report
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def compile(
 
     int8 = pipeline == "int8" and not passes
     if int8:
-        pipe = get_pipeline("optimize", options, None if target in ("cpu", "cuda") else target)
+        pipe = get_pipeline("optimize", options, None if target in ORT_TARGETS else target)
         pipe_name = "int8" if target is None else f"int8 (target {target})"
     elif passes:
         pipe = from_pass_names(passes, options)

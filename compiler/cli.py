@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--target",
-        choices=["cpu", "cuda", "tensorrt"],
-        help="runtime the model is for: cpu/cuda add onnxruntime contrib fusions; tensorrt keeps to standard ops",
+        choices=["cpu", "cpu-native", "cuda", "tensorrt"],
+        help="runtime the model is for: cpu/cuda add onnxruntime contrib fusions; cpu-native also lowers convolutions "
+        "to onnxruntime's NCHWc layout for this CPU's SIMD width (runs only on CPUs with the same width); tensorrt keeps to standard ops",
     )
     c.add_argument(
         "--explain", action="append", default=[], metavar="NODE", help="say which rules fired on NODE and why others did not"

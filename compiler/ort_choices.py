@@ -5,6 +5,10 @@ SkipLayerNormalization takes 216 us where Add + LayerNormalization take 41 us on
 with one thread here, but fuses away launches on GPUs. For ``--target cpu`` the compiler asks
 :func:`skip_layer_norm_pays`, which times both forms once (about a second) and caches the answer
 next to the CPU cost profile (``$ONNXFORGE_CACHE``), keyed by CPU and onnxruntime version.
+
+:func:`nchwc_block_size` finds, the same way, the channel block of onnxruntime's NCHWc layout
+here (``--target cpu-native``), and checks that onnxruntime lays filters out as
+:mod:`onnxforge.kernels.nchwc` does.
 """
 
 from __future__ import annotations
@@ -58,29 +62,110 @@ def _time_pair(hidden: int = 768, seq: int = 128) -> tuple[float, float]:
 
 def skip_layer_norm_pays(*, refresh: bool = False) -> bool:
     """True when onnxruntime's CPU SkipLayerNormalization beats Add + LayerNormalization here."""
-    from onnxforge.cost.roofline import _cpu_key, cache_dir
 
-    path = cache_dir() / f"ort-choices-{_cpu_key()}.json"
-    data: dict[str, object] = {}
-    if path.is_file() and not refresh:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}
-    if "skip_layer_norm" not in data:
+    def measure() -> dict[str, object]:
         try:
             plain, fused = _time_pair()
         except Exception as e:  # no contrib kernels: never fuse
             log.info("SkipLayerNormalization could not be timed (%s): not fused", e)
-            return False
-        data["skip_layer_norm"] = bool(fused < plain * 0.95)
-        data["skip_layer_norm_us"] = {"add_layernorm": round(plain * 1e6, 1), "skip_layernorm": round(fused * 1e6, 1)}
+            return {"pays": False}
+        us = {"add_layernorm": round(plain * 1e6, 1), "skip_layernorm": round(fused * 1e6, 1)}
+        log.info("SkipLayerNormalization %s here (%s)", "pays" if fused < plain * 0.95 else "does not pay", us)
+        return {"pays": bool(fused < plain * 0.95), "us": us}
+
+    found = _cached("skip_layer_norm", measure, refresh)
+    return bool(found.get("pays")) if isinstance(found, dict) else bool(found)
+
+
+def _cached(key: str, measure, refresh: bool):  # type: ignore[no-untyped-def]
+    """``measure()`` once per CPU and onnxruntime version, kept in the choices cache file."""
+    from onnxforge.cost.roofline import _cpu_key, cache_dir
+
+    path = cache_dir() / f"ort-choices-{_cpu_key()}.json"
+    data: dict[str, object] = {}
+    if path.is_file():
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=2))
-            os.replace(tmp, path)
-        except OSError as e:
-            log.warning("cannot cache onnxruntime choices at %s: %s", path, e)
-        log.info("SkipLayerNormalization %s here (%s)", "pays" if data["skip_layer_norm"] else "does not pay", data["skip_layer_norm_us"])
-    return bool(data["skip_layer_norm"])
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+    if key in data and not refresh:
+        return data[key]
+    data[key] = measure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot cache onnxruntime choices at %s: %s", path, e)
+    return data[key]
+
+
+def _ort_layout(convs: list[tuple[str, np.ndarray, int]], in_channels: int) -> dict[str, np.ndarray]:
+    """The filters onnxruntime's own NCHWc transformer writes for ``convs`` (name, weight,
+    group), all reading one ``[1, in_channels, 8, 8]`` input, keyed by conv name."""
+    import tempfile
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, outs = [], [], []
+    src = "x"
+    for name, w, group in convs:
+        k = w.shape[2]
+        nodes.append(helper.make_node("Conv", [src, f"{name}_w"], [name], name=name, kernel_shape=[k, k], pads=[k // 2] * 4, group=group))
+        inits.append(numpy_helper.from_array(w, f"{name}_w"))
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+        src = name
+    graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, in_channels, 8, 8])], outs[-1:], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = os.path.join(tmp, "probe.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        import onnx
+
+        saved = onnx.load(so.optimized_model_filepath)
+    weights = {t.name: numpy_helper.to_array(t) for t in saved.graph.initializer}
+    # onnxruntime names the reordered filters itself; its Convs keep the chain's order.
+    ordered = [weights[n.input[1]] for n in saved.graph.node if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"]
+    return {name: w for (name, _, _), w in zip(convs, ordered)} if len(ordered) == len(convs) else {}
+
+
+def _probe_nchwc() -> int:
+    from onnxforge.kernels.nchwc import reorder_filter_oihwbibo, reorder_filter_oihwbo
+
+    def filt(*shape: int) -> np.ndarray:
+        return (np.arange(int(np.prod(shape))) + 1).astype(np.float32).reshape(shape)
+
+    try:
+        first = _ort_layout([("a", filt(1, 3, 3, 3), 1)], 3)
+    except Exception as e:  # no CPU provider, or no NCHWc transformer
+        log.info("NCHWc probe failed (%s): no NCHWc lowering", e)
+        return 0
+    if "a" not in first:
+        return 0  # MLAS has no NCHWc kernels on this CPU
+    block = int(first["a"].shape[0])
+    c = 2 * block
+    convs = [("nchw_input", filt(c, 3, 3, 3), 1), ("depthwise", filt(c, 1, 3, 3), c), ("blocked", filt(c + 1, c, 1, 1), 1)]
+    got = _ort_layout(convs, 3)
+    ours = {
+        "nchw_input": reorder_filter_oihwbo(convs[0][1], block),
+        "depthwise": reorder_filter_oihwbo(convs[1][1], block),
+        "blocked": reorder_filter_oihwbibo(convs[2][1], block),
+    }
+    for name, w in ours.items():
+        if name not in got or got[name].shape != w.shape or not np.array_equal(got[name], w):
+            log.warning("onnxruntime's NCHWc %s filter layout differs from onnxforge's: no NCHWc lowering", name)
+            return 0
+    return block
+
+
+def nchwc_block_size(*, refresh: bool = False) -> int:
+    """onnxruntime's NCHWc channel block on this machine (MLAS: 8 with AVX2, 16 with AVX-512),
+    or 0 where its CPU provider has no NCHWc kernels or lays filters out differently from
+    :mod:`onnxforge.kernels.nchwc`. Found once by letting onnxruntime's own transformer rewrite
+    a probe model (about 0.1 s), then cached per CPU and onnxruntime version."""
+    return int(_cached("nchwc_block_size", _probe_nchwc, refresh))

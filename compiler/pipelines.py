@@ -16,8 +16,17 @@ def _passes() -> Any:
     return p
 
 
-#: Compilation targets: onnxruntime's CPU and CUDA providers, and TensorRT.
-TARGETS = ("cpu", "cuda", "tensorrt")
+#: Compilation targets: onnxruntime's CPU and CUDA providers, and TensorRT. ``cpu-native`` is
+#: ``cpu`` plus lowering to onnxruntime's NCHWc layout for this machine's SIMD width (the model
+#: then needs a CPU with the same width; see onnxforge.passes.lowering.nchwc).
+TARGETS = ("cpu", "cpu-native", "cuda", "tensorrt")
+#: Targets that run on onnxruntime and take its contrib ops.
+ORT_TARGETS = ("cpu", "cpu-native", "cuda")
+
+
+def _portable_or(target: str | None) -> str | None:
+    """The target the standard-op part of a pipeline is built for (None for onnxruntime)."""
+    return None if target in ORT_TARGETS else target
 
 
 def lossless(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
@@ -63,32 +72,33 @@ def _cleanup(make: Callable[[type[Pass]], Pass]) -> list[Pass]:
 def optimize(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
     """The lossless pipeline, then layer fusion to a fixed point: standard ONNX ops for every
     target (BN folding, Gemm, LayerNormalization, Gelu, ...), plus onnxruntime contrib ops
-    (FusedConv, SkipLayerNormalization, Attention, ...) for --target cpu or cuda."""
+    (FusedConv, SkipLayerNormalization, Attention, ...) for --target cpu or cuda; --target
+    cpu-native then lowers convolution regions to onnxruntime's NCHWc layout for this CPU."""
     p = _passes()
     make = _maker(options)
     fusions: list[Pass] = [make(p.FusePortable)]
-    if target in ("cpu", "cuda"):
+    if target in ORT_TARGETS:
         fusions.append(p.FuseOnnxRuntime(**_ort_fusion_options(options, target)))
-    return Sequential(
-        [
-            lossless(options),
-            FixedPoint(
-                [*fusions, make(p.ShapeInference), *_cleanup(make)],
-                max_iterations=6,
-                name="fuse-to-fixed-point",
-            ),
-            make(p.TopologicalSort),
-            make(p.ShapeInference),
-        ],
-        name="optimize",
-    )
+    steps = [
+        lossless(options),
+        FixedPoint(
+            [*fusions, make(p.ShapeInference), *_cleanup(make)],
+            max_iterations=6,
+            name="fuse-to-fixed-point",
+        ),
+        make(p.TopologicalSort),
+        make(p.ShapeInference),
+    ]
+    if target == "cpu-native":
+        steps.append(make(p.LowerNchwc))
+    return Sequential(steps, name="optimize")
 
 
 def int8(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
     """The optimize pipeline with standard ops only, then static int8 QDQ quantization
     calibrated on real samples (--calibration): per-channel int8 weights, uint8 (cpu) or int8
     (tensorrt) activations, per-layer SQNR, optional accuracy budget."""
-    return optimize(options, None if target in ("cpu", "cuda") else target)
+    return optimize(options, _portable_or(target))
 
 
 def int4(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
@@ -100,7 +110,7 @@ def int4(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | N
     opts.setdefault("target", "portable" if target == "tensorrt" else "onnxruntime")
     make = _maker(options)
     return Sequential(
-        [optimize(options, None if target in ("cpu", "cuda") else target), p.QuantizeWeightsInt4(**opts), make(p.DeadCodeElimination)],
+        [optimize(options, _portable_or(target)), p.QuantizeWeightsInt4(**opts), make(p.DeadCodeElimination)],
         name="int4",
     )
 
@@ -111,8 +121,8 @@ def fp16(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | N
     onnxruntime contrib fusions for --target cuda/cpu. Meant for GPUs (cuda, tensorrt)."""
     p = _passes()
     make = _maker(options)
-    steps: list[Pass] = [optimize(options, None if target in ("cpu", "cuda") else target), make(p.ConvertFloat16)]
-    if target in ("cpu", "cuda"):
+    steps: list[Pass] = [optimize(options, _portable_or(target)), make(p.ConvertFloat16)]
+    if target in ORT_TARGETS:
         steps.append(p.FuseOnnxRuntime(**_ort_fusion_options(options, target)))
     steps += [make(p.DeadCodeElimination), make(p.TopologicalSort)]
     return Sequential(steps, name="fp16")

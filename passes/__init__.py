@@ -15,6 +15,7 @@ from onnxforge.passes.cse import CommonSubexpressionElimination
 from onnxforge.passes.dead_code import DeadCodeElimination
 from onnxforge.passes.dedup_initializers import DeduplicateInitializers
 from onnxforge.passes.fusion import FuseOnnxRuntime, FusePortable
+from onnxforge.passes.lowering.nchwc import LowerNchwc
 from onnxforge.passes.noop_elimination import NoOpElimination
 from onnxforge.passes.quantization.fp16 import ConvertFloat16
 from onnxforge.passes.quantization.int4 import QuantizeWeightsInt4
@@ -36,6 +37,7 @@ ALL_PASSES: tuple[type[Pass], ...] = (
     FuseOnnxRuntime,
     QuantizeWeightsInt4,
     ConvertFloat16,
+    LowerNchwc,
 )
 
 #: Passes by their CLI name.
@@ -62,6 +64,7 @@ __all__ = [
     "DeduplicateInitializers",
     "FuseOnnxRuntime",
     "FusePortable",
+    "LowerNchwc",
     "NoOpElimination",
     "NormalizeConstants",
     "QuantizeWeightsInt4",

@@ -15,6 +15,7 @@ other types.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -36,6 +37,13 @@ def _require_types(v: Value | None, allowed: tuple[int, ...], what: str) -> None
 
 
 def _activation(node: Node, rc: RewriteContext) -> tuple[str, list[float]]:
+    return conv_activation(node, rc.const, rc.opset)
+
+
+def conv_activation(node: Node, const: Callable[[Value | None], np.ndarray | None], opset: int) -> tuple[str, list[float]]:
+    """The ``activation`` / ``activation_params`` attributes onnxruntime's fused convolutions
+    (``FusedConv``, ``com.microsoft.nchwc::Conv``) take for activation ``node``; ``const`` reads
+    constant inputs, ``opset`` is the default domain's version. Raises MatchFailed otherwise."""
     op = node.op_type
     if op in ("Relu", "Sigmoid", "Tanh"):
         return op, []
@@ -44,14 +52,14 @@ def _activation(node: Node, rc: RewriteContext) -> tuple[str, list[float]]:
     if op == "HardSigmoid":
         return op, [float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))]
     if op == "Clip":
-        if rc.opset < 11:
+        if opset < 11:
             lo, hi = node.attr("min"), node.attr("max")
         else:
-            lo = scalar(rc.const(node.input(1))) if node.input(1) is not None and node.input(1).name else None  # type: ignore[union-attr]
-            hi = scalar(rc.const(node.input(2))) if node.input(2) is not None and node.input(2).name else None  # type: ignore[union-attr]
+            lo = scalar(const(node.input(1))) if node.input(1) is not None and node.input(1).name else None  # type: ignore[union-attr]
+            hi = scalar(const(node.input(2))) if node.input(2) is not None and node.input(2).name else None  # type: ignore[union-attr]
             for i in (1, 2):
                 v = node.input(i)
-                if v is not None and v.name and rc.const(v) is None:
+                if v is not None and v.name and const(v) is None:
                     raise MatchFailed("Clip bounds are not constants")
         f32 = np.finfo(np.float32)
         return "Clip", [float(f32.min if lo is None else lo), float(f32.max if hi is None else hi)]

@@ -107,7 +107,7 @@ TENSORRT = TargetPolicy(
     fused_ops=frozenset(set(COMPUTE_OPS) | {"Add"} | PASS_THROUGH_OPS),
 )
 
-POLICIES = {"cpu": CPU, "cuda": CPU, "tensorrt": TENSORRT}
+POLICIES = {"cpu": CPU, "cpu-native": CPU, "cuda": CPU, "tensorrt": TENSORRT}
 
 
 def policy_for(target: str | None) -> TargetPolicy:

@@ -20,7 +20,7 @@ def test_skip_layer_norm_choice_is_measured_once_and_cached(tmp_path, monkeypatc
     assert ort_choices.skip_layer_norm_pays() is True
     assert ort_choices.skip_layer_norm_pays() is True and len(calls) == 1
     data = json.loads(next(tmp_path.glob("ort-choices-*.json")).read_text())
-    assert data["skip_layer_norm"] is True
+    assert data["skip_layer_norm"]["pays"] is True
 
 
 def _fuse_ort(pipeline):  # type: ignore[no-untyped-def]

@@ -1,0 +1,1 @@
+"""Lowering: machine-specific rewrites into a runtime's own kernels (``--target cpu-native``)."""
