@@ -79,8 +79,11 @@ def optimize(options: Mapping[str, Mapping[str, Any]] | None = None, target: str
     fusions: list[Pass] = [make(p.FusePortable)]
     if target in ORT_TARGETS:
         fusions.append(p.FuseOnnxRuntime(**_ort_fusion_options(options, target)))
-    steps = [
-        lossless(options),
+    steps: list[Pass] = [lossless(options)]
+    if target in ORT_TARGETS:
+        # onnxruntime runs opset 17: LayerNormalization can then be fused in older exports.
+        steps.append(make(p.RaiseOpset))
+    steps += [
         FixedPoint(
             [*fusions, make(p.ShapeInference), *_cleanup(make)],
             max_iterations=6,

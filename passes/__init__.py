@@ -17,6 +17,7 @@ from onnxforge.passes.dedup_initializers import DeduplicateInitializers
 from onnxforge.passes.fusion import FuseOnnxRuntime, FusePortable
 from onnxforge.passes.lowering.nchwc import LowerNchwc
 from onnxforge.passes.noop_elimination import NoOpElimination
+from onnxforge.passes.opset_upgrade import RaiseOpset
 from onnxforge.passes.quantization.fp16 import ConvertFloat16
 from onnxforge.passes.quantization.int4 import QuantizeWeightsInt4
 from onnxforge.passes.shape_inference import ShapeInference
@@ -33,6 +34,7 @@ ALL_PASSES: tuple[type[Pass], ...] = (
     DeadCodeElimination,
     TopologicalSort,
     ShapeInference,
+    RaiseOpset,
     FusePortable,
     FuseOnnxRuntime,
     QuantizeWeightsInt4,
@@ -68,6 +70,7 @@ __all__ = [
     "NoOpElimination",
     "NormalizeConstants",
     "QuantizeWeightsInt4",
+    "RaiseOpset",
     "ShapeInference",
     "TopologicalSort",
     "get_pass",
