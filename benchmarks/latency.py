@@ -39,8 +39,9 @@ def interleaved_medians(
     warmup: int = 3,
     budget_s: float = 20.0,
 ) -> list[float]:
-    """Median seconds per run of each session; the sessions run in turn, round after round
-    (fewer rounds when the budget would be exceeded, at least 5; more for fast models)."""
+    """Median seconds per run of each session; the sessions run in turn, round after round, the
+    starting session rotating (fewer rounds when the budget would be exceeded, at least 5; more
+    for fast models)."""
     per = [feeds] * len(sessions) if isinstance(feeds, Mapping) else list(feeds)
     one_round = 0.0
     for s, f in zip(sessions, per):
@@ -54,10 +55,14 @@ def interleaved_medians(
     rounds = max(rounds, min(400, int(2.0 / max(one_round, 1e-6))))
     times: list[list[float]] = [[] for _ in sessions]
     start = time.perf_counter()
+    n = len(sessions)
     for r in range(rounds):
-        for i, (s, f) in enumerate(zip(sessions, per)):
+        # Each round starts one session later, so that no session always runs first or right
+        # after the same neighbour (both shift latencies of large models by a few percent).
+        for k in range(n):
+            i = (r + k) % n
             t0 = time.perf_counter()
-            s.run(None, dict(f))
+            sessions[i].run(None, dict(per[i]))
             times[i].append(time.perf_counter() - t0)
         if r >= 4 and time.perf_counter() - start > budget_s:
             break
