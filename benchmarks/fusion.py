@@ -46,10 +46,11 @@ def max_relative_error(ref: dict[str, Any], got: dict[str, Any]) -> float:
     return worst
 
 
-def _ort_transformers_nodes(name: str, path: Path) -> str:
+def _ort_transformers(name: str, path: Path, out: Path) -> tuple[str, Path | None]:
+    """onnxruntime's transformers optimizer on the original: ("nodes (attention)", saved model)."""
     spec = _ORT_TRANSFORMERS.get(name)
     if spec is None:
-        return ""
+        return "", None
     try:
         from onnxruntime.transformers.optimizer import optimize_model
 
@@ -57,9 +58,10 @@ def _ort_transformers_nodes(name: str, path: Path) -> str:
         opt = optimize_model(str(path), model_type=model_type, num_heads=heads, hidden_size=hidden, opt_level=0)
         nodes = len(opt.model.graph.node)
         attention = sum(1 for n in opt.model.graph.node if n.op_type in ("Attention", "MultiHeadAttention"))
-        return f"{nodes} ({attention} attention)"
+        opt.save_model_to_file(str(out), use_external_data_format=True)
+        return f"{nodes} ({attention} attention)", out
     except Exception as e:
-        return f"failed: {type(e).__name__}"
+        return f"failed: {type(e).__name__}", None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="benchmarks/fusion.md")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--budget", type=float, default=40.0, help="seconds of timing per model (at least 5 rounds)")
     ap.add_argument("--only", nargs="*", help="model names to run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -77,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     if not models:
         raise SystemExit("no models: run `make corpus` (and `make exports`)")
     rows: list[str] = []
-    summary: list[tuple[str, float, float, float, float]] = []
+    tradeoff: list[str] = []
+    summary: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, path, feeds in models:
             variants = {"original": path}
             nodes: dict[str, int] = {}
             compile_s = {}
-            for label, target in (("portable", None), ("cpu", "cpu")):
+            for label, target in (("portable", None), ("cpu", "cpu"), ("native", "cpu-native")):
                 t0 = time.perf_counter()
                 result = onnxforge.compile(path, "optimize", target=target)
                 compile_s[label] = time.perf_counter() - t0
@@ -94,57 +98,113 @@ def main(argv: list[str] | None = None) -> int:
                 nodes["original"] = result.report.before.nodes  # every graph, subgraphs included
             sln = onnxforge.compile(path, "optimize", target="cpu", options={"fuse-onnxruntime": {"skip_layer_norm": True}})
             nodes["cpu+sln"] = sln.report.after.nodes
+            ort_tf, ort_tf_path = _ort_transformers(name, path, Path(tmp) / f"{name}.ort_transformers.onnx")
+            # Transformers: also time the SkipLayerNormalization form and onnxruntime's own
+            # optimizer output at ORT_ENABLE_ALL, to show what the smaller node count costs.
+            extra = {}
+            if ort_tf_path is not None:
+                variants["cpu+sln"] = Path(tmp) / f"{name}.cpu+sln.onnx"
+                sln.save(variants["cpu+sln"])
+                extra = {"cpu+sln": variants["cpu+sln"], "ort_tf": ort_tf_path}
             ref = session(str(path), level="disable").run(None, feeds)
             names = [o.name for o in session(str(path), level="disable").get_outputs()]
             ref_d = dict(zip(names, ref))
             errors = {}
-            for label in ("portable", "cpu"):
+            for label in ("portable", "cpu", "native"):
                 got = session(str(variants[label]), level="disable").run(None, feeds)
                 errors[label] = max_relative_error(ref_d, dict(zip(names, got)))
-            order = ["original", "portable", "cpu"]
+            order = ["original", "portable", "cpu", "native"]
+            # A second session of the original at ORT_ENABLE_ALL is the noise control: its ratio to
+            # the first says how far apart two identical models measure on this machine.
             sessions = [session(str(variants[v]), level=lvl) for lvl in ("disable", "all") for v in order]
-            times = interleaved_medians(sessions, feeds, rounds=args.rounds)
-            off = dict(zip(order, times[:3]))
-            on = dict(zip(order, times[3:]))
-            ort_tf = _ort_transformers_nodes(name, path)
+            sessions.append(session(str(path), level="all"))
+            sessions += [session(str(p), level="all") for p in extra.values()]
+            times = interleaved_medians(sessions, feeds, rounds=args.rounds, budget_s=args.budget)
+            off = dict(zip(order, times[: len(order)]))
+            on = dict(zip(order, times[len(order) : 2 * len(order)]))
+            control = on["original"] / times[2 * len(order)]
+            on.update(zip(extra, times[2 * len(order) + 1 :]))
+            if extra:
+                tradeoff.append(
+                    f"| {name} | {nodes['cpu']} | {on['original'] / on['cpu']:.2f}x | {nodes['cpu+sln']} "
+                    f"| {on['original'] / on['cpu+sln']:.2f}x | {ort_tf} | {on['original'] / on['ort_tf']:.2f}x |"
+                )
             rows.append(
                 f"| {name} | {nodes['original']} | {nodes['portable']} | {nodes['cpu']} | {nodes['cpu+sln']} | {ort_tf} "
                 f"| {max(errors.values()):.1e} "
                 f"| {off['original'] * 1e3:.3g} | {off['original'] / off['portable']:.2f}x | {off['original'] / off['cpu']:.2f}x "
+                f"| {off['original'] / off['native']:.2f}x "
                 f"| {on['original'] * 1e3:.3g} | {on['original'] / on['portable']:.2f}x | {on['original'] / on['cpu']:.2f}x "
+                f"| {on['original'] / on['native']:.2f}x | {control:.2f}x "
                 f"| {off['original'] / on['original']:.2f}x | {compile_s['cpu']:.1f} |"
             )
-            summary.append((name, off["original"] / on["original"], off["original"] / off["cpu"], on["original"] / on["portable"], on["original"] / on["cpu"]))
-            log.info("%s: nodes %d -> %d / %d, err %.1e, ENABLE_ALL speed-up %.2fx / %.2fx", name, nodes["original"], nodes["portable"], nodes["cpu"], max(errors.values()), on["original"] / on["portable"], on["original"] / on["cpu"])
+            summary.append(
+                {
+                    "name": name,
+                    "gain": off["original"] / on["original"],
+                    "control": control,
+                    **{f"off_{v}": off["original"] / off[v] for v in order[1:]},
+                    **{f"on_{v}": on["original"] / on[v] for v in order[1:]},
+                }
+            )
+            log.info(
+                "%s: nodes %d -> %d / %d, err %.1e, ENABLE_ALL speed-up %.2fx / %.2fx / %.2fx (control %.2fx)",
+                name, nodes["original"], nodes["portable"], nodes["cpu"], max(errors.values()),
+                on["original"] / on["portable"], on["original"] / on["cpu"], on["original"] / on["native"], control,
+            )
 
-    worst_portable = min(s[3] for s in summary)
-    worst_cpu = min(s[4] for s in summary)
+    worst = {v: min(s[f"on_{v}"] for s in summary) for v in ("portable", "cpu", "native")}
+    noise = max(abs(s["control"] - 1.0) for s in summary)
     lines = [
         "# Layer fusion: node counts, equality and latency",
         "",
         "Generated by `make bench-fusion` (`python -m benchmarks.fusion`).",
         f"Machine: {platform.machine()}, onnxruntime {ort.__version__}, 1 thread; latency = median of up to "
-        f"{args.rounds} interleaved runs of all six sessions (3 models x 2 optimization levels).",
+        f"{args.rounds} interleaved runs (more for fast models, fewer past {args.budget:.0f} s) of nine sessions: 4 models "
+        "x 2 optimization levels, and the original once more at ORT_ENABLE_ALL as a noise control; the session "
+        "that starts a round rotates.",
         "",
         "Columns: node counts of the original, of `onnxforge compile` (pipeline `optimize`, portable) and with "
         "`--target cpu`, and with `--option fuse-onnxruntime.skip_layer_norm=true` (off by default on CPU: onnxruntime "
         "1.32's SkipLayerNormalization CPU kernel is about 5x slower than Add + LayerNormalization); onnxruntime's transformers optimizer on the same original (where it applies); the largest "
         "output difference relative to the output's scale (ORT_DISABLE_ALL); latency of the original and speed-ups "
-        "(original time / our time) at ORT_DISABLE_ALL and at ORT_ENABLE_ALL; the gain ORT_ENABLE_ALL gives the "
-        "original; compile time with `--target cpu`.",
+        "(original time / our time) at ORT_DISABLE_ALL and at ORT_ENABLE_ALL, for portable, `--target cpu` and "
+        "`--target cpu-native` (onnxruntime's NCHWc layout for this machine, written into the model); the "
+        "control (the original's second session against its first: how far apart identical models measure); the "
+        "gain ORT_ENABLE_ALL gives the original; compile time with `--target cpu`.",
         "",
-        f"Smallest speed-up at ORT_ENABLE_ALL: portable {worst_portable:.2f}x, --target cpu {worst_cpu:.2f}x.",
+        f"Smallest speed-up at ORT_ENABLE_ALL: portable {worst['portable']:.2f}x, --target cpu {worst['cpu']:.2f}x, "
+        f"--target cpu-native {worst['native']:.2f}x. Noise control (the original against a second session of "
+        f"itself at ORT_ENABLE_ALL): up to {noise:.1%} apart.",
         "",
         "| model | nodes | portable | --target cpu | cpu + SkipLayerNorm | ORT transformers optimizer | max rel. error "
-        "| ms (opt. off) | portable | cpu | ms (ORT_ENABLE_ALL) | portable | cpu | ENABLE_ALL gain | compile s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ms (opt. off) | portable | cpu | cpu-native | ms (ORT_ENABLE_ALL) | portable | cpu | cpu-native | control | ENABLE_ALL gain | compile s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        "## How much of onnxruntime's own gain the portable output recovers with ORT off",
+        "## How much of onnxruntime's own gain our output recovers with ORT off",
         "",
-        "| model | ORT_ENABLE_ALL on the original | ours (--target cpu) at ORT_DISABLE_ALL |",
-        "|---|---:|---:|",
-        *[f"| {n} | {g:.2f}x | {c:.2f}x |" for n, g, c, _, _ in summary],
+        "Speed-up over the original at ORT_DISABLE_ALL. Portable output uses standard ONNX ops only; `--target cpu` "
+        "adds onnxruntime contrib ops any CPU runs; "
+        "`cpu-native` adds the NCHWc layout for this machine's SIMD width.",
+        "",
+        "| model | ORT_ENABLE_ALL on the original | ours, portable | ours, --target cpu | ours, --target cpu-native |",
+        "|---|---:|---:|---:|---:|",
+        *[
+            f"| {s['name']} | {s['gain']:.2f}x | {s['off_portable']:.2f}x | {s['off_cpu']:.2f}x | {s['off_native']:.2f}x |"
+            for s in summary
+        ],
+        "",
+        "## What the smallest transformer graphs cost on this CPU",
+        "",
+        "Speed-up over the original at ORT_ENABLE_ALL (same interleaved run) of `--target cpu`, of `--target cpu` "
+        "with SkipLayerNormalization forced (`--option fuse-onnxruntime.skip_layer_norm=true`), and of onnxruntime's "
+        "transformers optimizer output, which also uses SkipLayerNormalization. `--target cpu` leaves it out when "
+        "onnxruntime's CPU kernel measures slower than Add + LayerNormalization (`onnxforge.ort_choices`).",
+        "",
+        "| model | nodes, --target cpu | speed-up | nodes, + SkipLayerNorm | speed-up | ORT transformers optimizer | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *tradeoff,
         "",
     ]
     return write_markdown(args.out, lines)
