@@ -124,8 +124,11 @@ def iter_cases(include_node: bool = True, model_sets: tuple[str, ...] = MODEL_SE
             yield Case(f"{set_name}/{case_dir.name}", model, feeds)
 
 
-def run_case(case: Case, pipeline: str = "optimize", rtol: float = 1e-5, atol: float = 1e-6) -> Outcome:
-    """Compile one case and compare onnxruntime outputs before/after."""
+def run_case(
+    case: Case, pipeline: str = "optimize", rtol: float = 1e-5, atol: float = 1e-6, target: str | None = None
+) -> Outcome:
+    """Compile one case (for ``target``, see :data:`onnxforge.pipelines.TARGETS`) and compare
+    onnxruntime outputs before/after."""
     from onnxforge.api import compile as compile_model
 
     start = time.perf_counter()
@@ -138,7 +141,7 @@ def run_case(case: Case, pipeline: str = "optimize", rtol: float = 1e-5, atol: f
     if compare_outputs(ref, again, rtol=0, atol=0):
         return Outcome(case.name, "skip", "original is non-deterministic under onnxruntime")
     try:
-        compiled = compile_model(case.model, pipeline).model
+        compiled = compile_model(case.model, pipeline, target=target).model
     except Exception as e:
         return Outcome(case.name, "error", f"{type(e).__name__}: {_line(e)}", time.perf_counter() - start)
     # The interface is part of the contract: names, types and shapes of graph inputs/outputs.
@@ -160,14 +163,19 @@ def _line(e: BaseException) -> str:
 
 
 def run_suite(
-    pipeline: str = "optimize", *, sample_every: int = 1, names: set[str] | None = None, progress: bool = False
+    pipeline: str = "optimize",
+    *,
+    target: str | None = None,
+    sample_every: int = 1,
+    names: set[str] | None = None,
+    progress: bool = False,
 ) -> Summary:
     """Run the suite (every ``sample_every``-th case, plus any case named in ``names``)."""
     summary = Summary()
     for i, case in enumerate(iter_cases()):
         if not (i % sample_every == 0 or (names and case.name in names)):
             continue
-        outcome = run_case(case, pipeline)
+        outcome = run_case(case, pipeline, target=target)
         summary.outcomes.append(outcome)
         if progress and len(summary.outcomes) % 100 == 0:
             c = summary.counts()
@@ -175,8 +183,10 @@ def run_suite(
     return summary
 
 
-def to_markdown(summary: Summary, pipeline: str, seconds: float) -> str:
+def to_markdown(summary: Summary, pipeline: str, seconds: float, target: str | None = None) -> str:
     c = summary.counts()
+    if target is not None:
+        pipeline = f"{pipeline}` with `--target {target}"
     lines = [
         "# ONNX backend conformance",
         "",
@@ -197,14 +207,15 @@ def to_markdown(summary: Summary, pipeline: str, seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pipeline", default="optimize")
+    ap.add_argument("--target", help="compile for this target (cpu, cuda, cpu-native, tensorrt)")
     ap.add_argument("--sample-every", type=int, default=1)
     ap.add_argument("--out", help="write a markdown summary here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     start = time.perf_counter()
-    summary = run_suite(args.pipeline, sample_every=args.sample_every, progress=True)
+    summary = run_suite(args.pipeline, target=args.target, sample_every=args.sample_every, progress=True)
     seconds = time.perf_counter() - start
-    text = to_markdown(summary, args.pipeline, seconds)
+    text = to_markdown(summary, args.pipeline, seconds, args.target)
     if args.out:
         Path(args.out).write_text(text)
     print(text)

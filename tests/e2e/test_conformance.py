@@ -1,6 +1,7 @@
 """The ONNX backend test cases as conformance suite: the default pipeline (optimize: lossless
-cleanup plus fusion) and the lossless one must preserve every case onnxruntime can run. The
-whole suite takes well under a minute per pipeline, so it runs by default."""
+cleanup plus fusion), the same for the onnxruntime targets (contrib fusions, raise-opset, NCHWc
+lowering) and the lossless one must preserve every case onnxruntime can run. The whole suite
+takes well under a minute per pipeline, so it runs by default."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ import pytest
 from onnxforge.conformance import run_suite
 
 
-@pytest.fixture(scope="module", params=["optimize", "lossless"])
+@pytest.fixture(
+    scope="module",
+    params=[("optimize", None), ("optimize", "cpu"), ("optimize", "cpu-native"), ("lossless", None)],
+    ids=["optimize", "optimize-cpu", "optimize-cpu-native", "lossless"],
+)
 def summary(request):
-    return run_suite(request.param)
+    pipeline, target = request.param
+    return run_suite(pipeline, target=target)
 
 
 def test_pipeline_preserves_every_runnable_case(summary):
