@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import onnx
+
 from onnxforge.ir import Model
+from onnxforge.ir.proto_walk import graph_protos, subgraphs
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
 
 log = logging.getLogger(__name__)
@@ -40,17 +44,48 @@ def _versions(op: str) -> tuple[int, ...]:
     return tuple(sorted(s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.name == op and s.domain == ""))
 
 
+def _blocks(op: str, node_outputs: int, training_mode: int, old: int, target: int) -> bool:
+    versions = _versions(op)
+    if not versions:
+        return True
+    for v in versions:
+        if not old < v <= target or (op, v) in COMPATIBLE:
+            continue
+        # BatchNormalization-14 added training_mode (default 0) and redefined the optional
+        # outputs (training statistics); -15 only widened types. Inference with one output
+        # computes the same.
+        if op == "BatchNormalization" and v in (14, 15) and node_outputs == 1 and training_mode == 0:
+            continue
+        return True
+    return False
+
+
+def _function_nodes(fn: onnx.FunctionProto) -> Iterator[onnx.NodeProto]:
+    for node in fn.node:
+        yield node
+        for sub in subgraphs(node):
+            for g in graph_protos(sub):
+                yield from g.node
+
+
 def blocking_ops(model: Model, target: int) -> list[str]:
-    """Ops (all graphs) whose meaning may change between the model's opset and ``target``."""
+    """Ops whose meaning may change between the model's opset and ``target``, in every graph and
+    in the bodies of model-local functions (which must import the model's opset)."""
     old = model.opset("") or 1
     blockers: set[str] = set()
     for graph in model.graph.all_graphs():
         for node in graph:
-            if not node.is_standard_domain() or node.op_type in blockers:
-                continue
-            changes = [v for v in _versions(node.op_type) if old < v <= target]
-            if not _versions(node.op_type) or any((node.op_type, v) not in COMPATIBLE for v in changes):
-                blockers.add(node.op_type)
+            if node.is_standard_domain() and node.op_type not in blockers:
+                outputs = sum(1 for o in node.outputs if o is not None)
+                if _blocks(node.op_type, outputs, int(node.attr("training_mode", 0)), old, target):
+                    blockers.add(node.op_type)
+    for fn in model.functions:
+        for pnode in _function_nodes(fn):
+            if pnode.domain in ("", "ai.onnx") and pnode.op_type not in blockers:
+                outputs = sum(1 for o in pnode.output if o)
+                training = next((a.i for a in pnode.attribute if a.name == "training_mode"), 0)
+                if _blocks(pnode.op_type, outputs, training, old, target):
+                    blockers.add(pnode.op_type)
     return sorted(blockers)
 
 
@@ -77,11 +112,18 @@ class RaiseOpset(Pass):
         old = model.opset("") or 1
         if old < 13 or old >= opts.target:
             return PassResult(False)
+        if len(model.proto_shell.training_info):
+            return PassResult(False)  # training graphs are kept verbatim; not worth the risk
         blockers = blocking_ops(model, opts.target)
         if blockers:
             log.info("raise-opset: kept opset %d (%s change meaning by %d)", old, ", ".join(blockers), opts.target)
             return PassResult(False, {"blocked_by": len(blockers)})
         model.opset_imports[""] = opts.target
+        # Model-local functions must import the same default-domain opset as the model.
+        for fn in model.proto_shell.functions:
+            for imp in fn.opset_import:
+                if imp.domain in ("", "ai.onnx") and imp.version < opts.target:
+                    imp.version = opts.target
         model.ir_version = max(model.ir_version, 8)
         model.version += 1
         return PassResult(True, {"from": old, "to": opts.target})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper
 from pass_helpers import apply, const, make_model, vi
 
@@ -52,9 +53,22 @@ def test_raises_when_every_op_keeps_its_meaning():
     assert RaiseOpset()(modelio.load(a.after).model).modified is False
 
 
+def _roi_align(opset: int, in_function: bool) -> onnx.ModelProto:
+    # RoiAlign-16 changed the default coordinate_transformation_mode to half_pixel.
+    roi = helper.make_node("RoiAlign", ["x", "rois", "idx"], ["y"], output_height=2, output_width=2, sampling_ratio=2)
+    inits = [const("rois", np.array([[0.3, 0.7, 5.1, 6.2]])), const("idx", np.array([0], dtype=np.int64))]
+    io = ([vi("x", F, [1, 1, 8, 8])], [vi("y", F, [1, 1, 2, 2])])
+    if not in_function:
+        return make_model([roi], *io, inits, opset=opset)
+    fn = helper.make_function("local", "F", ["x", "rois", "idx"], ["y"], [roi], [helper.make_opsetid("", opset)])
+    call = helper.make_node("F", ["x", "rois", "idx"], ["y"], domain="local")
+    graph = helper.make_graph([call], "g", *io, inits)
+    imports = [helper.make_opsetid("", opset), helper.make_opsetid("local", 1)]
+    return helper.make_model(graph, opset_imports=imports, ir_version=8, functions=[fn])
+
+
 def test_kept_when_an_op_changed_meaning_or_the_model_is_older_than_13():
-    # Opset 12 is left alone (13 moved Split's sizes, Squeeze/Unsqueeze axes to inputs); at 13,
-    # BatchNormalization-14 redefined its optional outputs (training_mode), so it blocks.
+    # Opset 12 is left alone (13 moved Split's sizes, Squeeze/Unsqueeze axes to inputs).
     split = make_model(
         [helper.make_node("Split", ["x"], ["a", "b"], axis=0)],
         [vi("x", F, [4])],
@@ -62,6 +76,23 @@ def test_kept_when_an_op_changed_meaning_or_the_model_is_older_than_13():
         opset=12,
     )
     assert RaiseOpset()(modelio.load(split).model).modified is False
+    for in_function in (False, True):
+        model = modelio.load(_roi_align(13, in_function)).model
+        assert blocking_ops(model, 17) == ["RoiAlign"]
+        assert RaiseOpset()(model).modified is False
+
+
+def test_function_bodies_are_raised_with_the_model():
+    proto = _roi_align(13, in_function=True)
+    relu = helper.make_node("Relu", ["x"], ["y"])
+    proto.functions[0].CopyFrom(helper.make_function("local", "F", ["x", "rois", "idx"], ["y"], [relu], [helper.make_opsetid("", 13)]))
+    a = apply(proto, RaiseOpset())  # checker: a function importing 13 under a model importing 17 is invalid
+    assert a.result.modified
+    assert [(i.domain, i.version) for i in a.after.functions[0].opset_import] == [("", 17)]
+
+
+def test_inference_batchnorm_does_not_block():
+    # BatchNormalization-14 only added training_mode (default 0) and training outputs.
     bn = make_model(
         [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])],
         [vi("x", F, [1, 2, 3, 3])],
@@ -69,9 +100,8 @@ def test_kept_when_an_op_changed_meaning_or_the_model_is_older_than_13():
         [const(n, np.ones(2)) for n in "sbmv"],
         opset=13,
     )
-    model = modelio.load(bn).model
-    assert blocking_ops(model, 17) == ["BatchNormalization"]
-    assert RaiseOpset()(model).modified is False
+    a = apply(bn, RaiseOpset())
+    assert a.result.modified and a.after.opset_import[0].version == 17
 
 
 def test_onnxruntime_targets_fuse_layernorm_in_an_opset_13_export():
