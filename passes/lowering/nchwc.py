@@ -86,6 +86,8 @@ class _Blocked:
     single_reader: bool  # the plain tensor had exactly one reader and is not a graph output
     #: Tensors with equal keys have equal spatial sizes: (origin value, halvings of H, of W).
     spatial: tuple[Any, ...]
+    #: Tensors with equal keys have equal batch sizes: ("static", n) or (origin value,).
+    batch: tuple[Any, ...]
 
 
 class LowerNchwc(Pass):
@@ -175,13 +177,25 @@ class _Lowering:
             op, inputs, domain=domain, attrs=attrs, name=f"{like.name}_nchwc", output_names=[f"{like.output(0).name}_nchwc"], provenance=PROVENANCE
         )
 
-    def _mark(self, plain: Value, node: Node, channels: int, spatial: tuple[Any, ...] | None = None) -> None:
+    def _mark(
+        self,
+        plain: Value,
+        node: Node,
+        channels: int,
+        spatial: tuple[Any, ...] | None = None,
+        batch: tuple[Any, ...] | None = None,
+    ) -> None:
         single = plain.num_uses() == 1 and not plain.is_graph_output()
         if spatial is None:
             s = plain.shape()
             static = s is not None and len(s) == 4 and all(isinstance(d, int) for d in s[2:])
             spatial = ("static", s[2], s[3]) if static else (plain, 0, 0)  # type: ignore[index]
-        self.blocked[plain] = _Blocked(node.output(0), channels, node, single, spatial)
+        self.blocked[plain] = _Blocked(node.output(0), channels, node, single, spatial, batch or self._batch_key(plain))
+
+    @staticmethod
+    def _batch_key(plain: Value) -> tuple[Any, ...]:
+        s = plain.shape()
+        return ("static", s[0]) if s is not None and len(s) == 4 and isinstance(s[0], int) else (plain,)
 
     def _window_spatial(self, node: Node, src: _Blocked, kernel: tuple[int, ...] | None) -> tuple[Any, ...] | None:
         """The spatial key of a convolution or pooling output: the input's, shifted by a stride
@@ -192,6 +206,8 @@ class _Lowering:
         dil = node.attr("dilations") or [1, 1]
         pads = node.attr("pads") or [0, 0, 0, 0]
         same = str(node.attr("auto_pad", "NOTSET")) in ("SAME_UPPER", "SAME_LOWER")
+        if int(node.attr("ceil_mode", 0)) and any(s != 1 for s in strides):
+            return None  # rounding up gives even sizes one more row than the key would say
         key = list(src.spatial)
         for i in range(2):
             if dil[i] != 1 or strides[i] not in (1, 2) or not (same or pads[i] + pads[i + 2] + 1 == kernel[i]):
@@ -216,7 +232,8 @@ class _Lowering:
             r = node.output(0)
             self.reordered_inputs[v] = r
             self.counts["ReorderInput"] = self.counts.get("ReorderInput", 0) + 1
-        return _Blocked(r, int(s[1]), r.producer, False, ("static", s[2], s[3]) if isinstance(s[2], int) and isinstance(s[3], int) else (v, 0, 0))  # type: ignore[arg-type]
+        spatial = ("static", s[2], s[3]) if isinstance(s[2], int) and isinstance(s[3], int) else (v, 0, 0)
+        return _Blocked(r, int(s[1]), r.producer, False, spatial, self._batch_key(v))  # type: ignore[arg-type]
 
     def _const(self, v: Value | None) -> np.ndarray | None:
         return constant_value(v) if v is not None and v.name else None
@@ -273,7 +290,7 @@ class _Lowering:
         new = self._add("Conv", [x_in, wf, bf], attrs, node)
         src_b = self.blocked.get(x)
         spatial = self._window_spatial(node, src_b, tuple(w.shape[2:])) if src_b is not None else None
-        self._mark(node.output(0), new, out_channels, spatial)
+        self._mark(node.output(0), new, out_channels, spatial, src_b.batch if src_b is not None else self._batch_key(x))
         return True
 
     def _pool(self, node: Node) -> bool:
@@ -284,11 +301,15 @@ class _Lowering:
         dil = node.attr("dilations")
         if dil is not None and any(d != 1 for d in dil):
             raise MatchFailed("dilated pooling")
+        if int(node.attr("ceil_mode", 0)) and int(node.attr("count_include_pad", 0)):
+            # onnxruntime's NCHWc pooling divides the windows that run past the end
+            # differently; its own NCHWc transformer leaves this combination alone too.
+            raise MatchFailed("average pooling with ceil_mode and count_include_pad")
         src = self._blocked_input(x)  # a plain input must fill whole blocks
         attrs = {k: node.attr(k) for k in node.attributes}
         new = self._add(node.op_type, [src.value], attrs, node)
         spatial = ("static", 1, 1) if node.op_type.startswith("Global") else self._window_spatial(node, src, tuple(node.attr("kernel_shape") or ()))
-        self._mark(node.output(0), new, src.channels, spatial)
+        self._mark(node.output(0), new, src.channels, spatial, src.batch)
         return True
 
     def _resize(self, node: Node) -> bool:
@@ -312,7 +333,7 @@ class _Lowering:
             raise MatchFailed("scales are not whole spatial factors")
         src = self.blocked[x]  # type: ignore[index]
         new = self._add("Upsample", [src.value], {"scales": ints}, node)
-        self._mark(node.output(0), new, src.channels)
+        self._mark(node.output(0), new, src.channels, batch=src.batch)
         return True
 
     def _concat(self, node: Node) -> bool:
@@ -324,7 +345,7 @@ class _Lowering:
         if any(p.channels % self.block for p in parts):
             raise MatchFailed("a part does not fill whole blocks")
         new = self._add("Concat", [p.value for p in parts], {"axis": 1}, node, domain="")
-        self._mark(node.output(0), new, sum(p.channels for p in parts), parts[0].spatial)
+        self._mark(node.output(0), new, sum(p.channels for p in parts), parts[0].spatial, parts[0].batch)
         return True
 
     def _unary(self, node: Node) -> bool:
@@ -347,15 +368,17 @@ class _Lowering:
             conv.set_attr("activation", activation)
             if params:
                 conv.set_attr("activation_params", params)
-            self._mark(node.output(0), conv, src.channels, src.spatial)
+            self._mark(node.output(0), conv, src.channels, src.spatial, src.batch)
             self.counts["fused_activations"] = self.counts.get("fused_activations", 0) + 1
             return True
         attrs = {k: node.attr(k) for k in node.attributes}
         new = self._add(node.op_type, [src.value, *extra], attrs, node, domain="")
-        self._mark(node.output(0), new, src.channels, src.spatial)
+        self._mark(node.output(0), new, src.channels, src.spatial, src.batch)
         return True
 
     def _binary(self, node: Node) -> bool:
+        if len(node.inputs) != 2:
+            raise MatchFailed("not two operands")
         a, b = node.input(0), node.input(1)
         if a is None or b is None:
             raise MatchFailed("missing operand")
@@ -371,25 +394,29 @@ class _Lowering:
                 if node.op_type == "Add" and self._fuse_sum(node, ba, bb):
                     return True
                 new = self._add(node.op_type, [ba.value, bb.value], {}, node, domain="")
-                self._mark(node.output(0), new, ba.channels, ba.spatial)
+                # Batch sizes may still broadcast (1 against N): then the result's is new.
+                self._mark(node.output(0), new, ba.channels, ba.spatial, ba.batch if ba.batch == bb.batch else None)
                 return True
             return self._split_view(node, ba, bb)
         # One blocked operand and a scalar constant.
         blocked, other = (ba, b) if ba is not None else (bb, a)
         assert blocked is not None
         c = self._const(other)
-        if c is None or c.size != 1 or not np.isfinite(c).all():
+        if c is None or c.size != 1 or c.ndim > 4 or not np.isfinite(c).all():
             raise MatchFailed("the other operand is not a finite scalar constant")
         if node.op_type == "Div" and (other is a or float(c.reshape(-1)[0]) == 0.0):
             raise MatchFailed("division by a blocked tensor or by zero")
         ins = [blocked.value, other] if other is b else [other, blocked.value]
         new = self._add(node.op_type, ins, {}, node, domain="")
-        self._mark(node.output(0), new, blocked.channels, blocked.spatial)
+        self._mark(node.output(0), new, blocked.channels, blocked.spatial, blocked.batch)
         return True
 
     def _fuse_sum(self, node: Node, ba: _Blocked, bb: _Blocked) -> bool:
         """Add(conv, other) → the Conv's Sum input, when the Conv has no activation yet and
-        this Add is its only reader."""
+        this Add is its only reader and both operands have the same batch size (the Sum input is
+        not broadcast)."""
+        if ba.batch != bb.batch:
+            return False
         for conv_side, other in ((ba, bb), (bb, ba)):
             conv = conv_side.producer
             if (
@@ -402,7 +429,7 @@ class _Lowering:
             ):
                 ins = list(conv.inputs) + [None] * (3 - len(conv.inputs))
                 conv.set_inputs([*ins, other.value])
-                self._mark(node.output(0), conv, conv_side.channels, conv_side.spatial)
+                self._mark(node.output(0), conv, conv_side.channels, conv_side.spatial, conv_side.batch)
                 self.counts["fused_sums"] = self.counts.get("fused_sums", 0) + 1
                 return True
         return False

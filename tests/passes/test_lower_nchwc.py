@@ -199,3 +199,64 @@ def test_cpu_native_target_ends_with_the_lowering():
     assert "lower-nchwc" not in [p.name for p in get_pipeline("int8", None, "cpu-native").leaves()]
     with pytest.raises(UsageError, match="block_size"):
         LowerNchwc(block_size=3)
+
+
+def _convs(x_shapes: list[tuple[str, list]], tail: list[onnx.NodeProto], out_shape: list, opset: int = 17) -> onnx.ModelProto:
+    """One 3x3 'same' conv (32 -> 32 channels) per input, named c0, c1, ..., then ``tail``."""
+    nodes = [
+        helper.make_node("Conv", [name, f"w{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        for i, (name, _) in enumerate(x_shapes)
+    ]
+    inits = [const(f"w{i}", rnd(32, 32, 3, 3)) for i in range(len(x_shapes))]
+    inputs = [vi(name, F, shape) for name, shape in x_shapes]
+    return make_model(nodes + tail, inputs, [vi("y", F, out_shape)], inits, opset=opset)
+
+
+@needs_nchwc
+def test_variadic_max_and_rank5_scalars_stay_plain():
+    # Max/Min take any number of operands: only the two-operand form is lowered.
+    xs = [(f"x{i}", [1, 32, 8, 8]) for i in range(3)]
+    _, after = lower(_convs(xs, [helper.make_node("Max", ["c0", "c1", "c2"], ["y"])], [1, 32, 8, 8]))
+    assert [n.op_type for n in after.graph.node if n.domain == ""] == ["Max"]
+    # A one-element constant of rank 5 would make the blocked tensor 5-D.
+    tail = [helper.make_node("Mul", ["c0", "k"], ["y"])]
+    proto = _convs(xs[:1], tail, [1, 1, 32, 8, 8])
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.full((1, 1, 1, 1, 1), 2.0, np.float32), "k"))
+    _, after = lower(proto)
+    assert [n.op_type for n in after.graph.node if n.domain == ""] == ["Mul"]
+
+
+@needs_nchwc
+@pytest.mark.parametrize("batch", [(1, 2), (2, 1), ("n", "m")])
+def test_residual_add_is_fused_into_the_conv_only_with_equal_batch_sizes(batch):
+    # Add broadcasts a batch of 1; the nchwc Conv's Sum input does not.
+    xs = [("x0", [batch[0], 32, 8, 8]), ("x1", [batch[1], 32, 8, 8])]
+    proto = _convs(xs, [helper.make_node("Add", ["c0", "c1"], ["y"])], [None, 32, 8, 8])
+    feeds = {"x0": rnd(1, 32, 8, 8), "x1": rnd(2, 32, 8, 8)} if batch == ("n", "m") else None
+    result, after = lower(proto, feeds)
+    assert result.stats.get("fused_sums", 0) == 0
+    same = _convs([("x0", [2, 32, 8, 8]), ("x1", [2, 32, 8, 8])], [helper.make_node("Add", ["c0", "c1"], ["y"])], [2, 32, 8, 8])
+    assert lower(same)[0].stats["fused_sums"] == 1
+
+
+@needs_nchwc
+def test_average_pool_with_ceil_mode_and_count_include_pad_stays_plain():
+    # Even sizes: the last window runs past the padded edge, and onnxruntime's NCHWc kernel
+    # divides it differently (its own NCHWc transformer skips this combination too).
+    pool = helper.make_node("AveragePool", ["c0"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1)
+    _, after = lower(_convs([("x0", [1, 32, 16, 16])], [pool], [1, 32, 9, 9]))
+    assert nchwc_ops(after)["AveragePool"] == 0
+
+
+@needs_nchwc
+def test_ceil_mode_pools_get_their_own_spatial_key():
+    # At H = W = 2, a stride-2 pool gives 1x1 with floor and 2x2 with ceil rounding; the Add
+    # broadcasts them, so it must not run directly on the blocked tensors.
+    tail = [
+        helper.make_node("MaxPool", ["c0"], ["f"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0]),
+        helper.make_node("MaxPool", ["c0"], ["c"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0], ceil_mode=1),
+        helper.make_node("Add", ["f", "c"], ["y"]),
+    ]
+    proto = _convs([("x0", [1, 32, "h", "w"])], tail, [1, 32, None, None])
+    result, _ = lower(proto, {"x0": rnd(1, 32, 2, 2)})
+    assert result.stats["split_views"] == 1
