@@ -40,9 +40,10 @@ class CorpusError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """``$ONNXFORGE_CORPUS``, or ``.corpus`` under the current folder."""
+    """``$ONNXFORGE_CORPUS``, or ``.corpus`` under the current folder, as an absolute path
+    (tools that change folder, such as onnxruntime's quantizer, get paths that still work)."""
     env = os.environ.get(ENV_VAR)
-    return Path(env) if env else Path.cwd() / ".corpus"
+    return Path(env).absolute() if env else Path.cwd() / ".corpus"
 
 
 def _cache(cache_dir: str | os.PathLike[str] | None) -> Path:
