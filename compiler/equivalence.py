@@ -97,10 +97,15 @@ class OrtRunner:
     def session(self, model: onnx.ModelProto | str | os.PathLike[str]) -> Any:
         import onnxruntime as ort
 
+        from onnxforge.ort_choices import check_nchwc_block
+
         so = self.options()
         if isinstance(model, onnx.ModelProto):
-            return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        else:
+            sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+        check_nchwc_block(sess.get_modelmeta().custom_metadata_map)  # a cpu-native model from another CPU
+        return sess
 
     def run(self, model: onnx.ModelProto | str | os.PathLike[str], feeds: Mapping[str, Any]) -> dict[str, Any]:
         sess = self.session(model)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -161,6 +162,31 @@ def _probe_nchwc() -> int:
             log.warning("onnxruntime's NCHWc %s filter layout differs from onnxforge's: no NCHWc lowering", name)
             return 0
     return block
+
+
+#: Metadata key that ``lower-nchwc`` writes: the channel block the model's NCHWc ops assume.
+NCHWC_METADATA_KEY = "onnxforge.nchwc_block_size"
+
+
+def check_nchwc_block(metadata: Mapping[str, str]) -> None:
+    """Raise :class:`~onnxforge.errors.ModelError` when a model lowered by ``lower-nchwc``
+    (``--target cpu-native``) is about to run where onnxruntime's NCHWc block differs: the
+    filters would be read in the wrong order and the outputs would be wrong without any error.
+    ``metadata`` is the model's metadata, e.g. ``session.get_modelmeta().custom_metadata_map``.
+    Models without the key pass."""
+    want = metadata.get(NCHWC_METADATA_KEY)
+    if want is None:
+        return
+    here = nchwc_block_size()
+    if str(here) != str(want).strip():
+        from onnxforge.errors import ModelError
+
+        found = f"a block of {here}" if here else "no NCHWc kernels"
+        raise ModelError(
+            f"this model was lowered to onnxruntime's NCHWc layout for a channel block of {want} "
+            f"(--target cpu-native) but onnxruntime on this CPU has {found}, so it would compute wrong "
+            "results here; compile the original with --target cpu-native on this machine, or use --target cpu"
+        )
 
 
 def nchwc_block_size(*, refresh: bool = False) -> int:

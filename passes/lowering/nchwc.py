@@ -48,6 +48,7 @@ import onnx
 from onnxforge.ir import Model, Node, Value, replace_all_uses_with
 from onnxforge.ir.constants import constant_value
 from onnxforge.kernels.nchwc import pad_channels, reorder_filter_oihwbibo, reorder_filter_oihwbo, round_up
+from onnxforge.ort_choices import NCHWC_METADATA_KEY
 from onnxforge.passes.fusion.ort_fused_ops import conv_activation
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
 from onnxforge.rules import MatchFailed
@@ -480,10 +481,10 @@ class _Lowering:
         self.graph.toposort()
         self.model.opset_imports.setdefault(NCHWC_DOMAIN, 1)
         meta = self.model.proto_shell.metadata_props
-        kept = [m for m in meta if m.key != "onnxforge.nchwc_block_size"]
+        kept = [m for m in meta if m.key != NCHWC_METADATA_KEY]
         del meta[:]
         meta.extend(kept)
-        meta.add(key="onnxforge.nchwc_block_size", value=str(self.block))
+        meta.add(key=NCHWC_METADATA_KEY, value=str(self.block))
 
     def stats(self) -> dict[str, float]:
         out: dict[str, float] = {"block_size": self.block, "lowered_nodes": len(self.lowered)}

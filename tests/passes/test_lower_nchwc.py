@@ -12,8 +12,8 @@ from onnx import TensorProto, helper
 from pass_helpers import const, make_model, vi
 
 from onnxforge import modelio, ort_choices
-from onnxforge.equivalence import assert_equivalent
-from onnxforge.errors import UsageError
+from onnxforge.equivalence import OrtRunner, assert_equivalent
+from onnxforge.errors import ModelError, UsageError
 from onnxforge.ir import to_proto
 from onnxforge.kernels.nchwc import from_blocked, reorder_filter_oihwbibo, reorder_filter_oihwbo, to_blocked
 from onnxforge.passes import LowerNchwc, ShapeInference
@@ -260,3 +260,20 @@ def test_ceil_mode_pools_get_their_own_spatial_key():
     proto = _convs([("x0", [1, 32, "h", "w"])], tail, [1, 32, None, None])
     result, _ = lower(proto, {"x0": rnd(1, 32, 2, 2)})
     assert result.stats["split_views"] == 1
+
+
+@needs_nchwc
+def test_a_model_lowered_for_another_block_size_is_refused_before_it_runs(monkeypatch, tmp_path):
+    _, after = lower(_cnn())
+    meta = {m.key: m.value for m in after.metadata_props}
+    assert meta[ort_choices.NCHWC_METADATA_KEY] == str(BLOCK)
+    ort_choices.check_nchwc_block(meta)  # this machine: fine
+    # Another CPU (AVX2 only, or ARM): the same file would compute garbage without an error.
+    for other in (8 if BLOCK == 16 else 16, 0):
+        monkeypatch.setattr(ort_choices, "nchwc_block_size", lambda other=other: other)
+        with pytest.raises(ModelError, match="lowered to onnxruntime's NCHWc layout for a channel block of"):
+            ort_choices.check_nchwc_block(meta)
+        path = tmp_path / "lowered.onnx"
+        onnx.save(after, path)
+        with pytest.raises(ModelError):
+            OrtRunner().session(path)
