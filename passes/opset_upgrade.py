@@ -17,8 +17,6 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import onnx
-
 from onnxforge.ir import Model
 from onnxforge.ir.proto_walk import graph_protos, subgraphs
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
@@ -37,56 +35,59 @@ COMPATIBLE: frozenset[tuple[str, int]] = frozenset(
 )
 
 
+
+def _inference_batchnorm(outputs: int, training_mode: int) -> bool:
+    return outputs == 1 and training_mode == 0
+
+
+#: (op, version) pairs that are compatible only for some uses: BatchNormalization-14 added
+#: training_mode (default 0) and redefined the optional training outputs, -15 only widened
+#: types; an inference node with one output computes the same.
+COMPATIBLE_IF = {("BatchNormalization", 14): _inference_batchnorm, ("BatchNormalization", 15): _inference_batchnorm}
+
+
 @functools.cache
-def _versions(op: str) -> tuple[int, ...]:
+def _versions() -> dict[str, tuple[int, ...]]:
+    """Every default-domain op's versions, from onnx's schema history (read once)."""
     import onnx.defs
 
-    return tuple(sorted(s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.name == op and s.domain == ""))
+    out: dict[str, list[int]] = {}
+    for schema in onnx.defs.get_all_schemas_with_history():
+        if schema.domain == "":
+            out.setdefault(schema.name, []).append(schema.since_version)
+    return {op: tuple(sorted(v)) for op, v in out.items()}
 
 
-def _blocks(op: str, node_outputs: int, training_mode: int, old: int, target: int) -> bool:
-    versions = _versions(op)
-    if not versions:
-        return True
-    for v in versions:
-        if not old < v <= target or (op, v) in COMPATIBLE:
-            continue
-        # BatchNormalization-14 added training_mode (default 0) and redefined the optional
-        # outputs (training statistics); -15 only widened types. Inference with one output
-        # computes the same.
-        if op == "BatchNormalization" and v in (14, 15) and node_outputs == 1 and training_mode == 0:
-            continue
-        return True
-    return False
-
-
-def _function_nodes(fn: onnx.FunctionProto) -> Iterator[onnx.NodeProto]:
-    for node in fn.node:
-        yield node
-        for sub in subgraphs(node):
-            for g in graph_protos(sub):
-                yield from g.node
+def _uses(model: Model) -> Iterator[tuple[str, int, int]]:
+    """(op, outputs, training_mode) of every default-domain node: in every graph, and in the
+    bodies of model-local functions (which must import the model's opset) and their subgraphs."""
+    for graph in model.graph.all_graphs():
+        for node in graph:
+            if node.is_standard_domain():
+                yield node.op_type, sum(1 for o in node.outputs if o is not None), int(node.attr("training_mode", 0))
+    for fn in model.functions:
+        bodies = [fn.node, *(g.node for n in fn.node for sub in subgraphs(n) for g in graph_protos(sub))]
+        for nodes in bodies:
+            for pnode in nodes:
+                if pnode.domain in ("", "ai.onnx"):
+                    training = next((a.i for a in pnode.attribute if a.name == "training_mode"), 0)
+                    yield pnode.op_type, sum(1 for o in pnode.output if o), training
 
 
 def blocking_ops(model: Model, target: int) -> list[str]:
-    """Ops whose meaning may change between the model's opset and ``target``, in every graph and
-    in the bodies of model-local functions (which must import the model's opset)."""
+    """Ops whose meaning may change between the model's opset and ``target``."""
     old = model.opset("") or 1
     blockers: set[str] = set()
-    for graph in model.graph.all_graphs():
-        for node in graph:
-            if node.is_standard_domain() and node.op_type not in blockers:
-                outputs = sum(1 for o in node.outputs if o is not None)
-                if _blocks(node.op_type, outputs, int(node.attr("training_mode", 0)), old, target):
-                    blockers.add(node.op_type)
-    for fn in model.functions:
-        for pnode in _function_nodes(fn):
-            if pnode.domain in ("", "ai.onnx") and pnode.op_type not in blockers:
-                outputs = sum(1 for o in pnode.output if o)
-                training = next((a.i for a in pnode.attribute if a.name == "training_mode"), 0)
-                if _blocks(pnode.op_type, outputs, training, old, target):
-                    blockers.add(pnode.op_type)
+    for op, outputs, training in _uses(model):
+        versions = _versions().get(op)
+        if not versions or not all(_compatible(op, v, outputs, training) for v in versions if old < v <= target):
+            blockers.add(op)
     return sorted(blockers)
+
+
+def _compatible(op: str, version: int, outputs: int, training_mode: int) -> bool:
+    condition = COMPATIBLE_IF.get((op, version))
+    return (op, version) in COMPATIBLE or (condition is not None and condition(outputs, training_mode))
 
 
 @dataclass(frozen=True)

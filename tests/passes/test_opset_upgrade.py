@@ -102,6 +102,9 @@ def test_inference_batchnorm_does_not_block():
     )
     a = apply(bn, RaiseOpset())
     assert a.result.modified and a.after.opset_import[0].version == 17
+    # With its training outputs it means something else at 14: the opset stays.
+    bn.graph.node[0].output.extend(["mean", "var", "saved_mean", "saved_var"])
+    assert blocking_ops(modelio.load(bn).model, 17) == ["BatchNormalization"]
 
 
 def test_onnxruntime_targets_fuse_layernorm_in_an_opset_13_export():
