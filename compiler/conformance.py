@@ -185,12 +185,11 @@ def run_suite(
 
 def to_markdown(summary: Summary, pipeline: str, seconds: float, target: str | None = None) -> str:
     c = summary.counts()
-    if target is not None:
-        pipeline = f"{pipeline}` with `--target {target}"
+    what = f"`{pipeline}`" + (f" with `--target {target}`" if target is not None else "")
     lines = [
         "# ONNX backend conformance",
         "",
-        f"Pipeline `{pipeline}` on onnx {onnx.__version__}; regenerate with `make conformance`.",
+        f"Pipeline {what} on onnx {onnx.__version__}; regenerate with `make conformance`.",
         "",
         "| cases | runnable by onnxruntime | preserved | failed | pipeline errors | skipped | time |",
         "|---|---|---|---|---|---|---|",
