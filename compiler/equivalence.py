@@ -74,6 +74,19 @@ def random_feeds(
     return feeds
 
 
+def cpu_session(model: bytes | str, options: Any) -> Any:
+    """An onnxruntime CPU session for a serialized model or a path; refuses (ModelError) a
+    ``--target cpu-native`` model lowered for another CPU's NCHWc block, which would run and
+    give wrong outputs."""
+    import onnxruntime as ort
+
+    from onnxforge.ort_choices import check_nchwc_block
+
+    sess = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    check_nchwc_block(sess.get_modelmeta().custom_metadata_map)
+    return sess
+
+
 @dataclass
 class OrtRunner:
     """Runs a model on onnxruntime's CPU provider with optimizations off."""
@@ -95,17 +108,8 @@ class OrtRunner:
         return so
 
     def session(self, model: onnx.ModelProto | str | os.PathLike[str]) -> Any:
-        import onnxruntime as ort
-
-        from onnxforge.ort_choices import check_nchwc_block
-
-        so = self.options()
-        if isinstance(model, onnx.ModelProto):
-            sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        else:
-            sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-        check_nchwc_block(sess.get_modelmeta().custom_metadata_map)  # a cpu-native model from another CPU
-        return sess
+        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+        return cpu_session(data, self.options())
 
     def run(self, model: onnx.ModelProto | str | os.PathLike[str], feeds: Mapping[str, Any]) -> dict[str, Any]:
         sess = self.session(model)

@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxforge.equivalence import OrtRunner, cpu_session
 from onnxforge.errors import ModelError, UsageError
 from onnxforge.ir.proto_walk import graph_protos, subgraphs
 from onnxforge.quantize.data import CalibrationSource, DataReader, from_reader
@@ -207,13 +208,7 @@ def exposed_model(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelP
 
 
 def _session(model: onnx.ModelProto, threads: int, model_dir: str | os.PathLike[str] | None) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so = OrtRunner(threads=threads).options()
     if model_dir is not None:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(Path(model_dir)))
     try:
@@ -221,7 +216,9 @@ def _session(model: onnx.ModelProto, threads: int, model_dir: str | os.PathLike[
     except ValueError as e:  # protobuf's 2 GiB limit
         raise ModelError(f"cannot serialize the model for calibration: {' '.join(str(e).split())[:200]}") from None
     try:
-        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        return cpu_session(data, so)
+    except ModelError:
+        raise
     except Exception as e:  # onnxruntime raises its own exception types
         raise ModelError(f"onnxruntime cannot load the model for calibration: {_short(e)}") from None
 

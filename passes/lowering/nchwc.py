@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxforge import ort_choices
 from onnxforge.ir import Model, Node, Value, replace_all_uses_with
 from onnxforge.ir.constants import constant_value
 from onnxforge.kernels.nchwc import pad_channels, reorder_filter_oihwbibo, reorder_filter_oihwbo, round_up
@@ -101,14 +102,15 @@ class LowerNchwc(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         opts = self.options
         assert isinstance(opts, LowerNchwcOptions)
-        block = opts.block_size
-        if not block:
-            from onnxforge.ort_choices import nchwc_block_size
-
-            block = nchwc_block_size()
+        block = opts.block_size or ort_choices.nchwc_block_size()
         if not block:
             log.info("lower-nchwc: onnxruntime has no NCHWc kernels on this CPU; nothing lowered")
             return PassResult(False, {"block_size": 0})
+        earlier = next((m.value for m in model.proto_shell.metadata_props if m.key == NCHWC_METADATA_KEY), None)
+        if earlier is not None and earlier != str(block):
+            # Mixing blocks in one model would leave the earlier ops reading the wrong layout.
+            log.warning("lower-nchwc: the model is already lowered for a block of %s, not %d; nothing lowered", earlier, block)
+            return PassResult(False, {"block_size": block})
         lowering = _Lowering(model, block)
         lowering.walk()
         if not lowering.lowered:

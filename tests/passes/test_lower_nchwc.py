@@ -277,3 +277,12 @@ def test_a_model_lowered_for_another_block_size_is_refused_before_it_runs(monkey
         onnx.save(after, path)
         with pytest.raises(ModelError):
             OrtRunner().session(path)
+
+
+@needs_nchwc
+def test_a_model_lowered_for_another_block_is_not_lowered_again():
+    # Ops lowered earlier for another block would read the wrong layout next to the new ones.
+    proto = _cnn()
+    assert LowerNchwc()(modelio.load(proto).model).modified
+    onnx.helper.set_model_props(proto, {ort_choices.NCHWC_METADATA_KEY: "8" if BLOCK == 16 else "16"})
+    assert LowerNchwc()(modelio.load(proto).model).modified is False
