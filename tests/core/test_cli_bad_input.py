@@ -144,16 +144,25 @@ def test_bit_flips_are_either_refused_cleanly_or_compiled(tmp_path, capsys):
         data[pos] ^= 1 << int(rng.integers(0, 8))
         src = tmp_path / f"flip{i}.onnx"
         src.write_bytes(bytes(data))
+        before = _digest(src)
         out = tmp_path / f"flip{i}.out.onnx"
         code, _, stderr = _run(["compile", str(src), "-o", str(out), "-q", "--pipeline", PIPELINE], capsys)
-        assert "Traceback" not in stderr and "internal error" not in stderr, f"flip {i} at {pos}: {stderr}"
+        where = f"flip {i} at byte {pos}: exit {code}, stderr={stderr!r}"
+        assert "Traceback" not in stderr and "internal error" not in stderr, where
+        assert _digest(src) == before, f"{where}: input modified"
         if code == 0:
             compiled += 1
+            assert out.is_file(), where
             onnx.checker.check_model(onnx.load(out))
         else:
             refused += 1
-            assert code in (1, 2) and not out.exists()
-    assert refused + compiled == 40
+            lines = [ln for ln in stderr.splitlines() if ln.strip()]
+            assert code in (1, 2), where
+            assert len(lines) == 1 and lines[0].startswith("onnxforge: error:"), where
+            assert not out.exists() and not Path(str(out) + ".data").exists(), where
+    # Seeded: some flips land in weights (still a valid model), others in structure. Both kinds
+    # must occur, or this test no longer exercises what it claims to.
+    assert refused >= 5 and compiled >= 5, (refused, compiled)
 
 
 def test_output_path_problems(tmp_path, capsys):

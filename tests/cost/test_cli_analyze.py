@@ -23,7 +23,10 @@ def test_analyze_prints_totals_op_summary_and_heaviest_layers(tmp_path, capsys):
     out = capsys.readouterr().out
     for text in ("MACs", "parameters", "peak activation memory", "estimated latency", "op type", "heaviest 3 layers"):
         assert text in out
-    assert "Conv" in out and "compute" in out or "memory" in out
+    ops = out.split("op type", 1)[1].split("\n\n", 1)[0]
+    assert any(line.split()[0] == "Conv" for line in ops.splitlines()[2:] if line.strip())
+    heavy = out.split("heaviest 3 layers", 1)[1].strip().splitlines()[3:]
+    assert len(heavy) == 3 and all(line.split()[-3] in ("compute", "memory") for line in heavy), heavy
 
 
 def test_analyze_json_has_the_documented_schema(tmp_path, capsys):

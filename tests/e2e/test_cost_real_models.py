@@ -3,10 +3,9 @@ LSTMs) and the transformers exports of `make exports` against the published MAC 
 
 from __future__ import annotations
 
-import os
-
 import onnx
 import pytest
+from corpus_required import corpus_model, export_model
 
 from onnxforge import modelio
 from onnxforge.cost import analyze
@@ -17,16 +16,11 @@ from onnxforge.models.real_models import MODELS
 
 CORPUS = list_corpus()
 EXPORTED = list_exports()
-REQUIRED = os.environ.get("CI") == "true" or os.environ.get("ONNXFORGE_REQUIRE_CORPUS") == "1"
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_corpus_model_is_costed(name):
-    if name not in CORPUS:
-        if REQUIRED:
-            pytest.fail(f"corpus model {name} is missing: run `make corpus`")
-        pytest.skip(f"corpus model {name} not fetched (run `make corpus`)")
-    path = CORPUS[name]
+    path = corpus_model(name, CORPUS)
     feeds = feeds_for(name, onnx.load(path), seed=0)
     report = analyze(modelio.load(path).model, shapes={k: v.shape for k, v in feeds.items()}, feeds=feeds, target=H100)
     t = report.totals
@@ -43,11 +37,10 @@ def test_every_corpus_model_is_costed(name):
 
 @pytest.mark.parametrize("name", sorted(EXPORTS))
 def test_exports_match_published_mac_counts(name):
-    if name not in EXPORTED:
-        pytest.skip(f"export {name} not built (run `make exports`)")
+    path = export_model(name, EXPORTED)
     spec = EXPORTS[name]
     shapes = {i.name: tuple(i.shape) for i in spec.inputs}
-    report = analyze(modelio.load(EXPORTED[name]).model, shapes=shapes, target=H100, probe=False)
+    report = analyze(modelio.load(path).model, shapes=shapes, target=H100, probe=False)
     assert report.unresolved() == []
     assert spec.reference_gmacs is not None
     assert report.totals.macs / 1e9 == pytest.approx(spec.reference_gmacs, rel=0.02)

@@ -6,20 +6,22 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from corpus_required import corpus_model
 
 import onnxforge
 from onnxforge.api import QuantizationOptions
 from onnxforge.equivalence import OrtRunner
 from onnxforge.ir.proto_walk import graph_protos
 from onnxforge.models.corpus import feeds_for, list_corpus
+from onnxforge.models.real_models import MODELS
 from onnxforge.quantize.sqnr import cosine
 
 CORPUS = list_corpus()
 
 
-@pytest.mark.parametrize("name", sorted(CORPUS))
+@pytest.mark.parametrize("name", sorted(MODELS))  # not sorted(CORPUS): a missing corpus is no silent pass
 def test_int8_real_model_stays_within_budget(name, tmp_path):
-    path = CORPUS[name]
+    path = corpus_model(name, CORPUS)
     proto = onnx.load(path)
     calib = [feeds_for(name, proto, seed=s) for s in range(8)]
     result = onnxforge.compile(

@@ -4,11 +4,10 @@ lossless pipeline, the default optimize pipeline, `--target cpu` and `--target c
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnx
 import pytest
+from corpus_required import corpus_model
 
 import onnxforge
 from onnxforge.equivalence import OrtRunner, compare_outputs
@@ -17,18 +16,12 @@ from onnxforge.models.real_models import MODELS
 
 CORPUS = list_corpus()
 ALL_NAMES = sorted(MODELS)
-# CI (and `make test`) fetch the corpus first; there a missing model is a failure, not a skip.
-REQUIRED = os.environ.get("CI") == "true" or os.environ.get("ONNXFORGE_REQUIRE_CORPUS") == "1"
 
 
 @pytest.mark.parametrize("pipeline, target", [("lossless", None), ("optimize", None), ("optimize", "cpu"), ("optimize", "cpu-native")])
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_real_model_keeps_outputs(name, pipeline, target, tmp_path):
-    if name not in CORPUS:
-        if REQUIRED:
-            pytest.fail(f"corpus model {name} is missing: run `make corpus`")
-        pytest.skip(f"corpus model {name} not fetched (run `make corpus`)")
-    path = CORPUS[name]
+    path = corpus_model(name, CORPUS)  # CI and `make test` fetch it first: missing is a failure there
     proto = onnx.load(path)
     feeds = feeds_for(name, proto, seed=0)
     result = onnxforge.compile(path, pipeline, target=target)

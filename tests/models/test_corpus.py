@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from corpus_required import corpus_model
 
 from onnxforge import modelio
 from onnxforge.equivalence import OrtRunner
@@ -156,9 +157,7 @@ _PRESENT = list_corpus()
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_real_model_loads_and_runs(name: str) -> None:
-    if name not in _PRESENT:
-        pytest.skip(f"corpus model {name} not fetched (run `make corpus`)")
-    path = _PRESENT[name]
+    path = corpus_model(name, _PRESENT)
     loaded = modelio.load(path)
     assert len(loaded.model.graph.nodes) > 0
     proto = onnx.load(str(path))

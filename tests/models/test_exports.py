@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from corpus_required import export_model
 
 from onnxforge import modelio
 from onnxforge.models import exports
@@ -232,9 +233,7 @@ def _ort_session(path: Path) -> Any:
 
 
 def _present(name: str) -> Path:
-    if name not in _PRESENT:
-        pytest.skip(f"export {name} not built (run `make exports`)")
-    return _PRESENT[name]
+    return export_model(name, _PRESENT)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from corpus_required import export_model
 from onnx import TensorProto, helper, numpy_helper
 from pass_helpers import apply, rule_pass
 
@@ -39,8 +40,13 @@ def feeds(mask: bool, dtype: type = np.float32, mask_rows: np.ndarray = MASK) ->
 def fuse(
     proto: onnx.ModelProto, f: dict[str, np.ndarray], *, rtol: float = 1e-4, atol: float = 1e-5
 ) -> onnx.ModelProto:
-    """Run the rule (through ``apply``: IR verified, onnx checker) and compare outputs on ``f``."""
+    """Run the rule (through ``apply``: IR verified, onnx checker), check that every block (one
+    Softmax each) became one ``com.microsoft::Attention`` -- equal outputs alone would also pass
+    when nothing fired -- and compare outputs on ``f``."""
+    blocks = op_counts(proto)["Softmax"]
     done = apply(proto, rule_pass(AttentionFusion()), equivalent=False)
+    assert blocks > 0 and len(attention_nodes(done.after)) == blocks, op_counts(done.after)
+    assert op_counts(done.after)["Softmax"] == 0, op_counts(done.after)
     assert_equivalent(proto, done.after, feeds=f, rtol=rtol, atol=atol)
     return done.after
 
@@ -309,12 +315,10 @@ def _ort(model: bytes) -> Any:
 @pytest.mark.parametrize("name", sorted(EXPORTS))
 def test_real_exports(name: str) -> None:
     import onnxforge
-    from onnxforge.models.exports import export_path, feeds_for_export
+    from onnxforge.models.exports import feeds_for_export, list_exports
     from onnxforge.passes import DeadCodeElimination
 
-    path = export_path(name)
-    if not path.is_file():
-        pytest.skip(f"{path} not built (make exports)")
+    path = export_model(name, list_exports())
     result = onnxforge.compile(path, "lossless")
     before = to_proto(result.ir).SerializeToString()
     ctx = PassContext()
