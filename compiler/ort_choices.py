@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -78,8 +79,9 @@ def skip_layer_norm_pays(*, refresh: bool = False) -> bool:
     return bool(found.get("pays")) if isinstance(found, dict) else bool(found)
 
 
-def _cached(key: str, measure, refresh: bool):  # type: ignore[no-untyped-def]
-    """``measure()`` once per CPU and onnxruntime version, kept in the choices cache file."""
+def _cached(key: str, measure, refresh: bool, keep=lambda value: True):  # type: ignore[no-untyped-def]
+    """``measure()`` once per CPU and onnxruntime version, kept in the choices cache file unless
+    ``keep(value)`` is false (a probe that crashed is tried again next time)."""
     from onnxforge.cost.roofline import _cpu_key, cache_dir
 
     path = cache_dir() / f"ort-choices-{_cpu_key()}.json"
@@ -91,7 +93,10 @@ def _cached(key: str, measure, refresh: bool):  # type: ignore[no-untyped-def]
             data = {}
     if key in data and not refresh:
         return data[key]
-    data[key] = measure()
+    value = measure()
+    if not keep(value):
+        return value
+    data[key] = value
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -135,7 +140,27 @@ def _ort_layout(convs: list[tuple[str, np.ndarray, int]], in_channels: int) -> d
     return {name: w for (name, _, _), w in zip(convs, ordered)} if len(ordered) == len(convs) else {}
 
 
-def _probe_nchwc() -> int:
+@dataclass(frozen=True)
+class NchwcProbe:
+    """What the NCHWc probe found. ``status``: ``"ok"`` (``block`` is onnxruntime's channel
+    block here), ``"no-kernels"`` (this CPU really has none), ``"layout-differs"`` (onnxruntime
+    lays filters out otherwise than :mod:`onnxforge.kernels.nchwc`) or ``"error"`` (the probe
+    itself crashed; ``detail`` says how). ``block`` is 0 unless the status is ``"ok"``."""
+
+    block: int
+    status: str
+    detail: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"block": self.block, "status": self.status, "detail": self.detail}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> NchwcProbe:
+        block = data.get("block", 0)
+        return cls(block if isinstance(block, int) else 0, str(data.get("status", "error")), str(data.get("detail", "")))
+
+
+def _probe_nchwc_status() -> NchwcProbe:
     from onnxforge.kernels.nchwc import reorder_filter_oihwbibo, reorder_filter_oihwbo
 
     def filt(*shape: int) -> np.ndarray:
@@ -143,25 +168,30 @@ def _probe_nchwc() -> int:
 
     try:
         first = _ort_layout([("a", filt(1, 3, 3, 3), 1)], 3)
-    except Exception as e:  # no CPU provider, or no NCHWc transformer
-        log.info("NCHWc probe failed (%s): no NCHWc lowering", e)
-        return 0
-    if "a" not in first:
-        return 0  # MLAS has no NCHWc kernels on this CPU
-    block = int(first["a"].shape[0])
-    c = 2 * block
-    convs = [("nchw_input", filt(c, 3, 3, 3), 1), ("depthwise", filt(c, 1, 3, 3), c), ("blocked", filt(c + 1, c, 1, 1), 1)]
-    got = _ort_layout(convs, 3)
-    ours = {
-        "nchw_input": reorder_filter_oihwbo(convs[0][1], block),
-        "depthwise": reorder_filter_oihwbo(convs[1][1], block),
-        "blocked": reorder_filter_oihwbibo(convs[2][1], block),
-    }
+        if "a" not in first:
+            return NchwcProbe(0, "no-kernels", "onnxruntime's optimizer wrote no NCHWc Conv")
+        block = int(first["a"].shape[0])
+        c = 2 * block
+        convs = [("nchw_input", filt(c, 3, 3, 3), 1), ("depthwise", filt(c, 1, 3, 3), c), ("blocked", filt(c + 1, c, 1, 1), 1)]
+        got = _ort_layout(convs, 3)
+        ours = {
+            "nchw_input": reorder_filter_oihwbo(convs[0][1], block),
+            "depthwise": reorder_filter_oihwbo(convs[1][1], block),
+            "blocked": reorder_filter_oihwbibo(convs[2][1], block),
+        }
+    except Exception as e:  # no CPU provider, a changed onnxruntime API, a bug in the probe
+        detail = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        log.warning("NCHWc probe crashed (%s): no NCHWc lowering", detail)
+        return NchwcProbe(0, "error", detail)
     for name, w in ours.items():
         if name not in got or got[name].shape != w.shape or not np.array_equal(got[name], w):
             log.warning("onnxruntime's NCHWc %s filter layout differs from onnxforge's: no NCHWc lowering", name)
-            return 0
-    return block
+            return NchwcProbe(0, "layout-differs", f"the {name} filter layout differs (block {block})")
+    return NchwcProbe(block, "ok")
+
+
+def _probe_nchwc() -> int:
+    return _probe_nchwc_status().block
 
 
 #: Metadata key that ``lower-nchwc`` writes: the channel block the model's NCHWc ops assume.
@@ -189,9 +219,24 @@ def check_nchwc_block(metadata: Mapping[str, str]) -> None:
         )
 
 
+def nchwc_probe(*, refresh: bool = False) -> NchwcProbe:
+    """onnxruntime's NCHWc channel block on this machine and why it is 0 when it is. Found once
+    by letting onnxruntime's own transformer rewrite a probe model (about 0.1 s), then cached per
+    CPU and onnxruntime version; a probe that crashed is not cached."""
+    def measure() -> dict[str, object]:
+        return _probe_nchwc_status().to_json()
+
+    def keep(value: dict[str, object]) -> bool:
+        return value.get("status") != "error"
+
+    found = _cached("nchwc", measure, refresh, keep)
+    if not isinstance(found, dict) or "status" not in found:  # a damaged cache entry
+        found = _cached("nchwc", measure, True, keep)
+    return NchwcProbe.from_json(found)
+
+
 def nchwc_block_size(*, refresh: bool = False) -> int:
     """onnxruntime's NCHWc channel block on this machine (MLAS: 8 with AVX2, 16 with AVX-512),
-    or 0 where its CPU provider has no NCHWc kernels or lays filters out differently from
-    :mod:`onnxforge.kernels.nchwc`. Found once by letting onnxruntime's own transformer rewrite
-    a probe model (about 0.1 s), then cached per CPU and onnxruntime version."""
-    return int(_cached("nchwc_block_size", _probe_nchwc, refresh))
+    or 0 where its CPU provider has no NCHWc kernels, lays filters out differently from
+    :mod:`onnxforge.kernels.nchwc`, or the probe crashed (:func:`nchwc_probe` says which)."""
+    return nchwc_probe(refresh=refresh).block

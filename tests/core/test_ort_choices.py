@@ -34,3 +34,35 @@ def test_cpu_pipeline_follows_the_measurement_unless_the_user_decides(tmp_path, 
     assert _fuse_ort(get_pipeline("optimize", None, "cuda")).options.skip_layer_norm is True
     forced = get_pipeline("optimize", {"fuse-onnxruntime": {"skip_layer_norm": True}}, "cpu")
     assert _fuse_ort(forced).options.skip_layer_norm is True
+
+
+def test_nchwc_probe_tells_a_crash_from_a_cpu_without_kernels(tmp_path, monkeypatch):
+    """A probe that crashed must not look like "no NCHWc kernels here" (the lowering tests skip
+    on the latter, and fail on the former under CI), and it is not cached."""
+    monkeypatch.setenv("ONNXFORGE_CACHE", str(tmp_path))
+
+    def crash(convs, in_channels):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ort_choices, "_ort_layout", crash)
+    probe = ort_choices.nchwc_probe()
+    assert (probe.block, probe.status) == (0, "error") and "boom" in probe.detail
+    assert ort_choices.nchwc_block_size() == 0
+    cached = list(tmp_path.glob("ort-choices-*.json"))
+    assert not cached or "nchwc" not in json.loads(cached[0].read_text())
+
+    monkeypatch.setattr(ort_choices, "_ort_layout", lambda convs, in_channels: {})
+    assert ort_choices.nchwc_probe() == ort_choices.NchwcProbe(0, "no-kernels", ort_choices.nchwc_probe().detail)
+    data = json.loads(next(tmp_path.glob("ort-choices-*.json")).read_text())
+    assert data["nchwc"]["status"] == "no-kernels"  # a real answer is cached
+    monkeypatch.setattr(ort_choices, "_ort_layout", crash)
+    assert ort_choices.nchwc_probe().status == "no-kernels"
+
+
+def test_nchwc_probe_with_a_changed_filter_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXFORGE_CACHE", str(tmp_path))
+    import numpy as np
+
+    monkeypatch.setattr(ort_choices, "_ort_layout", lambda convs, c: {n: np.zeros((8, 1)) for n, _, _ in convs})
+    probe = ort_choices.nchwc_probe()
+    assert (probe.block, probe.status) == (0, "layout-differs")

@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
+from corpus_required import probe_failed
 from onnx import TensorProto, helper
 from pass_helpers import const, make_model, vi
 
@@ -21,8 +22,22 @@ from onnxforge.pipelines import get_pipeline
 
 F = TensorProto.FLOAT
 RNG = np.random.default_rng(3)
-BLOCK = ort_choices.nchwc_block_size()
-needs_nchwc = pytest.mark.skipif(BLOCK == 0, reason="onnxruntime has no NCHWc kernels on this CPU")
+PROBE = ort_choices.nchwc_probe()
+BLOCK = PROBE.block
+
+
+@pytest.fixture
+def nchwc_kernels() -> int:
+    """This CPU's NCHWc block. Skips where onnxruntime really has no NCHWc kernels here; a probe
+    that crashed or found another filter layout is a failure under CI (``probe_failed``)."""
+    if PROBE.status != "ok" and PROBE.status != "no-kernels":
+        probe_failed(f"the NCHWc probe did not work ({PROBE.status}: {PROBE.detail})")
+    if BLOCK == 0:
+        pytest.skip(f"onnxruntime has no NCHWc kernels on this CPU ({PROBE.detail})")
+    return BLOCK
+
+
+needs_nchwc = pytest.mark.usefixtures("nchwc_kernels")
 
 
 def rnd(*shape: int) -> np.ndarray:
