@@ -145,7 +145,7 @@ def load(
     if recheck:  # the graph was out of order: check the sorted version
         log.info("%s: nodes were not in topological order; sorted them", where)
         check_proto(to_proto(ir_model), where, None if uses_external else path)
-    ir_model.version = 0
+    ir_model.reset_version()
     return LoadedModel(ir_model, path, uses_external)
 
 

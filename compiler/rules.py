@@ -178,7 +178,6 @@ class RewriteContext:
         """Create a node stamped with the current rule's name (and import its domain)."""
         if domain and domain not in self.model.opset_imports:
             self.model.opset_imports[domain] = 1
-            self.model.version += 1
         rule = self.rule.name if self.rule is not None else "rule"
         return self.graph.add_node(
             op_type, inputs, num_outputs, domain=domain, name=name or f"{rule}/{op_type}", attrs=attrs, provenance=rule

@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxforge.ir import Graph, Model, Node, Value
+from onnxforge.ir import PROVENANCE_KEY, Graph, Model, Node, Value
 from onnxforge.ir.constants import constant_value, initializers_allowed, is_constant
 from onnxforge.kernels.reference_fallback import evaluate_reference
 from onnxforge.kernels.reference_fallback import supports as reference_supports
@@ -335,7 +335,7 @@ def _replace_with_constants(node: Node, graph: Graph, results: list[np.ndarray])
             assert model is not None
             const = Node("Constant", [], [v], name=model.unique_node_name(f"{v.name}_const"))
             const.attributes["value"] = helper.make_attribute("value", numpy_helper.from_array(r, v.name))
-            const.metadata_props.append(onnx.StringStringEntryProto(key="onnxforge.rule", value=PROVENANCE))
+            const.metadata_props.append(onnx.StringStringEntryProto(key=PROVENANCE_KEY, value=PROVENANCE))
             graph.append(const)
 
 

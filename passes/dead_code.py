@@ -115,8 +115,6 @@ class DeadCodeElimination(Pass):
             if len(kept) != len(graph.extra_value_info):
                 removed += len(graph.extra_value_info) - len(kept)
                 graph.extra_value_info = kept
-        if removed:
-            model.version += 1  # a plain list assignment does not bump the version by itself
         return removed
 
 

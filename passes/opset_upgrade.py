@@ -121,10 +121,10 @@ class RaiseOpset(Pass):
             return PassResult(False, {"blocked_by": len(blockers)})
         model.opset_imports[""] = opts.target
         # Model-local functions must import the same default-domain opset as the model.
-        for fn in model.proto_shell.functions:
-            for imp in fn.opset_import:
-                if imp.domain in ("", "ai.onnx") and imp.version < opts.target:
-                    imp.version = opts.target
+        with model.edit_shell() as shell:
+            for fn in shell.functions:
+                for imp in fn.opset_import:
+                    if imp.domain in ("", "ai.onnx") and imp.version < opts.target:
+                        imp.version = opts.target
         model.ir_version = max(model.ir_version, 8)
-        model.version += 1
         return PassResult(True, {"from": old, "to": opts.target})

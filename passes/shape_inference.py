@@ -128,8 +128,6 @@ class ShapeInference(Pass):
                 new = copy
             v.type = new
             updated += 1
-        if updated:
-            model.version += 1  # assigning Value.type does not bump the version by itself
         return PassResult(
             modified=model.version != start_version,
             stats={"updated_types": updated, "untyped_values": untyped},
@@ -139,23 +137,19 @@ class ShapeInference(Pass):
 def export_for_inference(model: Model, max_data_bytes: int = 1024) -> onnx.ModelProto:
     """The model as a proto for onnx's shape inference, initializers larger than
     ``max_data_bytes`` replaced by data-less stubs (dtype and shape kept). The IR is unchanged:
-    each stubbed ``const`` is swapped back right after export."""
-    swapped: list[tuple[Value, onnx.TensorProto]] = []
-    try:
-        for graph in model.graph.all_graphs():
-            for v in graph.initializers.values():
-                t = v.const
-                if t is None or is_external(t) or v.const_nbytes() <= max_data_bytes:
-                    continue
-                stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
-                stub.data_location = onnx.TensorProto.EXTERNAL
-                stub.external_data.add(key="location", value=_STRIPPED_LOCATION)
-                swapped.append((v, t))
-                v.const = stub
-        return to_proto(model, value_info=True)
-    finally:
-        for v, t in swapped:
-            v.const = t
+    the stubs exist only in the exported proto."""
+
+    def stubbed(v: Value) -> onnx.TensorProto:
+        t = v.const
+        assert t is not None
+        if is_external(t) or v.const_nbytes() <= max_data_bytes:
+            return t
+        stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value=_STRIPPED_LOCATION)
+        return stub
+
+    return to_proto(model, value_info=True, initializer=stubbed)
 
 
 def infer_types(

@@ -4,12 +4,13 @@ See :mod:`onnxforge.ir.core` for the data model and docs/ARCHITECTURE.md for why
 rather than onnx-graphsurgeon's.
 """
 
-from onnxforge.ir.core import Graph, Model, Node, Value, captured_values, tensor_nbytes
+from onnxforge.ir.core import PROVENANCE_KEY, Graph, Model, Node, Value, captured_values, tensor_nbytes
 from onnxforge.ir.graph_views import to_networkx, verify
 from onnxforge.ir.rewrite import bypass, replace_all_uses_with
 from onnxforge.ir.serde import from_proto, to_proto
 
 __all__ = [
+    "PROVENANCE_KEY",
     "Graph",
     "Model",
     "Node",

@@ -19,6 +19,8 @@ Design (see docs/ARCHITECTURE.md):
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,10 +29,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxforge.ir.tracked import TrackedDict, TrackedList
+
 if TYPE_CHECKING:
     from onnxforge.ir.tensor_data import TensorStore
 
 _ids = itertools.count(1)
+
+#: ``metadata_props`` key naming the rule or pass that created a node (provenance).
+PROVENANCE_KEY = "onnxforge.rule"
 
 
 class Value:
@@ -42,11 +49,11 @@ class Value:
         "_type",
         "doc_string",
         "metadata_props",
-        "producer",
+        "_producer",
         "index",
         "_uses",
-        "const",
-        "sparse_const",
+        "_const",
+        "_sparse_const",
         "graph",
         "_array_cache",
         "__weakref__",
@@ -59,17 +66,52 @@ class Value:
         self._type: onnx.TypeProto | None = type
         self.doc_string = ""
         self.metadata_props: list[onnx.StringStringEntryProto] = []
-        self.producer: Node | None = None
+        self._producer: Node | None = None
         self.index: int = 0
         self._uses: dict[tuple[Node, int], None] = {}
-        #: Initializer data: a TensorProto (possibly referring to external data).
-        self.const: onnx.TensorProto | None = None
-        #: Sparse initializer data, exported verbatim.
-        self.sparse_const: onnx.SparseTensorProto | None = None
+        self._const: onnx.TensorProto | None = None
+        self._sparse_const: onnx.SparseTensorProto | None = None
         self._array_cache: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"Value({self.name!r})"
+
+    def _touch(self) -> None:
+        g = self.graph
+        if g is None and self._producer is not None:
+            g = self._producer.graph
+        if g is not None:
+            g._touch()
+
+    @property
+    def producer(self) -> Node | None:
+        """The node that computes this value (None for graph inputs and initializers).
+
+        Read-only: it follows from ``Node`` outputs (``Node.set_outputs``, ``Graph.add_node``)."""
+        return self._producer
+
+    @property
+    def const(self) -> onnx.TensorProto | None:
+        """Initializer data: a TensorProto (possibly referring to external data)."""
+        return self._const
+
+    @const.setter
+    def const(self, tensor: onnx.TensorProto | None) -> None:
+        if tensor is not self._const:
+            self._const = tensor
+            self._array_cache = None
+            self._touch()
+
+    @property
+    def sparse_const(self) -> onnx.SparseTensorProto | None:
+        """Sparse initializer data, exported verbatim."""
+        return self._sparse_const
+
+    @sparse_const.setter
+    def sparse_const(self, tensor: onnx.SparseTensorProto | None) -> None:
+        if tensor is not self._sparse_const:
+            self._sparse_const = tensor
+            self._touch()
 
     # Renaming or retyping is a mutation: it bumps the model version like every other edit.
     @property
@@ -80,8 +122,7 @@ class Value:
     def name(self, value: str) -> None:
         if value != self._name:
             self._name = value
-            if self.graph is not None:
-                self.graph._touch()
+            self._touch()
 
     @property
     def type(self) -> onnx.TypeProto | None:
@@ -92,8 +133,7 @@ class Value:
     def type(self, value: onnx.TypeProto | None) -> None:
         if value is not self._type:
             self._type = value
-            if self.graph is not None:
-                self.graph._touch()
+            self._touch()
 
     # -- use-def ---------------------------------------------------------------------------
     def uses(self) -> list[tuple[Node, int]]:
@@ -151,9 +191,8 @@ class Value:
             tensor = numpy_helper.from_array(arr, self.name)
             self._array_cache = arr
         tensor.name = self.name
-        self.const = tensor
-        if self.graph is not None:
-            self.graph._touch()
+        self._const = tensor
+        self._touch()
 
     def const_nbytes(self) -> int:
         """Bytes of initializer data, without loading it."""
@@ -291,10 +330,12 @@ class Node:
         idx = len(self._outputs)
         self._outputs.append(v)
         if v is not None:
-            if v.producer is not None and v.producer is not self:
-                raise ValueError(f"{v!r} is already produced by {v.producer!r}")
-            v.producer = self
+            if v._producer is not None and v._producer is not self:
+                raise ValueError(f"{v!r} is already produced by {v._producer!r}")
+            v._producer = self
             v.index = idx
+            if self.graph is not None:
+                v.graph = self.graph
 
     def set_input(self, i: int, v: Value | None) -> None:
         """Replace input ``i`` (extending with omitted inputs if needed)."""
@@ -324,8 +365,8 @@ class Node:
 
     def _detach_outputs(self) -> None:
         for v in self._outputs:
-            if v is not None and v.producer is self:
-                v.producer = None
+            if v is not None and v._producer is self:
+                v._producer = None
         self._outputs = []
 
     def set_outputs(self, values: Sequence[Value | None]) -> None:
@@ -390,15 +431,10 @@ class Graph:
         self._outputs: list[Value] = []
         self._input_set: set[Value] = set()
         self._output_set: set[Value] = set()
-        #: Initializers by name (includes graph-input defaults).
-        self.initializers: dict[str, Value] = {}
-        #: Quantization annotations, verbatim.
-        self.quantization_annotation: list[onnx.TensorAnnotation] = []
-        #: value_info entries for names that are not values of this graph (kept verbatim).
-        self.extra_value_info: list[onnx.ValueInfoProto] = []
-        #: Original ValueInfoProto of each graph output position, re-emitted verbatim when the
-        #: output still refers to a value that is not defined by this graph's nodes.
-        self.output_info: dict[int, onnx.ValueInfoProto] = {}
+        self._initializers: TrackedDict[str, Value] = TrackedDict(on_change=self._touch)
+        self._quantization_annotation: TrackedList[onnx.TensorAnnotation] = TrackedList(on_change=self._touch)
+        self._extra_value_info: TrackedList[onnx.ValueInfoProto] = TrackedList(on_change=self._touch)
+        self._output_info: TrackedDict[int, onnx.ValueInfoProto] = TrackedDict(on_change=self._touch)
 
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {len(self._nodes)} nodes)"
@@ -406,7 +442,50 @@ class Graph:
     # -- bookkeeping -------------------------------------------------------------------------
     def _touch(self) -> None:
         if self.model is not None:
-            self.model.version += 1
+            self.model._touch()
+
+    # The containers below belong to the graph: every edit bumps the model's version, and
+    # assigning a new dict/list replaces the contents (and bumps) instead of the container.
+    @property
+    def initializers(self) -> TrackedDict[str, Value]:
+        """Initializers by name (includes graph-input defaults)."""
+        return self._initializers
+
+    @initializers.setter
+    def initializers(self, data: dict[str, Value]) -> None:
+        self._initializers = TrackedDict(data, on_change=self._touch)
+        self._touch()
+
+    @property
+    def quantization_annotation(self) -> TrackedList[onnx.TensorAnnotation]:
+        """Quantization annotations, verbatim."""
+        return self._quantization_annotation
+
+    @quantization_annotation.setter
+    def quantization_annotation(self, data: Iterable[onnx.TensorAnnotation]) -> None:
+        self._quantization_annotation = TrackedList(data, on_change=self._touch)
+        self._touch()
+
+    @property
+    def extra_value_info(self) -> TrackedList[onnx.ValueInfoProto]:
+        """value_info entries for names that are not values of this graph (kept verbatim)."""
+        return self._extra_value_info
+
+    @extra_value_info.setter
+    def extra_value_info(self, data: Iterable[onnx.ValueInfoProto]) -> None:
+        self._extra_value_info = TrackedList(data, on_change=self._touch)
+        self._touch()
+
+    @property
+    def output_info(self) -> TrackedDict[int, onnx.ValueInfoProto]:
+        """Original ValueInfoProto of each graph output position, re-emitted verbatim when the
+        output still refers to a value that is not defined by this graph's nodes."""
+        return self._output_info
+
+    @output_info.setter
+    def output_info(self, data: dict[int, onnx.ValueInfoProto]) -> None:
+        self._output_info = TrackedDict(data, on_change=self._touch)
+        self._touch()
 
     @property
     def nodes(self) -> list[Node]:
@@ -485,7 +564,7 @@ class Graph:
             if v is not None:
                 node.attributes[k] = helper.make_attribute(k, v)
         if provenance:
-            node.metadata_props.append(onnx.StringStringEntryProto(key="onnxforge.rule", value=provenance))
+            node.metadata_props.append(onnx.StringStringEntryProto(key=PROVENANCE_KEY, value=provenance))
         return self.append(node)
 
     def remove(self, nodes: Node | Iterable[Node], *, safe: bool = True) -> None:
@@ -494,8 +573,12 @@ class Graph:
         With ``safe=True`` a node whose outputs are still used outside the removed set, or are
         graph outputs, raises ``ValueError``.
         """
-        batch = [nodes] if isinstance(nodes, Node) else list(nodes)
+        batch = [nodes] if isinstance(nodes, Node) else list(dict.fromkeys(nodes))
         batch_set = set(batch)
+        # Every check runs before the first change, so a refused removal leaves the graph as it was.
+        for n in batch:
+            if n not in self._nodes:
+                raise ValueError(f"{n!r} is not in {self!r}")
         if safe:
             for n in batch:
                 for v in n._outputs:
@@ -507,8 +590,6 @@ class Graph:
                         if user not in batch_set and not _inside(user, batch_set):
                             raise ValueError(f"cannot remove {n!r}: {v.name!r} is still used by {user!r}")
         for n in batch:
-            if n not in self._nodes:
-                raise ValueError(f"{n!r} is not in {self!r}")
             n._detach_inputs()
             _detach_captures(n)
             del self._nodes[n]
@@ -527,10 +608,10 @@ class Graph:
         return v
 
     def remove_initializer(self, v: Value) -> None:
-        if self.initializers.get(v.name) is v:
-            del self.initializers[v.name]
-        v.const = None
-        v.sparse_const = None
+        if self._initializers.get(v.name) is v:
+            del self._initializers[v.name]
+        v._const = None
+        v._sparse_const = None
         v._array_cache = None
         self._touch()
 
@@ -706,10 +787,12 @@ class Model:
     """
 
     def __init__(self, graph: Graph | None = None, *, opset_imports: dict[str, int] | None = None) -> None:
-        self.version = 0
+        self._version = 0
         self.proto_shell = onnx.ModelProto()
-        self.opset_imports: dict[str, int] = dict(opset_imports or {"": 21})
-        self.ir_version: int = onnx.IR_VERSION
+        self._opset_imports: TrackedDict[str, int] = TrackedDict(
+            opset_imports if opset_imports is not None else {"": 21}, on_change=self._touch
+        )
+        self._ir_version: int = onnx.IR_VERSION
         self.tensor_store: TensorStore | None = None
         #: Whether exports write value_info for intermediate values. Loading sets it to whether
         #: the source model had any: types we infer stay internal unless the user's model
@@ -721,6 +804,70 @@ class Model:
         self._counter = itertools.count()
         self.graph = graph if graph is not None else Graph("main")
         self.graph._set_model(self)
+
+    # -- version -----------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """A counter bumped by every mutation of the model (read-only).
+
+        Passes never change it by hand: the IR's methods and containers do. The pass context
+        compares it before and after a pass, and the analysis cache keys results by it."""
+        return self._version
+
+    def _touch(self) -> None:
+        self._version += 1
+
+    def reset_version(self) -> None:
+        """Start counting edits from zero (the loader calls this once a model is canonical)."""
+        self._version = 0
+
+    @property
+    def opset_imports(self) -> TrackedDict[str, int]:
+        """Opset version by domain (``""`` is the default domain); edits bump the version."""
+        return self._opset_imports
+
+    @opset_imports.setter
+    def opset_imports(self, data: dict[str, int]) -> None:
+        self._opset_imports = TrackedDict(data, on_change=self._touch)
+        self._touch()
+
+    @property
+    def ir_version(self) -> int:
+        return self._ir_version
+
+    @ir_version.setter
+    def ir_version(self, value: int) -> None:
+        if value != self._ir_version:
+            self._ir_version = value
+            self._touch()
+
+    @contextlib.contextmanager
+    def edit_shell(self) -> Iterator[onnx.ModelProto]:
+        """Edit ``proto_shell`` (functions, training info, metadata) in place; the version is
+        bumped when the block ends, since protobuf edits cannot be observed."""
+        try:
+            yield self.proto_shell
+        finally:
+            self._touch()
+
+    def clone(self) -> Model:
+        """A deep copy with fresh node and value ids. External data stays shared (read-only);
+        cached arrays are not copied."""
+        memo: dict[int, Any] = {}
+        if self.tensor_store is not None:
+            memo[id(self.tensor_store)] = self.tensor_store
+        for g in self.graph.all_graphs():
+            for v in g.values():
+                if v._array_cache is not None:
+                    memo[id(v._array_cache)] = None
+        twin: Model = copy.deepcopy(self, memo)
+        for g in twin.graph.all_graphs():
+            for v in g.values():
+                v.id = next(_ids)
+            for n in g:
+                n.id = next(_ids)
+        twin._version = 0
+        return twin
 
     @property
     def functions(self) -> list[onnx.FunctionProto]:

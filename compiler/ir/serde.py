@@ -6,6 +6,8 @@ of enclosing graphs). Anything the IR does not model is kept as protobuf and wri
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import onnx
 
 from onnxforge.errors import ModelError
@@ -24,16 +26,13 @@ def from_proto(proto: onnx.ModelProto) -> Model:
     shell.ClearField("graph")
     model.proto_shell = shell
     model.ir_version = proto.ir_version
-    model.opset_imports = {}
-    for imp in proto.opset_import:
-        dom = "" if imp.domain == "ai.onnx" else imp.domain
-        model.opset_imports[dom] = imp.version
+    model.opset_imports = {("" if imp.domain == "ai.onnx" else imp.domain): imp.version for imp in proto.opset_import}
     names: set[str] = set()
     node_names: set[str] = set()
     model.graph = _import_graph(proto.graph, model, [], None, names, node_names)
     model.graph._set_model(model)
     model.register_names(names, node_names)
-    model.version = 0
+    model.reset_version()
     return model
 
 
@@ -175,12 +174,19 @@ def _value_info(v: Value, name: str | None = None) -> onnx.ValueInfoProto:
     return vi
 
 
-def to_proto(model: Model, *, value_info: bool | None = None) -> onnx.ModelProto:
+def to_proto(
+    model: Model,
+    *,
+    value_info: bool | None = None,
+    initializer: Callable[[Value], onnx.TensorProto] | None = None,
+) -> onnx.ModelProto:
     """Export the IR as a ModelProto (graphs are emitted in topological order).
 
     Tensors that refer to external data keep their references; :mod:`onnxforge.modelio` rewrites
     them when saving. ``value_info`` (default: ``model.export_value_info``) decides whether the
-    types of intermediate values are written.
+    types of intermediate values are written. ``initializer`` maps each dense initializer value
+    to the tensor written for it (e.g. a data-less stub for shape inference); the IR is not
+    touched.
     """
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto_shell)
@@ -189,11 +195,13 @@ def to_proto(model: Model, *, value_info: bool | None = None) -> onnx.ModelProto
     for dom, ver in model.opset_imports.items():
         proto.opset_import.add(domain=dom, version=ver)
     emit = model.export_value_info if value_info is None else value_info
-    proto.graph.CopyFrom(_export_graph(model.graph, emit))
+    proto.graph.CopyFrom(_export_graph(model.graph, emit, initializer))
     return proto
 
 
-def _export_graph(g: Graph, value_info: bool = True) -> onnx.GraphProto:
+def _export_graph(
+    g: Graph, value_info: bool = True, initializer: Callable[[Value], onnx.TensorProto] | None = None
+) -> onnx.GraphProto:
     """Export without touching the IR: nodes go out in topological order, names on copies."""
     gp = onnx.GraphProto(name=g.name, doc_string=g.doc_string)
     gp.metadata_props.extend(g.metadata_props)
@@ -208,7 +216,7 @@ def _export_graph(g: Graph, value_info: bool = True) -> onnx.GraphProto:
             gp.output.append(_value_info(v))
     for name, v in g.initializers.items():
         if v.const is not None:
-            gp.initializer.append(v.const)
+            gp.initializer.append(v.const if initializer is None else initializer(v))
             if v.const.name != name:
                 gp.initializer[-1].name = name
         elif v.sparse_const is not None:
@@ -236,10 +244,10 @@ def _export_graph(g: Graph, value_info: bool = True) -> onnx.GraphProto:
             if isinstance(sg, list):
                 a = onnx.AttributeProto(name=name, type=onnx.AttributeProto.GRAPHS)
                 for s in sg:
-                    a.graphs.append(_export_graph(s, value_info))
+                    a.graphs.append(_export_graph(s, value_info, initializer))
             else:
                 a = onnx.AttributeProto(name=name, type=onnx.AttributeProto.GRAPH)
-                a.g.CopyFrom(_export_graph(sg, value_info))
+                a.g.CopyFrom(_export_graph(sg, value_info, initializer))
             np_.attribute.append(a)
         for v in node._outputs:
             if value_info and v is not None and v.type is not None and v not in described:

@@ -53,7 +53,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxforge.ir import Graph, Model, Node, Value
+from onnxforge.ir import PROVENANCE_KEY, Graph, Model, Node, Value
 from onnxforge.ir.constants import add_constant, constant_node_tensor, constant_value
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
 
@@ -66,7 +66,7 @@ FP16_MAX = 65504.0
 #: Smallest positive (subnormal) float16, 2**-24.
 FP16_MIN_SUBNORMAL = 2.0**-24
 PROVENANCE = "fp16"
-_RULE_KEY = "onnxforge.rule"
+_RULE_KEY = PROVENANCE_KEY
 _ANY = -1  # a reader that accepts either float type
 _NON_TENSOR = -2  # sequence/optional/map values
 
@@ -504,7 +504,6 @@ class _Converter:
             clamped_tiny=self.counts.clamped_tiny,
             flushed_to_zero=self.counts.flushed_to_zero,
         )
-        self.model.version += 1  # retyping values alone does not always bump the version
         return PassResult(self.model.version != start, self.stats)
 
     def _is_constant(self, v: Value, plans: dict[Node, _Plan]) -> bool:

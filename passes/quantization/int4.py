@@ -55,7 +55,7 @@ import onnx
 from onnx import helper
 
 from onnxforge.errors import UsageError
-from onnxforge.ir import Graph, Model, Node, Value
+from onnxforge.ir import PROVENANCE_KEY, Graph, Model, Node, Value
 from onnxforge.ir.constants import add_constant, constant_value
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
 
@@ -397,7 +397,6 @@ class QuantizeWeightsInt4(Pass):
         for c in biases:
             if c not in weights:
                 _drop_if_unused(c)
-        model.version += 1
         log.info(
             "int4-weights: %d node(s), %d weight(s), %d -> %d bytes, %d skipped",
             stats.nodes,
@@ -526,7 +525,7 @@ def _append_node(
     node = Node(op_type, inputs, outputs, domain=domain, name=model.unique_node_name(name))
     for k, v in (attrs or {}).items():
         node.attributes[k] = helper.make_attribute(k, v)
-    node.metadata_props.append(onnx.StringStringEntryProto(key="onnxforge.rule", value=PROVENANCE))
+    node.metadata_props.append(onnx.StringStringEntryProto(key=PROVENANCE_KEY, value=PROVENANCE))
     return graph.append(node)
 
 

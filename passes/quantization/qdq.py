@@ -355,7 +355,6 @@ def apply_qdq(
             and _quantize_weight_input(node.graph, node, per_channel, weight_cache) is not None
         ):
             result.weight_only += 1
-    model.version += 1
     return result
 
 
