@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from onnxforge.kernels.registry import InvalidInputs, KernelCall, Unsupported
+from onnxforge.kernels.kernel import InvalidInputs, KernelCall, Unsupported
 
 FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 SIGNED = frozenset(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))

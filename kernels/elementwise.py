@@ -29,7 +29,10 @@ from onnxforge.kernels.checks import (
     require_same_dtype,
     scalar,
 )
-from onnxforge.kernels.registry import InvalidInputs, KernelCall, Unsupported, register
+from onnxforge.kernels.kernel import InvalidInputs, KernelCall, KernelSet, Unsupported
+
+#: The kernels this module defines (collected by onnxforge.kernels.table).
+KERNELS = KernelSet()
 
 # --------------------------------------------------------------------------------------------
 # Unary
@@ -78,7 +81,7 @@ _UNARY: dict[str, tuple[frozenset[np.dtype], Callable[[np.ndarray], np.ndarray],
 def _unary_kernel(op: str) -> None:
     dtypes, fn, min_opset = _UNARY[op]
 
-    @register(op, min_opset=min_opset)
+    @KERNELS.register(op, min_opset=min_opset)
     def kernel(call: KernelCall) -> np.ndarray:
         x = call.require(0)
         require_dtype(call, x, dtypes)
@@ -92,7 +95,7 @@ for _op in _UNARY:
     _unary_kernel(_op)
 
 
-@register("IsInf", attrs={"detect_negative", "detect_positive"}, min_opset=10)
+@KERNELS.register("IsInf", attrs={"detect_negative", "detect_positive"}, min_opset=10)
 def _isinf(call: KernelCall) -> np.ndarray:
     x = call.require(0)
     require_dtype(call, x, FLOATS)
@@ -129,7 +132,7 @@ _BINARY_MIN_OPSET = {"BitwiseAnd": 18, "BitwiseOr": 18, "BitwiseXor": 18}
 def _simple_binary_kernel(op: str) -> None:
     dtypes, fn = _SIMPLE_BINARY[op]
 
-    @register(op, min_opset=_BINARY_MIN_OPSET.get(op, 7), output_elements=broadcast_elements)
+    @KERNELS.register(op, min_opset=_BINARY_MIN_OPSET.get(op, 7), output_elements=broadcast_elements)
     def kernel(call: KernelCall) -> np.ndarray:
         a, b = _binary_inputs(call, dtypes)
         return _typed(fn(a, b), a.dtype)
@@ -148,7 +151,7 @@ def _check_int_divisor(call: KernelCall, a: np.ndarray, b: np.ndarray) -> None:
             raise Unsupported(f"{call.op_type}: integer overflow ({lo} / -1)")
 
 
-@register("Div", min_opset=7, output_elements=broadcast_elements)
+@KERNELS.register("Div", min_opset=7, output_elements=broadcast_elements)
 def _div(call: KernelCall) -> np.ndarray:
     a, b = _binary_inputs(call, NUMERIC)
     if a.dtype in FLOATS:
@@ -162,7 +165,7 @@ def _div(call: KernelCall) -> np.ndarray:
     return _typed(q + fix.astype(a.dtype), a.dtype)
 
 
-@register("Mod", attrs={"fmod"}, min_opset=10, output_elements=broadcast_elements)
+@KERNELS.register("Mod", attrs={"fmod"}, min_opset=10, output_elements=broadcast_elements)
 def _mod(call: KernelCall) -> np.ndarray:
     a, b = _binary_inputs(call, NUMERIC)
     fmod = int(call.attr("fmod", 0))
@@ -177,7 +180,7 @@ def _mod(call: KernelCall) -> np.ndarray:
 _POW_BASES = FLOATS | frozenset(np.dtype(t) for t in (np.int32, np.int64))
 
 
-@register("Pow", min_opset=7, output_elements=broadcast_elements)
+@KERNELS.register("Pow", min_opset=7, output_elements=broadcast_elements)
 def _pow(call: KernelCall) -> np.ndarray:
     x, y = call.require(0), call.require(1)
     require_dtype(call, x, _POW_BASES, "base")
@@ -197,7 +200,7 @@ def _pow(call: KernelCall) -> np.ndarray:
     return _typed(np.power(x.astype(np.int64), y.astype(np.int64)), x.dtype)
 
 
-@register("BitShift", attrs={"direction"}, min_opset=11, output_elements=broadcast_elements)
+@KERNELS.register("BitShift", attrs={"direction"}, min_opset=11, output_elements=broadcast_elements)
 def _bitshift(call: KernelCall) -> np.ndarray:
     x, y = call.require(0), call.require(1)
     require_same_dtype(call, [x, y])
@@ -234,22 +237,22 @@ def _fold_left(xs: list[np.ndarray], fn: Callable[[np.ndarray, np.ndarray], np.n
     return np.array(out, copy=True)
 
 
-@register("Max", min_opset=6, output_elements=broadcast_elements)
+@KERNELS.register("Max", min_opset=6, output_elements=broadcast_elements)
 def _max(call: KernelCall) -> np.ndarray:
     return _fold_left(_variadic(call, NUMERIC), np.maximum)
 
 
-@register("Min", min_opset=6, output_elements=broadcast_elements)
+@KERNELS.register("Min", min_opset=6, output_elements=broadcast_elements)
 def _min(call: KernelCall) -> np.ndarray:
     return _fold_left(_variadic(call, NUMERIC), np.minimum)
 
 
-@register("Sum", min_opset=6, output_elements=broadcast_elements)
+@KERNELS.register("Sum", min_opset=6, output_elements=broadcast_elements)
 def _sum(call: KernelCall) -> np.ndarray:
     return _fold_left(_variadic(call, FLOATS), np.add)
 
 
-@register("Mean", min_opset=6, output_elements=broadcast_elements)
+@KERNELS.register("Mean", min_opset=6, output_elements=broadcast_elements)
 def _mean(call: KernelCall) -> np.ndarray:
     xs = _variadic(call, FLOATS)
     total = _fold_left(xs, np.add)
@@ -275,7 +278,7 @@ _COMPARE: dict[str, tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], frozen
 def _compare_kernel(op: str) -> None:
     fn, dtypes, min_opset = _COMPARE[op]
 
-    @register(op, min_opset=min_opset, output_elements=broadcast_elements)
+    @KERNELS.register(op, min_opset=min_opset, output_elements=broadcast_elements)
     def kernel(call: KernelCall) -> np.ndarray:
         a, b = _binary_inputs(call, dtypes)
         if a.dtype in STRING:
@@ -287,7 +290,7 @@ for _op in _COMPARE:
     _compare_kernel(_op)
 
 
-@register("Where", min_opset=9, output_elements=broadcast_elements)
+@KERNELS.register("Where", min_opset=9, output_elements=broadcast_elements)
 def _where(call: KernelCall) -> np.ndarray:
     c, x, y = call.require(0), call.require(1), call.require(2)
     require_dtype(call, c, BOOL, "condition")
@@ -296,7 +299,7 @@ def _where(call: KernelCall) -> np.ndarray:
     return _typed(np.where(c, x, y), x.dtype)
 
 
-@register("Clip", attrs={"min", "max"}, min_opset=6)
+@KERNELS.register("Clip", attrs={"min", "max"}, min_opset=6)
 def _clip(call: KernelCall) -> np.ndarray:
     x = call.require(0)
     if call.opset < 11:
@@ -357,7 +360,7 @@ def _onnx_dtype(call: KernelCall, elem_type: int) -> np.dtype:
         raise InvalidInputs(f"{call.op_type}: unknown data type {elem_type}") from None
 
 
-@register("Cast", attrs={"to", "saturate", "round_mode"}, min_opset=6)
+@KERNELS.register("Cast", attrs={"to", "saturate", "round_mode"}, min_opset=6)
 def _cast(call: KernelCall) -> np.ndarray:
     # saturate and round_mode only affect float8 targets, which are refused.
     to = call.attr("to")
@@ -366,6 +369,6 @@ def _cast(call: KernelCall) -> np.ndarray:
     return cast_array(call, call.require(0), _onnx_dtype(call, to))
 
 
-@register("CastLike", attrs={"saturate", "round_mode"}, min_opset=15)
+@KERNELS.register("CastLike", attrs={"saturate", "round_mode"}, min_opset=15)
 def _castlike(call: KernelCall) -> np.ndarray:
     return cast_array(call, call.require(0), call.require(1).dtype)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from onnxforge.kernels.checks import FLOATS, broadcast_shape, num_elements, require_dtype, require_same_dtype
-from onnxforge.kernels.registry import InvalidInputs, KernelCall, register
+from onnxforge.kernels.kernel import InvalidInputs, KernelCall, KernelSet
+
+#: The kernels this module defines (collected by onnxforge.kernels.table).
+KERNELS = KernelSet()
 
 _MATMUL_TYPES = FLOATS | frozenset(np.dtype(t) for t in (np.int32, np.int64, np.uint32, np.uint64))
 
@@ -32,7 +35,7 @@ def _matmul_shape(call: KernelCall) -> tuple[int, ...]:
     return tuple(out)
 
 
-@register("MatMul", output_elements=lambda call: num_elements(_matmul_shape(call)))
+@KERNELS.register("MatMul", output_elements=lambda call: num_elements(_matmul_shape(call)))
 def _matmul(call: KernelCall) -> np.ndarray:
     a, b = call.require(0), call.require(1)
     require_same_dtype(call, [a, b])
@@ -61,7 +64,7 @@ def _gemm_elements(call: KernelCall) -> int:
     return a.shape[0] * b.shape[1]
 
 
-@register("Gemm", attrs={"alpha", "beta", "transA", "transB"}, min_opset=7, output_elements=_gemm_elements)
+@KERNELS.register("Gemm", attrs={"alpha", "beta", "transA", "transB"}, min_opset=7, output_elements=_gemm_elements)
 def _gemm(call: KernelCall) -> np.ndarray:
     a, b = _gemm_operands(call)
     c = call.input(2)

@@ -22,7 +22,10 @@ from onnxforge.kernels.checks import (
     normalize_axis,
     require_dtype,
 )
-from onnxforge.kernels.registry import InvalidInputs, KernelCall, Unsupported, register
+from onnxforge.kernels.kernel import InvalidInputs, KernelCall, KernelSet, Unsupported
+
+#: The kernels this module defines (collected by onnxforge.kernels.table).
+KERNELS = KernelSet()
 
 _Reducer = Callable[[np.ndarray, tuple[int, ...], bool], np.ndarray]
 
@@ -60,7 +63,7 @@ _REDUCE: dict[str, tuple[int, frozenset[np.dtype], _Reducer]] = {
 def _reduce_kernel(op: str) -> None:
     axes_input_opset, dtypes, reducer = _REDUCE[op]
 
-    @register(op, attrs={"axes", "keepdims", "noop_with_empty_axes"})
+    @KERNELS.register(op, attrs={"axes", "keepdims", "noop_with_empty_axes"})
     def kernel(call: KernelCall) -> np.ndarray:
         x = call.require(0)
         require_dtype(call, x, dtypes)
@@ -92,7 +95,7 @@ for _op in _REDUCE:
 
 
 def _arg_kernel(op: str, np_fn: Callable[..., np.ndarray]) -> None:
-    @register(op, attrs={"axis", "keepdims", "select_last_index"})
+    @KERNELS.register(op, attrs={"axis", "keepdims", "select_last_index"})
     def kernel(call: KernelCall) -> np.ndarray:
         x = call.require(0)
         require_dtype(call, x, NUMERIC)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxforge.kernels.registry import InvalidInputs, Unsupported
+from onnxforge.kernels.kernel import InvalidInputs, Unsupported
 
 #: Ops the fallback never evaluates.
 EXCLUDED = frozenset(

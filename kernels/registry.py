@@ -21,147 +21,54 @@ Usage::
     (y,) = evaluate("Add", [a, b], opset=17)
 
 Kernels live in :mod:`onnxforge.kernels.elementwise`, :mod:`~onnxforge.kernels.tensor_ops`,
-:mod:`~onnxforge.kernels.reductions` and :mod:`~onnxforge.kernels.linalg`; they register
-themselves with :func:`register` when first needed.
+:mod:`~onnxforge.kernels.reductions` and :mod:`~onnxforge.kernels.linalg`, each in its own
+:class:`~onnxforge.kernels.kernel.KernelSet`; :mod:`onnxforge.kernels.table` collects them,
+with the cost formulas, into the one op table this module reads.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
-#: Modules that define kernels (imported on first lookup).
-_KERNEL_MODULES = (
-    "onnxforge.kernels.elementwise",
-    "onnxforge.kernels.tensor_ops",
-    "onnxforge.kernels.reductions",
-    "onnxforge.kernels.linalg",
+from onnxforge.kernels.kernel import (
+    InvalidInputs,
+    Kernel,
+    KernelCall,
+    KernelError,
+    KernelFn,
+    KernelSet,
+    SizeFn,
+    Unsupported,
 )
+from onnxforge.kernels.table import TABLE
 
-
-class KernelError(Exception):
-    """A kernel could not produce a result; the node must be left for the runtime."""
-
-
-class Unsupported(KernelError):
-    """The operator, opset, attribute, data type or input values are outside what the kernel
-    evaluates faithfully (including values whose ONNX result is implementation-defined)."""
-
-
-class InvalidInputs(KernelError):
-    """The inputs violate the operator's specification: the runtime would raise an error."""
-
-
-@dataclass(frozen=True)
-class KernelCall:
-    """Everything a kernel sees: inputs (``None`` for omitted optional ones), python attribute
-    values, the opset version of the operator's domain and the node's number of outputs."""
-
-    op_type: str
-    inputs: Sequence[np.ndarray | None]
-    attrs: Mapping[str, Any] = field(default_factory=dict)
-    opset: int = 21
-    num_outputs: int = 1
-
-    def input(self, i: int) -> np.ndarray | None:
-        """Input ``i``, or None when omitted or past the end."""
-        return self.inputs[i] if i < len(self.inputs) else None
-
-    def require(self, i: int) -> np.ndarray:
-        """Input ``i``; raises :class:`InvalidInputs` when it is missing."""
-        x = self.input(i)
-        if x is None:
-            raise InvalidInputs(f"{self.op_type}: required input {i} is missing")
-        return x
-
-    def attr(self, name: str, default: Any = None) -> Any:
-        return self.attrs.get(name, default)
-
-    def present(self) -> list[np.ndarray]:
-        """The inputs that are not omitted, in order."""
-        return [x for x in self.inputs if x is not None]
-
-
-KernelFn = Callable[[KernelCall], "np.ndarray | Sequence[np.ndarray]"]
-SizeFn = Callable[[KernelCall], int]
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """A registered kernel.
-
-    ``attrs`` are the attribute names it understands; ``min_opset`` the first opset whose
-    semantics it implements. ``output_elements`` (for operators whose output can be much larger
-    than their inputs: Expand, Tile, broadcasting, ...) returns the number of output elements
-    from the inputs' shapes *without computing anything*, so callers can refuse huge results
-    before allocating them. ``shape_only`` kernels read nothing but the shape of input 0.
-    """
-
-    op_type: str
-    fn: KernelFn
-    attrs: frozenset[str] = frozenset()
-    min_opset: int = 1
-    output_elements: SizeFn | None = None
-    shape_only: bool = False
-
-
-_REGISTRY: dict[str, Kernel] = {}
-_loaded = False
-
-
-def register(
-    op_types: str | Iterable[str],
-    *,
-    attrs: Iterable[str] = (),
-    min_opset: int = 1,
-    output_elements: SizeFn | None = None,
-    shape_only: bool = False,
-) -> Callable[[KernelFn], KernelFn]:
-    """Decorator registering ``fn`` as the kernel of one or more default-domain operators."""
-    names = [op_types] if isinstance(op_types, str) else list(op_types)
-
-    def deco(fn: KernelFn) -> KernelFn:
-        for name in names:
-            if name in _REGISTRY:
-                raise ValueError(f"kernel for {name!r} registered twice")
-            _REGISTRY[name] = Kernel(
-                name, fn, frozenset(attrs), min_opset, output_elements, shape_only
-            )
-        return fn
-
-    return deco
-
-
-def _ensure_loaded() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for mod in _KERNEL_MODULES:
-            importlib.import_module(mod)
+__all__ = [
+    "InvalidInputs",
+    "Kernel",
+    "KernelCall",
+    "KernelError",
+    "KernelFn",
+    "KernelSet",
+    "SizeFn",
+    "Unsupported",
+    "estimate_output_elements",
+    "evaluate",
+    "get_kernel",
+    "registered_ops",
+]
 
 
 def registered_ops() -> list[str]:
     """Names of every operator with a kernel, sorted."""
-    _ensure_loaded()
-    return sorted(_REGISTRY)
+    return TABLE.kernel_ops()
 
 
 def get_kernel(op_type: str, domain: str = "", opset: int | None = None) -> Kernel | None:
     """The kernel for ``op_type`` in ``domain`` at ``opset`` (None when there is none)."""
-    if domain not in ("", "ai.onnx"):
-        return None
-    _ensure_loaded()
-    k = _REGISTRY.get(op_type)
-    if k is None or (opset is not None and opset < k.min_opset):
-        return None
-    return k
+    return TABLE.kernel(op_type, domain, opset)
 
 
 def _check_call(kernel: Kernel, call: KernelCall) -> None:

@@ -28,13 +28,16 @@ from onnxforge.kernels.checks import (
     require_same_dtype,
     scalar,
 )
-from onnxforge.kernels.registry import InvalidInputs, KernelCall, Unsupported, register
+from onnxforge.kernels.kernel import InvalidInputs, KernelCall, KernelSet, Unsupported
+
+#: The kernels this module defines (collected by onnxforge.kernels.table).
+KERNELS = KernelSet()
 
 
 # --------------------------------------------------------------------------------------------
 # Shape queries
 # --------------------------------------------------------------------------------------------
-@register("Shape", attrs={"start", "end"}, shape_only=True)
+@KERNELS.register("Shape", attrs={"start", "end"}, shape_only=True)
 def _shape(call: KernelCall) -> np.ndarray:
     dims = call.require(0).shape
     r = len(dims)
@@ -46,12 +49,12 @@ def _shape(call: KernelCall) -> np.ndarray:
     return np.array(dims[start:end], dtype=np.int64)
 
 
-@register("Size", shape_only=True)
+@KERNELS.register("Size", shape_only=True)
 def _size(call: KernelCall) -> np.ndarray:
     return np.array(num_elements(call.require(0).shape), dtype=np.int64)
 
 
-@register("Identity")
+@KERNELS.register("Identity")
 def _identity(call: KernelCall) -> np.ndarray:
     return call.require(0).copy()
 
@@ -59,7 +62,7 @@ def _identity(call: KernelCall) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Reshaping
 # --------------------------------------------------------------------------------------------
-@register("Reshape", attrs={"allowzero"}, min_opset=5)
+@KERNELS.register("Reshape", attrs={"allowzero"}, min_opset=5)
 def _reshape(call: KernelCall) -> np.ndarray:
     x = call.require(0)
     shape = int_vector(call, call.require(1), "shape")
@@ -87,7 +90,7 @@ def _reshape(call: KernelCall) -> np.ndarray:
     return x.reshape(dims)
 
 
-@register("Flatten", attrs={"axis"})
+@KERNELS.register("Flatten", attrs={"axis"})
 def _flatten(call: KernelCall) -> np.ndarray:
     x = call.require(0)
     r = x.ndim
@@ -109,7 +112,7 @@ def _axes_arg(call: KernelCall, attr_until: int) -> list[int] | None:
     return int_vector(call, call.input(1), "axes")
 
 
-@register("Squeeze", attrs={"axes"})
+@KERNELS.register("Squeeze", attrs={"axes"})
 def _squeeze(call: KernelCall) -> np.ndarray:
     x = call.require(0)
     axes = _axes_arg(call, 13)
@@ -122,7 +125,7 @@ def _squeeze(call: KernelCall) -> np.ndarray:
     return x.reshape([d for i, d in enumerate(x.shape) if i not in norm])
 
 
-@register("Unsqueeze", attrs={"axes"})
+@KERNELS.register("Unsqueeze", attrs={"axes"})
 def _unsqueeze(call: KernelCall) -> np.ndarray:
     x = call.require(0)
     axes = _axes_arg(call, 13)
@@ -134,7 +137,7 @@ def _unsqueeze(call: KernelCall) -> np.ndarray:
     return x.reshape([1 if i in norm else next(dims) for i in range(out_rank)])
 
 
-@register("Transpose", attrs={"perm"})
+@KERNELS.register("Transpose", attrs={"perm"})
 def _transpose(call: KernelCall) -> np.ndarray:
     x = call.require(0)
     perm = call.attr("perm")
@@ -149,7 +152,7 @@ def _transpose(call: KernelCall) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Joining and splitting
 # --------------------------------------------------------------------------------------------
-@register("Concat", attrs={"axis"}, min_opset=4)
+@KERNELS.register("Concat", attrs={"axis"}, min_opset=4)
 def _concat(call: KernelCall) -> np.ndarray:
     xs = call.present()
     if not xs:
@@ -164,7 +167,7 @@ def _concat(call: KernelCall) -> np.ndarray:
     return np.concatenate(xs, axis=axis)
 
 
-@register("Split", attrs={"axis", "split", "num_outputs"}, min_opset=2)
+@KERNELS.register("Split", attrs={"axis", "split", "num_outputs"}, min_opset=2)
 def _split(call: KernelCall) -> list[np.ndarray]:
     x = call.require(0)
     if x.ndim == 0:
@@ -227,7 +230,7 @@ def _slice_args(call: KernelCall) -> tuple[list[int], list[int], list[int] | Non
     return starts, ends, int_vector(call, call.input(3), "axes"), int_vector(call, call.input(4), "steps")
 
 
-@register("Slice", attrs={"starts", "ends", "axes"})
+@KERNELS.register("Slice", attrs={"starts", "ends", "axes"})
 def _slice(call: KernelCall) -> np.ndarray:
     x = call.require(0)
     starts, ends, axes, steps = _slice_args(call)
@@ -271,7 +274,7 @@ def _gather_elements_count(call: KernelCall) -> int:
     return (x.size // max(x.shape[axis], 1)) * idx.size if x.ndim else idx.size
 
 
-@register("Gather", attrs={"axis"}, output_elements=_gather_elements_count)
+@KERNELS.register("Gather", attrs={"axis"}, output_elements=_gather_elements_count)
 def _gather(call: KernelCall) -> np.ndarray:
     x, idx = call.require(0), call.require(1)
     if x.ndim == 0:
@@ -280,7 +283,7 @@ def _gather(call: KernelCall) -> np.ndarray:
     return np.take(x, _normalized_indices(call, idx, x.shape[axis]), axis=axis)
 
 
-@register("GatherElements", attrs={"axis"}, min_opset=11)
+@KERNELS.register("GatherElements", attrs={"axis"}, min_opset=11)
 def _gather_elements(call: KernelCall) -> np.ndarray:
     x, idx = call.require(0), call.require(1)
     if x.ndim == 0 or idx.ndim != x.ndim:
@@ -317,7 +320,7 @@ def _expand_shape(call: KernelCall) -> tuple[int, ...]:
         raise InvalidInputs(f"Expand: {x.shape} does not broadcast to {target}") from None
 
 
-@register("Expand", min_opset=8, output_elements=lambda call: num_elements(_expand_shape(call)))
+@KERNELS.register("Expand", min_opset=8, output_elements=lambda call: num_elements(_expand_shape(call)))
 def _expand(call: KernelCall) -> np.ndarray:
     return np.broadcast_to(call.require(0), _expand_shape(call))
 
@@ -330,7 +333,7 @@ def _tile_repeats(call: KernelCall) -> list[int]:
     return reps
 
 
-@register(
+@KERNELS.register(
     "Tile", min_opset=6, output_elements=lambda call: call.require(0).size * num_elements(_tile_repeats(call))
 )
 def _tile(call: KernelCall) -> np.ndarray:
@@ -347,7 +350,7 @@ def _fill_value(call: KernelCall) -> np.ndarray:
     return arr.reshape(())
 
 
-@register(
+@KERNELS.register(
     "ConstantOfShape",
     attrs={"value"},
     min_opset=9,
@@ -386,7 +389,7 @@ def _range_args(call: KernelCall) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     return start, limit, delta, n
 
 
-@register("Range", attrs={"stash_type"}, min_opset=11, output_elements=lambda call: _range_args(call)[3])
+@KERNELS.register("Range", attrs={"stash_type"}, min_opset=11, output_elements=lambda call: _range_args(call)[3])
 def _range(call: KernelCall) -> np.ndarray:
     start, _, delta, n = _range_args(call)
     dt = start.dtype
@@ -439,7 +442,7 @@ def _pad_elements(call: KernelCall) -> int:
     return num_elements(max(d + b + e, 0) for d, b, e in zip(x.shape, begin, end))
 
 
-@register("Pad", attrs={"mode", "pads", "value"}, min_opset=2, output_elements=_pad_elements)
+@KERNELS.register("Pad", attrs={"mode", "pads", "value"}, min_opset=2, output_elements=_pad_elements)
 def _pad(call: KernelCall) -> np.ndarray:
     x, begin, end, mode, value = _pad_args(call)
     require_dtype(call, x, PLAIN)
@@ -471,7 +474,7 @@ def _pad(call: KernelCall) -> np.ndarray:
     return np.pad(x, widths, mode="wrap")
 
 
-@register("Trilu", attrs={"upper"}, min_opset=14)
+@KERNELS.register("Trilu", attrs={"upper"}, min_opset=14)
 def _trilu(call: KernelCall) -> np.ndarray:
     x = call.require(0)
     require_dtype(call, x, PLAIN)
@@ -486,7 +489,7 @@ def _trilu(call: KernelCall) -> np.ndarray:
 _CUMSUM_TYPES = frozenset(np.dtype(t) for t in (np.int32, np.int64, np.uint32, np.uint64, np.float32, np.float64))
 
 
-@register("CumSum", attrs={"exclusive", "reverse"}, min_opset=11)
+@KERNELS.register("CumSum", attrs={"exclusive", "reverse"}, min_opset=11)
 def _cumsum(call: KernelCall) -> np.ndarray:
     x = call.require(0)
     require_dtype(call, x, _CUMSUM_TYPES)
@@ -509,7 +512,7 @@ def _cumsum(call: KernelCall) -> np.ndarray:
     return np.flip(out, axis) if reverse else out
 
 
-@register("NonZero", min_opset=9)
+@KERNELS.register("NonZero", min_opset=9)
 def _nonzero(call: KernelCall) -> np.ndarray:
     x = call.require(0)
     require_dtype(call, x, NUMERIC | PLAIN)

@@ -35,8 +35,15 @@ from onnxforge.cost.roofline import TargetProfile, dtype_class, get_profile
 from onnxforge.cost.shapes import ShapeBindings, ShapeTable, bind_inputs
 from onnxforge.ir import Graph, Model, Node, Value
 from onnxforge.ir.constants import constant_value, is_constant
-from onnxforge.kernels.costs import CostCall, MissingShape, OpCost, TensorInfo, get_formula
-from onnxforge.kernels.costs.registry import MATMUL, MOVEMENT
+from onnxforge.kernels.costs.registry import (
+    MATMUL,
+    MOVEMENT,
+    CostCall,
+    MissingShape,
+    OpCost,
+    TensorInfo,
+    get_formula,
+)
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from onnxforge.cost.probe import probe_types
 from onnxforge.errors import UsageError
 from onnxforge.ir import Model, Value
 from onnxforge.ir.constants import constant_node_tensor, constant_value, is_constant
-from onnxforge.kernels.costs import TensorInfo
+from onnxforge.kernels.costs.registry import TensorInfo
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,18 @@ query/value hidden sizes and ``n`` heads:
 
 from __future__ import annotations
 
-from onnxforge.kernels.costs.registry import (
+from onnxforge.kernels.costs.formula import (
     MATMUL,
     MS_DOMAIN,
     CostCall,
+    FormulaSet,
     MissingShape,
     OpCost,
     TensorInfo,
-    register_cost,
 )
+
+#: The cost formulas this module defines (collected by onnxforge.kernels.table).
+FORMULAS = FormulaSet()
 
 _SOFTMAX = 5 + 1  # softmax + scaling, per score
 
@@ -37,7 +40,7 @@ def _products(rows: int, length: int, hq: int, hv: int, heads: int) -> OpCost:
     return OpCost(macs, 2 * macs + _SOFTMAX * rows * heads * length)
 
 
-@register_cost("Attention", kind=MATMUL, domain=MS_DOMAIN)
+@FORMULAS.register("Attention", kind=MATMUL, domain=MS_DOMAIN)
 def _ms_attention(call: CostCall) -> OpCost:
     x = call.require_input(0)
     w = call.require_input(1)
@@ -69,7 +72,7 @@ def _kv_length(key: TensorInfo | None, fallback: int) -> int:
     return fallback
 
 
-@register_cost("MultiHeadAttention", kind=MATMUL, domain=MS_DOMAIN)
+@FORMULAS.register("MultiHeadAttention", kind=MATMUL, domain=MS_DOMAIN)
 def _ms_mha(call: CostCall) -> OpCost:
     q = call.require_input(0)
     y = call.require_output(0)
@@ -91,7 +94,7 @@ def _ms_mha(call: CostCall) -> OpCost:
     return _products(b * s, length, hq, hv, heads) + OpCost(0, bias)
 
 
-@register_cost("GroupQueryAttention", kind=MATMUL, domain=MS_DOMAIN)
+@FORMULAS.register("GroupQueryAttention", kind=MATMUL, domain=MS_DOMAIN)
 def _ms_gqa(call: CostCall) -> OpCost:
     q = call.require_input(0)
     y = call.require_output(0)
@@ -105,7 +108,7 @@ def _ms_gqa(call: CostCall) -> OpCost:
     return _products(b * s, length, hq, hv, heads)
 
 
-@register_cost("Attention", kind=MATMUL)
+@FORMULAS.register("Attention", kind=MATMUL)
 def _onnx_attention(call: CostCall) -> OpCost:
     q = call.require_input(0)
     k = call.require_input(1)

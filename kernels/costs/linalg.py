@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import math
 
-from onnxforge.kernels.costs.pointwise import activation_flops
-from onnxforge.kernels.costs.registry import (
+from onnxforge.kernels.costs.formula import (
     MATMUL,
     MS_DOMAIN,
     CostCall,
+    FormulaSet,
     MissingShape,
     OpCost,
-    register_cost,
 )
+from onnxforge.kernels.costs.pointwise import activation_flops
+
+#: The cost formulas this module defines (collected by onnxforge.kernels.table).
+FORMULAS = FormulaSet()
 
 #: Per-output-element operations of requantizing an int32 accumulator (scale, round, clamp).
 REQUANT_FLOPS = 3
@@ -48,21 +51,21 @@ def _bias_flops(call: CostCall, index: int) -> int:
     return call.require_output(0).numel if call.input(index) is not None else 0
 
 
-@register_cost(["Conv", "ConvInteger"], kind=MATMUL)
+@FORMULAS.register(["Conv", "ConvInteger"], kind=MATMUL)
 def _conv(call: CostCall) -> OpCost:
     macs = _conv_macs(call, 1)
     bias = _bias_flops(call, 2) if call.op_type == "Conv" else 0
     return OpCost(macs, 2 * macs + bias)
 
 
-@register_cost("QLinearConv", kind=MATMUL)
+@FORMULAS.register("QLinearConv", kind=MATMUL)
 def _qlinear_conv(call: CostCall) -> OpCost:
     macs = _conv_macs(call, 3)
     y = call.require_output(0).numel
     return OpCost(macs, 2 * macs + _bias_flops(call, 8) + REQUANT_FLOPS * y)
 
 
-@register_cost(["FusedConv", "NhwcConv"], kind=MATMUL, domain=MS_DOMAIN)
+@FORMULAS.register(["FusedConv", "NhwcConv"], kind=MATMUL, domain=MS_DOMAIN)
 def _fused_conv(call: CostCall) -> OpCost:
     macs = _conv_macs(call, 1)
     y = call.require_output(0).numel
@@ -71,7 +74,7 @@ def _fused_conv(call: CostCall) -> OpCost:
     return OpCost(macs, 2 * macs + extra)
 
 
-@register_cost("ConvTranspose", kind=MATMUL)
+@FORMULAS.register("ConvTranspose", kind=MATMUL)
 def _conv_transpose(call: CostCall) -> OpCost:
     x = call.require_input(0)
     w = call.require_input(1)
@@ -90,13 +93,13 @@ def _gemm_macs(call: CostCall) -> int:
     return y.numel * k
 
 
-@register_cost("Gemm", kind=MATMUL)
+@FORMULAS.register("Gemm", kind=MATMUL)
 def _gemm(call: CostCall) -> OpCost:
     macs = _gemm_macs(call)
     return OpCost(macs, 2 * macs + _bias_flops(call, 2))
 
 
-@register_cost("FusedGemm", kind=MATMUL, domain=MS_DOMAIN)
+@FORMULAS.register("FusedGemm", kind=MATMUL, domain=MS_DOMAIN)
 def _fused_gemm(call: CostCall) -> OpCost:
     macs = _gemm_macs(call)
     y = call.require_output(0).numel
@@ -112,32 +115,32 @@ def _matmul_macs(call: CostCall, a_index: int = 0, trans_a: bool = False) -> int
     return y.numel * k
 
 
-@register_cost(["MatMul", "MatMulInteger"], kind=MATMUL)
+@FORMULAS.register(["MatMul", "MatMulInteger"], kind=MATMUL)
 def _matmul(call: CostCall) -> OpCost:
     macs = _matmul_macs(call)
     return OpCost(macs, 2 * macs)
 
 
-@register_cost("QLinearMatMul", kind=MATMUL)
+@FORMULAS.register("QLinearMatMul", kind=MATMUL)
 def _qlinear_matmul(call: CostCall) -> OpCost:
     macs = _matmul_macs(call)
     return OpCost(macs, 2 * macs + REQUANT_FLOPS * call.require_output(0).numel)
 
 
-@register_cost("FusedMatMul", kind=MATMUL, domain=MS_DOMAIN)
+@FORMULAS.register("FusedMatMul", kind=MATMUL, domain=MS_DOMAIN)
 def _fused_matmul(call: CostCall) -> OpCost:
     macs = _matmul_macs(call, trans_a=bool(int(call.attr("transA", 0) or 0)))
     return OpCost(macs, 2 * macs + call.require_output(0).numel)  # alpha scaling
 
 
-@register_cost("MatMulIntegerToFloat", kind=MATMUL, domain=MS_DOMAIN)
+@FORMULAS.register("MatMulIntegerToFloat", kind=MATMUL, domain=MS_DOMAIN)
 def _matmul_integer_to_float(call: CostCall) -> OpCost:
     macs = _matmul_macs(call)
     y = call.require_output(0).numel
     return OpCost(macs, 2 * macs + DEQUANT_FLOPS * y + _bias_flops(call, 6))
 
 
-@register_cost("DynamicQuantizeMatMul", kind=MATMUL, domain=MS_DOMAIN)
+@FORMULAS.register("DynamicQuantizeMatMul", kind=MATMUL, domain=MS_DOMAIN)
 def _dynamic_quantize_matmul(call: CostCall) -> OpCost:
     macs = _matmul_macs(call)
     a = call.require_input(0).numel
@@ -145,7 +148,7 @@ def _dynamic_quantize_matmul(call: CostCall) -> OpCost:
     return OpCost(macs, 2 * macs + DYNAMIC_QUANT_FLOPS * a + DEQUANT_FLOPS * y + _bias_flops(call, 4))
 
 
-@register_cost("MatMulNBits", kind=MATMUL, domain=MS_DOMAIN)
+@FORMULAS.register("MatMulNBits", kind=MATMUL, domain=MS_DOMAIN)
 def _matmul_nbits(call: CostCall) -> OpCost:
     a = call.require_input(0)
     k = int(call.attr("K", 0) or 0) or a.shape[-1]
@@ -165,7 +168,7 @@ def _einsum_terms(equation: str, ranks: list[int]) -> tuple[list[str], str | Non
     return terms, (rhs if "->" in eq else None)
 
 
-@register_cost("Einsum", kind=MATMUL)
+@FORMULAS.register("Einsum", kind=MATMUL)
 def _einsum(call: CostCall) -> OpCost:
     equation = call.attr("equation")
     if isinstance(equation, bytes):

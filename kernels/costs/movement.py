@@ -7,7 +7,10 @@ here: the cost model counts the subgraphs it runs (see :mod:`onnxforge.cost`).
 
 from __future__ import annotations
 
-from onnxforge.kernels.costs.registry import MOVEMENT, CostCall, OpCost, register_cost
+from onnxforge.kernels.costs.formula import MOVEMENT, CostCall, FormulaSet, OpCost
+
+#: The cost formulas this module defines (collected by onnxforge.kernels.table).
+FORMULAS = FormulaSet()
 
 #: Default-domain operators that only move data.
 MOVEMENT_OPS = (
@@ -21,6 +24,6 @@ MOVEMENT_OPS = (
 ).split()
 
 
-@register_cost(MOVEMENT_OPS, kind=MOVEMENT)
+@FORMULAS.register(MOVEMENT_OPS, kind=MOVEMENT)
 def _movement(call: CostCall) -> OpCost:
     return OpCost(0, 0)

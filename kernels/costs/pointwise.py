@@ -11,13 +11,16 @@ one more.
 
 from __future__ import annotations
 
-from onnxforge.kernels.costs.registry import (
+from onnxforge.kernels.costs.formula import (
     MS_DOMAIN,
     CostCall,
+    FormulaSet,
     OpCost,
     elementwise,
-    register_cost,
 )
+
+#: The cost formulas this module defines (collected by onnxforge.kernels.table).
+FORMULAS = FormulaSet()
 
 #: Operations per output element of one-operation elementwise ops.
 _ONE = (
@@ -116,19 +119,19 @@ def activation_flops(activation: object, elements: int) -> int:
 
 
 for _op, _n in PER_ELEMENT.items():
-    register_cost(_op)(elementwise(_n))
+    FORMULAS.register(_op)(elementwise(_n))
 for _op, _n in MS_PER_ELEMENT.items():
-    register_cost(_op, domain=MS_DOMAIN)(elementwise(_n))
+    FORMULAS.register(_op, domain=MS_DOMAIN)(elementwise(_n))
 
 
-@register_cost(["Sum", "Max", "Min", "Mean"])
+@FORMULAS.register(["Sum", "Max", "Min", "Mean"])
 def _variadic(call: CostCall) -> OpCost:
     n = sum(1 for t in call.inputs if t is not None) or len(call.inputs)
     per = max(n - 1, 0) + (1 if call.op_type == "Mean" else 0)
     return OpCost(0, per * call.require_output(0).numel)
 
 
-@register_cost("BatchNormalization")
+@FORMULAS.register("BatchNormalization")
 def _batch_norm(call: CostCall) -> OpCost:
     """Inference form: per channel, ``scale / sqrt(var + eps)`` and the shift (4 operations),
     then a multiply and an add per element. Training mode adds the statistics (3 per element)."""

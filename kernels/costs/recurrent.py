@@ -9,13 +9,16 @@ two tanh, cell update ``f*c + i*g``, ``o * tanh(c)``; 6 more with peepholes), GR
 
 from __future__ import annotations
 
-from onnxforge.kernels.costs.registry import MATMUL, CostCall, MissingShape, OpCost, register_cost
+from onnxforge.kernels.costs.formula import MATMUL, CostCall, FormulaSet, MissingShape, OpCost
+
+#: The cost formulas this module defines (collected by onnxforge.kernels.table).
+FORMULAS = FormulaSet()
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _GATE_FLOPS = {"LSTM": 18, "GRU": 13, "RNN": 1}
 
 
-@register_cost(["LSTM", "GRU", "RNN"], kind=MATMUL)
+@FORMULAS.register(["LSTM", "GRU", "RNN"], kind=MATMUL)
 def _recurrent(call: CostCall) -> OpCost:
     x = call.require_input(0)
     r = call.require_input(2)

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import math
 
-from onnxforge.kernels.costs.registry import CostCall, MissingShape, OpCost, ints, register_cost
+from onnxforge.kernels.costs.formula import CostCall, FormulaSet, MissingShape, OpCost, ints
+
+#: The cost formulas this module defines (collected by onnxforge.kernels.table).
+FORMULAS = FormulaSet()
 
 
 def _window(call: CostCall) -> int:
@@ -25,7 +28,7 @@ def _window(call: CostCall) -> int:
     return math.prod(kernel)
 
 
-@register_cost(["MaxPool", "AveragePool", "LpPool", "MaxRoiPool"])
+@FORMULAS.register(["MaxPool", "AveragePool", "LpPool", "MaxRoiPool"])
 def _pool(call: CostCall) -> OpCost:
     y = call.require_output(0).numel
     if call.op_type == "MaxRoiPool":
@@ -41,7 +44,7 @@ def _pool(call: CostCall) -> OpCost:
     return OpCost(0, y * per)
 
 
-@register_cost(["GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"])
+@FORMULAS.register(["GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"])
 def _global_pool(call: CostCall) -> OpCost:
     x = call.require_input(0).numel
     y = call.require_output(0).numel
@@ -71,14 +74,14 @@ _REDUCE_PER_INPUT = {
 _REDUCE_PER_OUTPUT = {"ReduceMean": 1, "ReduceLogSum": 1, "ReduceL2": 1, "ReduceLogSumExp": 1}
 
 
-@register_cost(list(_REDUCE_PER_INPUT))
+@FORMULAS.register(list(_REDUCE_PER_INPUT))
 def _reduce(call: CostCall) -> OpCost:
     x = call.require_input(0).numel
     y = call.require_output(0).numel
     return OpCost(0, _REDUCE_PER_INPUT[call.op_type] * x + _REDUCE_PER_OUTPUT.get(call.op_type, 0) * y)
 
 
-@register_cost(["Resize", "Upsample"])
+@FORMULAS.register(["Resize", "Upsample"])
 def _resize(call: CostCall) -> OpCost:
     x = call.require_input(0)
     y = call.require_output(0)
@@ -92,13 +95,13 @@ def _resize(call: CostCall) -> OpCost:
     return OpCost(0, per * y.numel)
 
 
-@register_cost("LRN")
+@FORMULAS.register("LRN")
 def _lrn(call: CostCall) -> OpCost:
     size = int(call.attr("size", 1) or 1)
     return OpCost(0, (2 * size + 3) * call.require_output(0).numel)
 
 
-@register_cost("TopK")
+@FORMULAS.register("TopK")
 def _topk(call: CostCall) -> OpCost:
     x = call.require_input(0)
     y = call.require_output(0)
@@ -111,7 +114,7 @@ def _fft(n: int) -> int:
     return int(5 * n * math.log2(n)) if n > 1 else 0
 
 
-@register_cost("DFT")
+@FORMULAS.register("DFT")
 def _dft(call: CostCall) -> OpCost:
     x = call.require_input(0)
     y = call.require_output(0)
@@ -123,7 +126,7 @@ def _dft(call: CostCall) -> OpCost:
     return OpCost(0, transforms * _fft(n))
 
 
-@register_cost("STFT")
+@FORMULAS.register("STFT")
 def _stft(call: CostCall) -> OpCost:
     y = call.require_output(0)  # [batch, frames, bins, 2]
     if y.rank != 4:
@@ -133,7 +136,7 @@ def _stft(call: CostCall) -> OpCost:
     return OpCost(0, batch * frames * (_fft(max(n, 1)) + n))  # + the window multiply
 
 
-@register_cost(["RoiAlign", "GridSample", "AffineGrid"])
+@FORMULAS.register(["RoiAlign", "GridSample", "AffineGrid"])
 def _sampling(call: CostCall) -> OpCost:
     y = call.require_output(0).numel
     if call.op_type == "RoiAlign":

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 from onnx import TensorProto
 
-from onnxforge.kernels.costs import (
+from onnxforge.kernels.costs.registry import (
+    MATMUL,
+    MOVEMENT,
+    MS_DOMAIN,
+    VECTOR,
     CostCall,
     MissingShape,
     OpCost,
@@ -14,7 +18,6 @@ from onnxforge.kernels.costs import (
     get_formula,
     op_cost,
 )
-from onnxforge.kernels.costs.registry import MATMUL, MOVEMENT, MS_DOMAIN, VECTOR
 from onnxforge.kernels.registry import registered_ops
 
 F = TensorProto.FLOAT
