@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "Speed-up over the original at ORT_ENABLE_ALL (same interleaved run) of `--target cpu`, of `--target cpu` "
         "with SkipLayerNormalization forced (`--option fuse-onnxruntime.skip_layer_norm=true`), and of onnxruntime's "
         "transformers optimizer output, which also uses SkipLayerNormalization. `--target cpu` leaves it out when "
-        "onnxruntime's CPU kernel measures slower than Add + LayerNormalization (`onnxforge.ort_choices`).",
+        "onnxruntime's CPU kernel measures slower than Add + LayerNormalization (`onnxforge.runtime.choices`).",
         "",
         "| model | nodes, --target cpu | speed-up | nodes, + SkipLayerNorm | speed-up | ORT transformers optimizer | speed-up |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -80,7 +80,7 @@ def cpu_session(model: bytes | str, options: Any) -> Any:
     give wrong outputs."""
     import onnxruntime as ort
 
-    from onnxforge.ort_choices import check_nchwc_block
+    from onnxforge.runtime.choices import check_nchwc_block
 
     sess = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     check_nchwc_block(sess.get_modelmeta().custom_metadata_map)

@@ -140,7 +140,7 @@ def _ort_fusion_options(options: Mapping[str, Mapping[str, Any]] | None, target:
         if target == "cuda":
             opts["skip_layer_norm"] = True
         else:
-            from onnxforge.ort_choices import skip_layer_norm_pays
+            from onnxforge.runtime.choices import skip_layer_norm_pays
 
             opts["skip_layer_norm"] = skip_layer_norm_pays()
     return opts

@@ -10,7 +10,7 @@ order of its elements changes. The filters of its ``Conv`` are stored pre-reorde
 * ``OIHWBo`` (depthwise convolutions, and convolutions reading a plain NCHW input with fewer
   than ``B`` channels): ``[O/B, I, kH, kW, Bo]``.
 
-Both keep the declared shape ``[Opad, Ipad, kH, kW]``. :func:`onnxforge.ort_choices.nchwc_block_size`
+Both keep the declared shape ``[Opad, Ipad, kH, kW]``. :func:`onnxforge.runtime.choices.nchwc_block_size`
 checks these functions against the layouts the installed onnxruntime writes itself.
 """
 

@@ -23,13 +23,10 @@ A model's estimate is the per-call overhead plus the sum of its nodes' times.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import platform
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +35,9 @@ import onnx
 
 from onnxforge.errors import UsageError
 from onnxforge.kernels.costs.registry import MATMUL, MOVEMENT
+from onnxforge.runtime.machine import cache_dir, machine_key
+from onnxforge.runtime.options import median_time
+from onnxforge.runtime.session import create_session
 
 log = logging.getLogger(__name__)
 
@@ -137,31 +137,9 @@ def dtype_class(elem_type: int | None) -> str:
 # -- the CPU microbenchmark -------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """``$ONNXFORGE_CACHE`` or ``~/.cache/onnxforge``."""
-    env = os.environ.get("ONNXFORGE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "onnxforge"
-
-
-def _cpu_key() -> str:
-    import onnxruntime as ort
-
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    raw = f"{model}|{os.cpu_count()}|{ort.__version__}|{PROFILE_VERSION}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
-
-
 def cpu_profile(*, refresh: bool = False) -> TargetProfile:
     """This machine's one-thread onnxruntime profile (cached; measured when absent)."""
-    path = cache_dir() / f"cpu-profile-{_cpu_key()}.json"
+    path = cache_dir() / f"cpu-profile-{machine_key()}-v{PROFILE_VERSION}.json"
     if not refresh and path.is_file():
         try:
             return TargetProfile(**json.loads(path.read_text()))
@@ -180,23 +158,7 @@ def cpu_profile(*, refresh: bool = False) -> TargetProfile:
 
 
 def _session(model: onnx.ModelProto):  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def _median_time(sess, feeds, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    sess.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return create_session(model, optimization="all")
 
 
 def _graph(nodes, inputs, outputs, inits=()):  # type: ignore[no-untyped-def]
@@ -223,7 +185,7 @@ def _chain_fit(vi, op: str, n: int, et: int, short: int, long: int) -> tuple[flo
             nodes.append(helper.make_node(op, ins, [f"t{i + 1}"]))
         model = _graph(nodes, [vi("t0", et, [n])], [vi(f"t{length}", et, [n])])
         x = np.random.default_rng(0).standard_normal(n).astype(np.float32) * 1e-3
-        return _median_time(_session(model), {"t0": x}, 15 if n > 1 << 20 else 41)
+        return median_time(_session(model), {"t0": x}, 15 if n > 1 << 20 else 41)
 
     t_short, t_long = chain(short), chain(long)
     per_node = max((t_long - t_short) / (long - short), 1e-9)
@@ -245,7 +207,7 @@ def measure_cpu_profile() -> TargetProfile:
     m, k, n = 256, 1024, 1024
     w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
     mm = _graph([helper.make_node("MatMul", ["x", "w"], ["y"])], [vi("x", f32, [m, k])], [vi("y", f32, [m, n])], [w])
-    t = _median_time(_session(mm), {"x": rng.standard_normal((m, k)).astype(np.float32)}, 7)
+    t = median_time(_session(mm), {"x": rng.standard_normal((m, k)).astype(np.float32)}, 7)
     matmul_fp32 = 2 * m * k * n / t
 
     # int8 matrix product (uint8 activations x int8 weights, as quantized models run it)
@@ -256,7 +218,7 @@ def measure_cpu_profile() -> TargetProfile:
         [vi("y", TP.INT32, [m, n])],
         [wq],
     )
-    t = _median_time(_session(mmi), {"x": rng.integers(0, 255, (m, k), dtype=np.uint8)}, 7)
+    t = median_time(_session(mmi), {"x": rng.integers(0, 255, (m, k), dtype=np.uint8)}, 7)
     matmul_int8 = 2 * m * k * n / t
 
     # Per-node times come from the difference between a long and a short chain of the same op,

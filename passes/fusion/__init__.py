@@ -77,7 +77,7 @@ class FuseOnnxRuntimeOptions(PassOptions):
     #: Fuse residual Add + LayerNormalization into SkipLayerNormalization. The pipelines decide
     #: it per target unless set: on for cuda (fewer kernel launches), and for cpu only where it
     #: measures faster (onnxruntime 1.32's CPU kernel took 216 vs 41 us for Add +
-    #: LayerNormalization on [1, 128, 384], one thread, on our machines; see onnxforge.ort_choices).
+    #: LayerNormalization on [1, 128, 384], one thread, on our machines; see onnxforge.runtime.choices).
     skip_layer_norm: bool = False
 
 

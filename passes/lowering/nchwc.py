@@ -7,7 +7,7 @@ that form into the model itself, so the model runs at that speed with onnxruntim
 off (ORT_DISABLE_ALL, or a session that must start fast).
 
 The result is tied to this machine's block size (the pass asks
-:func:`onnxforge.ort_choices.nchwc_block_size`; ``block_size`` overrides it) and runs only on
+:func:`onnxforge.runtime.choices.nchwc_block_size`; ``block_size`` overrides it) and runs only on
 onnxruntime's CPU provider on a CPU with the same SIMD width: a model lowered for 16 computes
 garbage on an AVX2-only CPU. The model says so in its metadata (``onnxforge.nchwc_block_size``).
 
@@ -45,14 +45,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxforge import ort_choices
 from onnxforge.ir import Model, Node, Value, replace_all_uses_with
 from onnxforge.ir.constants import constant_value
 from onnxforge.kernels.nchwc import pad_channels, reorder_filter_oihwbibo, reorder_filter_oihwbo, round_up
-from onnxforge.ort_choices import NCHWC_METADATA_KEY
 from onnxforge.passes.fusion.ort_fused_ops import conv_activation
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
 from onnxforge.rules import MatchFailed
+from onnxforge.runtime import choices as ort_choices
+from onnxforge.runtime.choices import NCHWC_METADATA_KEY
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from onnxforge import ort_choices
 from onnxforge.pipelines import get_pipeline
+from onnxforge.runtime import choices as ort_choices
 
 
 def test_skip_layer_norm_choice_is_measured_once_and_cached(tmp_path, monkeypatch):

@@ -12,13 +12,14 @@ from corpus_required import probe_failed
 from onnx import TensorProto, helper
 from pass_helpers import const, make_model, vi
 
-from onnxforge import modelio, ort_choices
+from onnxforge import modelio
 from onnxforge.equivalence import OrtRunner, assert_equivalent
 from onnxforge.errors import ModelError, UsageError
 from onnxforge.ir import to_proto
 from onnxforge.kernels.nchwc import from_blocked, reorder_filter_oihwbibo, reorder_filter_oihwbo, to_blocked
 from onnxforge.passes import LowerNchwc, ShapeInference
 from onnxforge.pipelines import get_pipeline
+from onnxforge.runtime import choices as ort_choices
 
 F = TensorProto.FLOAT
 RNG = np.random.default_rng(3)

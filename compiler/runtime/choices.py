@@ -16,20 +16,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxforge.errors import ModelError
+from onnxforge.kernels.nchwc import reorder_filter_oihwbibo, reorder_filter_oihwbo
+from onnxforge.runtime.machine import cache_dir, machine_key
+from onnxforge.runtime.options import median_time, open_session, session_options
 
 log = logging.getLogger(__name__)
 
 
 def _time_pair(hidden: int = 768, seq: int = 128) -> tuple[float, float]:
     """Median seconds of (Add + Add + LayerNormalization, SkipLayerNormalization) on one thread."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from onnxforge.cost.roofline import _median_time
-
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), n) for n in ("g", "b", "bias")]
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, seq, hidden]) for n in ("x", "r")]
@@ -50,16 +54,10 @@ def _time_pair(hidden: int = 768, seq: int = 128) -> tuple[float, float]:
     fused = model([helper.make_node("SkipLayerNormalization", ["x", "r", "g", "b", "bias"], ["y"], domain="com.microsoft")], ms=True)
     feeds = {"x": rng.standard_normal((1, seq, hidden)).astype(np.float32), "r": rng.standard_normal((1, seq, hidden)).astype(np.float32)}
     # Optimizations off: onnxruntime would otherwise fuse the plain form into the other.
-    import onnxruntime as ort
-
     def sess(m):  # type: ignore[no-untyped-def]
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 3
-        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return open_session(m.SerializeToString(), session_options(optimization="disable"))
 
-    return _median_time(sess(plain), feeds, 31), _median_time(sess(fused), feeds, 31)
+    return median_time(sess(plain), feeds, 31), median_time(sess(fused), feeds, 31)
 
 
 def skip_layer_norm_pays(*, refresh: bool = False) -> bool:
@@ -82,9 +80,7 @@ def skip_layer_norm_pays(*, refresh: bool = False) -> bool:
 def _cached(key: str, measure, refresh: bool, keep=lambda value: True):  # type: ignore[no-untyped-def]
     """``measure()`` once per CPU and onnxruntime version, kept in the choices cache file unless
     ``keep(value)`` is false (a probe that crashed is tried again next time)."""
-    from onnxforge.cost.roofline import _cpu_key, cache_dir
-
-    path = cache_dir() / f"ort-choices-{_cpu_key()}.json"
+    path = cache_dir() / f"ort-choices-{machine_key()}.json"
     data: dict[str, object] = {}
     if path.is_file():
         try:
@@ -110,11 +106,6 @@ def _cached(key: str, measure, refresh: bool, keep=lambda value: True):  # type:
 def _ort_layout(convs: list[tuple[str, np.ndarray, int]], in_channels: int) -> dict[str, np.ndarray]:
     """The filters onnxruntime's own NCHWc transformer writes for ``convs`` (name, weight,
     group), all reading one ``[1, in_channels, 8, 8]`` input, keyed by conv name."""
-    import tempfile
-
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
     nodes, inits, outs = [], [], []
     src = "x"
     for name, w, group in convs:
@@ -126,14 +117,9 @@ def _ort_layout(convs: list[tuple[str, np.ndarray, int]], in_channels: int) -> d
     graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, in_channels, 8, 8])], outs[-1:], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = os.path.join(tmp, "probe.onnx")
-        so.log_severity_level = 3
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        import onnx
-
-        saved = onnx.load(so.optimized_model_filepath)
+        saved_path = os.path.join(tmp, "probe.onnx")
+        open_session(model.SerializeToString(), session_options(optimization="all", optimized_model_path=saved_path))
+        saved = onnx.load(saved_path)
     weights = {t.name: numpy_helper.to_array(t) for t in saved.graph.initializer}
     # onnxruntime names the reordered filters itself; its Convs keep the chain's order.
     ordered = [weights[n.input[1]] for n in saved.graph.node if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"]
@@ -161,8 +147,6 @@ class NchwcProbe:
 
 
 def _probe_nchwc_status() -> NchwcProbe:
-    from onnxforge.kernels.nchwc import reorder_filter_oihwbibo, reorder_filter_oihwbo
-
     def filt(*shape: int) -> np.ndarray:
         return (np.arange(int(np.prod(shape))) + 1).astype(np.float32).reshape(shape)
 
@@ -209,8 +193,6 @@ def check_nchwc_block(metadata: Mapping[str, str]) -> None:
         return
     here = nchwc_block_size()
     if str(here) != str(want).strip():
-        from onnxforge.errors import ModelError
-
         found = f"a block of {here}" if here else "no NCHWc kernels"
         raise ModelError(
             f"this model was lowered to onnxruntime's NCHWc layout for a channel block of {want} "
