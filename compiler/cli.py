@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import traceback
 import typing
 from collections.abc import Sequence
@@ -205,7 +204,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from onnxforge.api import compile as compile_model
 
     src, out = Path(args.model), Path(args.output)
-    modelio.check_output_path(out, src)  # fail before any work is done
+    ext = {"auto": None, "always": True, "never": False}[args.external_data]
+    report = Path(args.report) if args.report else None
+    # Before any work: no output (model, data file, report, dumps) may replace a file the input
+    # reads, or another output.
+    inputs = modelio.check_output_paths(src, out, external_data=ext, report=report, dump_dir=args.dump_ir)
     options = _parse_options(args.option)
     shapes = _parse_shapes(args.shape)
     qopts = _quantization_options(args)
@@ -229,10 +232,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     )
     if qopts is not None and qopts.progress is not None:
         qopts.progress.close()
-    ext = {"auto": None, "always": True, "never": False}[args.external_data]
     result.save(out, external_data=ext)
-    if args.report:
-        _write_json_atomic(Path(args.report), result.report.to_dict())
+    if report is not None:
+        _write_json_atomic(report, result.report.to_dict(), inputs, taken={modelio.output_target(out): "output model"})
     if not args.quiet:
         print(result.report.summary())
         for node in args.explain:
@@ -273,18 +275,15 @@ def _quantization_options(args: argparse.Namespace) -> Any:
     )
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"report folder {parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".onnxforge-", suffix=".json.tmp", dir=parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UsageError(f"cannot write report {path}: {e.strerror or e}") from None
+def _write_json_atomic(
+    path: Path, data: dict[str, Any], inputs: Sequence[Path] = (), taken: dict[Path, str] | None = None
+) -> None:
+    """Write the report like a model: atomically, through a symlink, with the usual new-file
+    mode, never over one of ``inputs`` (the input's files) or ``taken`` (other outputs)."""
+    from onnxforge import modelio
+
+    text = json.dumps(data, indent=2) + "\n"
+    modelio.write_file_atomic(path, text.encode(), inputs=inputs, label="report", taken=taken)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

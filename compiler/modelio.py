@@ -16,7 +16,11 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
+import secrets
 import tempfile
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +31,7 @@ from onnx import numpy_helper
 from onnxforge.errors import ModelError, UsageError
 from onnxforge.ir import Model, from_proto, to_proto
 from onnxforge.ir.proto_walk import graph_protos
-from onnxforge.ir.tensor_data import TensorStore, is_external, iter_tensors
+from onnxforge.ir.tensor_data import TensorStore, external_info, is_external, iter_tensors
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +53,42 @@ class LoadedModel:
     uses_external_data: bool
 
 
-def read_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Parse a model file (without external data) with one-line errors."""
+#: One parsed proto that :func:`input_files` read ahead for the next :func:`read_proto` of the
+#: same unchanged file (keyed by real path, device, inode, size and mtime).
+_read_ahead: tuple[tuple[object, ...], onnx.ModelProto] | None = None
+_read_ahead_lock = threading.Lock()
+
+
+def _file_key(p: Path) -> tuple[object, ...] | None:
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return (_real(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def read_proto(path: str | os.PathLike[str], *, keep: bool = False) -> onnx.ModelProto:
+    """Parse a model file (without external data) with one-line errors.
+
+    ``keep``: also hold the result for the next call on the same unchanged file, which takes it
+    (the caller of a ``keep`` read must not modify the proto)."""
+    global _read_ahead
     p = Path(path)
+    key = _file_key(p)
+    with _read_ahead_lock:
+        if _read_ahead is not None and key is not None and _read_ahead[0] == key:
+            proto = _read_ahead[1]
+            if not keep:
+                _read_ahead = None
+            return proto
+    proto = _parse_file(p)
+    if keep and key is not None:
+        with _read_ahead_lock:
+            _read_ahead = (key, proto)
+    return proto
+
+
+def _parse_file(p: Path) -> onnx.ModelProto:
     if not p.exists():
         raise UsageError(f"model file not found: {p}")
     if p.is_dir():
@@ -133,6 +170,8 @@ def load(
         store.validate_all(proto)  # our rules are stricter than the checker's: run them first
     recheck = check and not check_proto(proto, where, path)
     ir_model = from_proto(proto)
+    if path is not None:
+        store.source_files = _files_of(proto, path)
     ir_model.tensor_store = store
     ir_model.export_value_info = _has_value_info(proto.graph)
     try:
@@ -171,19 +210,230 @@ def total_tensor_bytes(proto: onnx.ModelProto) -> int:
     return total
 
 
-def check_output_path(out: Path, source: str | os.PathLike[str] | None = None) -> Path:
-    """Refuse an output path that is the input model, a folder, or in a missing or read-only
-    folder (:class:`UsageError`); returns the output's folder. Callers run this before any work."""
-    if source is not None and _same_file(Path(source), out):
-        raise UsageError(f"output path {out} is the input model; choose another path (the input is never modified)")
-    if out.is_dir():
-        raise UsageError(f"output path {out} is a folder")
-    parent = out.parent if str(out.parent) else Path(".")
+# --------------------------------------------------------------------------------------------
+# Output safety: no output may replace a file the input reads
+# --------------------------------------------------------------------------------------------
+#: The names DumpInstrument gives its files: ``NNN_<pass>.onnx`` (and their ``.data``).
+DUMP_NAME = re.compile(r"^\d{3,}_.+\.onnx(\.data)?$")
+
+
+def input_files(source: str | os.PathLike[str], *, keep: bool = False) -> tuple[Path, ...]:
+    """Real paths of a model file (first) and of every external-data file it names: the files
+    an output must never replace. With ``keep`` the parsed proto is handed to the next
+    :func:`load` of the same unchanged file, so checking before the work costs no second parse."""
+    p = Path(source)
+    return _files_of(read_proto(p, keep=keep), p)
+
+
+def _files_of(proto: onnx.ModelProto, path: Path) -> tuple[Path, ...]:
+    files = {_real(path): None}
+    for t in iter_tensors(proto):
+        if is_external(t):
+            loc = external_info(t).get("location")
+            if loc:
+                files.setdefault(_real(path.parent / loc), None)
+    return tuple(files)
+
+
+def _describe_inputs(files: Sequence[Path]) -> dict[Path, str]:
+    """Real path -> what it is, for error messages (the first file is the model)."""
+    return {f: "the input model" if i == 0 else f"the input's external data file {f.name}" for i, f in enumerate(files)}
+
+
+def output_target(path: str | os.PathLike[str]) -> Path:
+    """The file a write to ``path`` replaces: outputs are written through symlinks."""
+    return _real(path)
+
+
+def _real(p: str | os.PathLike[str]) -> Path:
+    return Path(os.path.realpath(p))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Same file by real path, or by (device, inode) so hard links are caught too."""
+    if _real(a) == _real(b):
+        return True
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _check_target(path: Path, label: str, inputs: Mapping[Path, str], taken: Mapping[Path, str] | None = None) -> Path:
+    """The real file a write to ``path`` replaces (a symlink is written through, so its target),
+    after refusing folders, missing or read-only folders, files the input reads and files another
+    output of the same run takes (:class:`UsageError`)."""
+    target = _real(path)
+    via = "" if target == Path(os.path.abspath(path)) else f" (which resolves to {target})"
+    if target.is_dir():
+        raise UsageError(f"{label} path {path}{via} is a folder")
+    parent = target.parent
     if not parent.is_dir():
-        raise UsageError(f"output folder {parent} does not exist")
+        raise UsageError(f"{label} folder {parent} {'is not a folder' if parent.exists() else 'does not exist'}")
     if not os.access(parent, os.W_OK):
-        raise UsageError(f"output folder {parent} is not writable")
-    return parent
+        raise UsageError(f"{label} folder {parent} is not writable")
+    for f, what in inputs.items():
+        if _same_file(target, f):
+            raise UsageError(f"{label} path {path}{via} is {what}; choose another path (the input is never modified)")
+    for f, what in (taken or {}).items():
+        if _same_file(target, f):
+            raise UsageError(f"{label} path {path}{via} is also the {what}; choose another path")
+    return target
+
+
+def _data_target(
+    out: Path, target: Path, inputs: Mapping[Path, str], taken: Mapping[Path, str] | None, *, writing: bool, label: str
+) -> Path:
+    """The external-data file of a model written to ``target``: ``<target name>.data`` beside it.
+
+    A reader resolves data locations against the folder of the path it opened, the link ``out``
+    or its ``target``: when writing external data, both must be in one folder, and a symlinked
+    data file may not leave it (readers refuse that)."""
+    data = target.parent / (target.name + ".data")
+    if writing and _real(out.parent) != target.parent:
+        raise UsageError(
+            f"{label} path {out} links into another folder ({target.parent}): its external data would not be "
+            f"found from both places; write to {target} directly or embed the weights"
+        )
+    data_target = _check_target(data, f"{label} data file", inputs, taken)
+    if writing and data_target.parent != target.parent:
+        raise UsageError(f"{label} data file {data} links out of its folder (to {data_target}); readers would refuse it")
+    return data_target
+
+
+def check_output_path(
+    out: str | os.PathLike[str],
+    source: str | os.PathLike[str] | None = None,
+    *,
+    inputs: Sequence[Path] = (),
+    external_data: bool | None = None,
+    label: str = "output",
+    taken: Mapping[Path, str] | None = None,
+) -> Path:
+    """Refuse (:class:`UsageError`) an output model path that is a folder, in a missing or
+    read-only folder, or that would replace the ``source`` model or any of ``inputs`` (see
+    :func:`input_files`) -- also through a symlink or a hard link -- directly or through its
+    ``.data`` file (unless ``external_data`` is False). Returns the real path the model will be
+    written to (symlinks are written through). Callers run this before any work."""
+    out = Path(out)
+    files = _describe_inputs(inputs)
+    if source is not None and not files:
+        files = _describe_inputs((_real(source),))
+    target = _check_target(out, label, files, taken)
+    if external_data is not False:
+        _data_target(out, target, files, taken, writing=bool(external_data), label=label)
+    return target
+
+
+def check_output_paths(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+    report: str | os.PathLike[str] | None = None,
+    dump_dir: str | os.PathLike[str] | None = None,
+) -> tuple[Path, ...]:
+    """Check every path a compilation of ``source`` will write, before any work: the model, its
+    data file, the report and the dump folder's files may not replace a file the input reads
+    (its model file and external data, compared by real path and by device and inode) nor each
+    other. Returns the input's files (:func:`input_files`), for the writes that follow."""
+    inputs = input_files(source, keep=True)
+    files = _describe_inputs(inputs)
+    out = Path(output)
+    if external_data is None and len(inputs) > 1:
+        external_data = True  # the input uses external data, so will the output
+    target = _check_target(out, "output", files)
+    taken = {target: "output model"}
+    if external_data is not False:
+        taken[_data_target(out, target, files, taken, writing=bool(external_data), label="output")] = "output model's data file"
+    if report is not None:
+        _check_target(Path(report), "report", files, taken)
+    if dump_dir is not None:
+        check_dump_dir(dump_dir, inputs, taken)
+    return inputs
+
+
+def check_dump_dir(
+    directory: str | os.PathLike[str], inputs: Sequence[Path], taken: Mapping[Path, str] | None = None
+) -> None:
+    """Refuse a ``--dump-ir`` folder that is a file, or that holds (links to) input files under
+    names the dump would write. Each dump is checked again when written (:func:`save`)."""
+    d = Path(directory)
+    real = _real(d)
+    if real.exists() and not real.is_dir():
+        raise UsageError(f"dump folder {d} is a file, not a folder")
+    if real.is_dir():
+        files = _describe_inputs(inputs)
+        for entry in sorted(real.iterdir()):
+            if DUMP_NAME.match(entry.name):
+                _check_target(entry, "dump file", files, taken)
+
+
+def _inputs_of(source: str | os.PathLike[str] | None, store: TensorStore | None) -> dict[Path, str]:
+    """The files an output may not replace: those of ``source`` and those ``store`` reads."""
+    files: dict[Path, str] = {}
+    if store is not None and store.source_files:
+        files.update(_describe_inputs(store.source_files))
+    if source is not None and _real(source) not in files:
+        src = Path(source)
+        files.update(_describe_inputs(input_files(src) if src.is_file() else (_real(src),)))
+    return files
+
+
+def _new_file_mode() -> int:
+    """0666 minus the umask: the mode ``open()`` gives a new file (``mkstemp`` uses 0600)."""
+    try:
+        with open("/proc/self/status") as f:  # Linux: read the umask without changing it
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _temp_file(folder: Path, suffix: str, mode: int) -> tuple[int, Path]:
+    fd, name = tempfile.mkstemp(prefix=".onnxforge-", suffix=suffix, dir=folder)
+    try:
+        os.chmod(name, mode)
+    except OSError:
+        os.close(fd)
+        os.unlink(name)
+        raise
+    return fd, Path(name)
+
+
+def write_file_atomic(
+    path: str | os.PathLike[str], data: bytes, *, inputs: Sequence[Path] = (), label: str = "output",
+    taken: Mapping[Path, str] | None = None,
+) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file beside the target, then rename) with
+    the usual new-file mode, writing through a symlink and refusing any of ``inputs``."""
+    p = Path(path)
+    target = _check_target(p, label, _describe_inputs(inputs), taken)
+    tmp: Path | None = None
+    try:
+        fd, tmp = _temp_file(target.parent, ".tmp", _new_file_mode())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as e:
+        raise UsageError(f"cannot write {label} {p}: {e.strerror or e}") from None
+    finally:
+        if tmp is not None:
+            _unlink(tmp)
+    return target
+
+
+def _unlink(p: Path) -> None:
+    try:
+        p.unlink()
+    except OSError:
+        pass
 
 
 def save(
@@ -193,65 +443,90 @@ def save(
     source: str | os.PathLike[str] | None = None,
     external_data: bool | None = None,
     store: TensorStore | None = None,
+    label: str = "output",
 ) -> Path:
-    """Write ``model`` to ``path`` atomically.
+    """Write ``model`` to ``path`` atomically (``label`` names the file in errors).
 
     ``external_data``: True forces a ``<name>.data`` file beside the model, False forbids it (and
     fails for models over 2 GB), None decides by size and by whether the source used it.
-    ``source`` is the input model's path: writing over it is refused.
+    ``source`` is the input model's path: writing over it or over any external-data file it
+    reads is refused, as is writing over any file the model's tensor store reads. A symlinked
+    ``path`` is written through (its target is replaced); files get the usual new-file mode
+    (0666 minus the umask). The model and its data file are replaced as a pair: if the model's
+    rename fails, the previous data file is put back.
     """
     out = Path(path)
-    parent = check_output_path(out, source)
     if isinstance(model, Model):
         store = store or model.tensor_store
-        proto = to_proto(model)
-    else:
-        proto = model
+    inputs = _inputs_of(source, store)
+    target = _check_target(out, label, inputs)
+    proto = to_proto(model) if isinstance(model, Model) else model
     size = total_tensor_bytes(proto)
     has_external = any(is_external(t) for t in iter_tensors(proto))
     if external_data is None:
         external_data = has_external or size > EMBED_LIMIT
     elif not external_data and size > EMBED_LIMIT:
         raise UsageError(f"model tensors take {size / 2**30:.2f} GiB: too large to embed; allow external data")
+    data_target = _data_target(out, target, inputs, None, writing=True, label=label) if external_data else None
+    folder, mode = target.parent, _new_file_mode()
     tmp_files: list[Path] = []
+    backup: Path | None = None
+    data_replaced = done = False
     try:
-        data_name = out.name + ".data"
-        if external_data:
-            fd, tmp_data = tempfile.mkstemp(prefix=".onnxforge-", suffix=".data.tmp", dir=parent)
-            tmp_files.append(Path(tmp_data))
+        if data_target is not None:
+            fd, tmp_data = _temp_file(folder, ".data.tmp", mode)
+            tmp_files.append(tmp_data)
             with os.fdopen(fd, "wb") as f:
-                _write_external(proto, f, data_name, store)
+                _write_external(proto, f, data_target.name, store)
         elif has_external:
             _embed_external(proto, store)
-        fd, tmp_model = tempfile.mkstemp(prefix=".onnxforge-", suffix=".onnx.tmp", dir=parent)
-        tmp_files.append(Path(tmp_model))
+        fd, tmp_model = _temp_file(folder, ".onnx.tmp", mode)
+        tmp_files.append(tmp_model)
         with os.fdopen(fd, "wb") as f:
             f.write(proto.SerializeToString())
-        if external_data:
-            os.replace(tmp_files[0], parent / data_name)
-        os.replace(tmp_model, out)
-        tmp_files.clear()
+        if data_target is not None:
+            backup = _keep_previous(data_target)
+            os.replace(tmp_files[0], data_target)
+            data_replaced = True
+        os.replace(tmp_model, target)
+        done = True
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
     except ValueError as e:
         raise ModelError(f"cannot serialize the model: {_short(e)}") from None
     finally:
-        for t in tmp_files:
-            try:
-                t.unlink()
-            except OSError:
-                pass
-    log.info("wrote %s%s", out, f" (+ {out.name}.data)" if external_data else "")
+        if data_replaced and not done:
+            _restore_previous(data_target, backup)  # type: ignore[arg-type]
+        elif backup is not None:
+            _unlink(backup)
+        if not done:
+            for t in tmp_files:
+                _unlink(t)
+    log.info("wrote %s%s", out, f" (+ {data_target.name})" if data_target is not None else "")
     return out
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _keep_previous(path: Path) -> Path | None:
+    """A second name for the file at ``path`` (a hard link, or the file itself moved), so it
+    can be put back; None when there is none."""
+    if not path.exists():
+        return None
+    backup = path.parent / f".onnxforge-{secrets.token_hex(8)}.bak"
     try:
-        if b.exists() and a.exists():
-            return os.path.samefile(a, b)
+        os.link(path, backup)
     except OSError:
-        pass
-    return a.resolve() == b.resolve()
+        os.rename(path, backup)  # no hard links here: move it aside instead
+    return backup
+
+
+def _restore_previous(path: Path, backup: Path | None) -> None:
+    try:
+        if backup is None:
+            path.unlink()
+        else:
+            os.rename(backup, path)
+    except OSError as e:
+        log.warning("could not restore %s after a failed write: %s", path, e.strerror or e)
 
 
 def _write_external(proto: onnx.ModelProto, f, data_name: str, store: TensorStore | None) -> None:  # type: ignore[no-untyped-def]

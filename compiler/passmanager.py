@@ -188,10 +188,17 @@ class DumpInstrument(Instrument):
         if not result.modified or isinstance(p, CompositePass):
             return
         from onnxforge import modelio
+        from onnxforge.errors import UsageError
 
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create the dump folder {self.directory}: {e.strerror or e}") from None
         self.count += 1
-        modelio.save(model, self.directory / f"{self.count:03d}_{p.name}.onnx")
+        # modelio.save refuses to replace any file the model's tensor store reads (the input's
+        # model and external data files), also through links. Inside a pipeline the refusal
+        # reaches the caller wrapped in a PassError; the CLI checks the folder before any work.
+        modelio.save(model, self.directory / f"{self.count:03d}_{p.name}.onnx", label="dump file")
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ class TensorStore:
     def __init__(self, base_dir: str | os.PathLike[str] | None) -> None:
         self.base_dir = Path(base_dir).resolve() if base_dir is not None else None
         self._maps: dict[Path, tuple[mmap.mmap, int]] = {}
+        #: Real paths of the files the model was read from: the model file first, then its
+        #: external-data files. Saving refuses to replace any of them (set by ``modelio.load``).
+        self.source_files: tuple[Path, ...] = ()
 
     def resolve(self, t: onnx.TensorProto) -> tuple[Path, int, int]:
         """Validate a tensor's external reference; returns (file, offset, length)."""
