@@ -6,47 +6,58 @@ Quick start::
     result = onnxforge.compile("model.onnx", pipeline="lossless")
     result.save("model.opt.onnx")
     print(result.report.summary())
+
+The names below are loaded on first use (PEP 562), so that importing a low layer such as
+``onnxforge.ir`` or ``onnxforge.kernels`` does not import the driver and with it every other
+layer (docs/ARCHITECTURE.md, "Layers").
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from onnxforge.api import CompileResult, compile  # noqa: E402
-from onnxforge.errors import (  # noqa: E402
-    ModelError,
-    OnnxForgeError,
-    PassError,
-    UsageError,
-    VerificationError,
-)
-from onnxforge.modelio import load, save  # noqa: E402
-from onnxforge.passmanager import (  # noqa: E402
-    FixedPoint,
-    Pass,
-    PassContext,
-    PassManager,
-    PassOptions,
-    PassResult,
-    Sequential,
-)
+#: Public name -> module that defines it.
+_EXPORTS = {
+    "CompileResult": "onnxforge.api",
+    "compile": "onnxforge.api",
+    "ModelError": "onnxforge.errors",
+    "OnnxForgeError": "onnxforge.errors",
+    "PassError": "onnxforge.errors",
+    "UsageError": "onnxforge.errors",
+    "VerificationError": "onnxforge.errors",
+    "load": "onnxforge.modelio",
+    "save": "onnxforge.modelio",
+    "FixedPoint": "onnxforge.passmanager",
+    "Pass": "onnxforge.passmanager",
+    "PassContext": "onnxforge.passmanager",
+    "PassManager": "onnxforge.passmanager",
+    "PassOptions": "onnxforge.passmanager",
+    "PassResult": "onnxforge.passmanager",
+    "Sequential": "onnxforge.passmanager",
+    "Target": "onnxforge.runtime.target",
+}
 
-__all__ = [
-    "CompileResult",
-    "FixedPoint",
-    "Pass",
-    "PassContext",
-    "PassManager",
-    "PassOptions",
-    "PassResult",
-    "Sequential",
-    "compile",
-    "load",
-    "save",
-    "ModelError",
-    "OnnxForgeError",
-    "PassError",
-    "UsageError",
-    "VerificationError",
-    "__version__",
-]
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:
+    from onnxforge.api import CompileResult, compile
+    from onnxforge.errors import ModelError, OnnxForgeError, PassError, UsageError, VerificationError
+    from onnxforge.modelio import load, save
+    from onnxforge.passmanager import FixedPoint, Pass, PassContext, PassManager, PassOptions, PassResult, Sequential
+    from onnxforge.runtime.target import Target
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnxforge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

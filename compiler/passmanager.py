@@ -14,14 +14,20 @@ Writing a pass::
             if self.threshold < 0:
                 raise ValueError("threshold must be >= 0")
 
-    class MyPass(Pass):
+    class MyPass(Pass[MyOptions]):
         name = "my-pass"
         summary = "What it does, in one line."
         Options = MyOptions
+        lossless = True  # every pass declares it: outputs kept (True) or changed within a budget
 
         def run(self, model: Model, ctx: PassContext) -> PassResult:
             ...
             return PassResult(modified=changed, stats={"rewritten": n})
+
+The context runs ``requires`` -> ``run`` -> checks the result -> ``ensures``, and checks the
+in-place contract: an in-place pass (the default) returns no model or the same one, and says
+``modified=True`` exactly when it changed the model; a functional pass (``in_place = False``)
+returns a new model in ``PassResult.model`` and must leave its input untouched.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Sequence
+import types
+import typing
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from onnxforge.errors import OnnxForgeError, PassError, UsageError
 from onnxforge.ir import Model, verify
@@ -62,15 +70,87 @@ class PassOptions:
             out.append((f.name, str(f.type), default))
         return out
 
+    @classmethod
+    def parse_value(cls, name: str, raw: str) -> Any:
+        """The option ``name`` from its text (``"true"``, ``"1024"``, ``"0.5"``, ``"a,b"``).
+
+        Raises ``KeyError`` for an unknown option and ``ValueError`` for text that is not a
+        valid value of the option's type."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if name not in fields:
+            raise KeyError(name)
+        hints = typing.get_type_hints(cls)
+        return _parse_typed(raw, hints.get(name, str))
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, str]) -> dict[str, Any]:
+        """Typed keyword values for this options class from ``{name: text}``."""
+        return {k: cls.parse_value(k, v) for k, v in values.items()}
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _parse_typed(raw: str, typ: Any) -> Any:
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if raw.strip().lower() in ("none", "null", "") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _parse_typed(raw, arg)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"{raw!r} is not a valid {typ}")
+    if origin is typing.Literal:
+        for arg in args:
+            if str(arg) == raw:
+                return arg
+        raise ValueError(f"{raw!r} is not one of {', '.join(map(str, args))}")
+    if origin in (tuple, list, frozenset):
+        inner = args[0] if args else str
+        items = tuple(_parse_typed(x.strip(), inner) for x in raw.split(",") if x.strip())
+        return items if origin is tuple else origin(items)
+    if typ is bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ValueError(f"{raw!r} is not a valid bool (true/false)")
+    if typ is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a valid int") from None
+    if typ is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a valid float") from None
+    return raw
+
 
 @dataclass
 class PassResult:
-    """What a pass did. ``stats`` are counters for the report (``{"removed_nodes": 3}``)."""
+    """What a pass did. ``stats`` are counters for the report (``{"removed_nodes": 3}``).
+
+    ``model`` is the pass's output when it is a functional pass that built a new model (None:
+    the model it was given, changed in place or not)."""
 
     modified: bool
     stats: dict[str, float] = field(default_factory=dict)
     #: Analyses still valid after this pass (only meaningful when ``modified``).
     preserved: frozenset[type[Analysis]] = frozenset()
+    model: Model | None = None
+
+    def output(self, given: Model) -> Model:
+        """The model after the pass: ``model`` when the pass returned one, else ``given``."""
+        return self.model if self.model is not None else given
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,48 +158,56 @@ class PassResult:
 # --------------------------------------------------------------------------------------------
 class Analysis:
     """An analysis computes a result from a model; :class:`AnalysisManager` caches it per model
-    version. Subclasses implement :meth:`compute`."""
+    version. Subclasses implement :meth:`compute`. An analysis with parameters is a frozen
+    dataclass: instances with equal parameters share a cache entry (``key()``)."""
 
     name: ClassVar[str] = "analysis"
 
     def compute(self, model: Model, am: AnalysisManager) -> Any:
         raise NotImplementedError
 
+    def key(self) -> Hashable:
+        """What distinguishes this instance's results from another's (its parameters)."""
+        return self if dataclasses.is_dataclass(self) else ()
+
 
 class AnalysisManager:
-    """Caches analysis results keyed by (analysis type, model version).
+    """Caches analysis results keyed by (model, analysis type, parameters) and stamped with the
+    model version they were computed at.
 
     Any mutation bumps ``model.version`` and so invalidates every cached result, except those a
     pass declares preserved, which are re-stamped with the new version.
     """
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[int, type[Analysis]], tuple[int, Any]] = {}
+        self._cache: dict[tuple[int, type[Analysis], Hashable], tuple[int, Any]] = {}
         self.hits = 0
         self.misses = 0
 
-    def get(self, analysis: type[Analysis], model: Model) -> Any:
-        key = (id(model), analysis)
+    def get(self, analysis: type[Analysis] | Analysis, model: Model) -> Any:
+        """The result of ``analysis`` (a class, or an instance carrying parameters) on ``model``."""
+        inst = analysis() if isinstance(analysis, type) else analysis
+        key = (id(model), type(inst), inst.key())
         entry = self._cache.get(key)
         if entry is not None and entry[0] == model.version:
             self.hits += 1
             return entry[1]
         self.misses += 1
         version = model.version
-        result = analysis().compute(model, self)
+        result = inst.compute(model, self)
         self._cache[key] = (version, result)
         return result
 
     def after_pass(self, model: Model, result: PassResult) -> None:
         if not result.modified:
             return
-        for (mid, analysis), (_version, value) in list(self._cache.items()):
+        for (mid, analysis, params), (_version, value) in list(self._cache.items()):
             if mid != id(model):
                 continue
             if analysis in result.preserved:
-                self._cache[(mid, analysis)] = (model.version, value)
+                self._cache[(mid, analysis, params)] = (model.version, value)
             else:
-                del self._cache[(mid, analysis)]
+                del self._cache[(mid, analysis, params)]
 
     def clear(self) -> None:
         self._cache.clear()
@@ -226,10 +314,13 @@ class PassContext:
         """Run one pass under the instruments, wrapping failures in :class:`PassError`."""
         if p.name in self.disabled:
             return PassResult(False)
+        leaf = not isinstance(p, CompositePass)
         for inst in self.instruments:
             inst.before_pass(p, model, self)
         version = model.version
         try:
+            if leaf:
+                p.requires(model, self)
             result = p.run(model, self)
         except PassError:
             raise
@@ -237,16 +328,38 @@ class PassContext:
             raise PassError(p.name, self.history, e) from e
         if not isinstance(result, PassResult):
             raise PassError(p.name, self.history, TypeError(f"run() returned {type(result).__name__}"))
-        if not result.modified and model.version != version and not isinstance(p, CompositePass):
-            raise PassError(p.name, self.history, RuntimeError("changed the model but reported modified=False"))
-        if not isinstance(p, CompositePass):
+        if leaf:
+            self._check_contract(p, model, version, result)
+        out = result.output(model)
+        if leaf:
             self.history.append(p.name)
-        self.analyses.after_pass(model, result)
+            try:
+                p.ensures(out, self)
+            except PassError:
+                raise
+            except Exception as e:
+                raise PassError(p.name, self.history[:-1], e) from e
+        self.analyses.after_pass(out, result)
         for inst in reversed(self.instruments):
-            inst.after_pass(p, model, result, self)
+            inst.after_pass(p, out, result, self)
         if result.modified:
             log.debug("pass %s modified the model: %s", p.name, result.stats)
         return result
+
+    def _check_contract(self, p: Pass, model: Model, version: int, result: PassResult) -> None:
+        def broke(why: str) -> PassError:
+            return PassError(p.name, self.history, RuntimeError(why))
+
+        if p.in_place:
+            if result.model is not None and result.model is not model:
+                raise broke("is an in-place pass but returned a different model")
+            if not result.modified and model.version != version:
+                raise broke("changed the model but reported modified=False")
+        else:
+            if model.version != version:
+                raise broke("is a functional pass but changed the model it was given")
+            if result.modified and result.model is None:
+                raise broke("is a functional pass and reported modified=True without returning a model")
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,17 +370,28 @@ class NoOptions(PassOptions):
     """For passes without options."""
 
 
-class Pass:
-    """Base class of passes. Subclasses set ``name``, ``summary``, optionally ``Options``, and
-    implement :meth:`run`, mutating the model in place."""
+OptionsT = TypeVar("OptionsT", bound=PassOptions)
+
+
+class Pass(Generic[OptionsT]):
+    """Base class of passes. Subclasses set ``name``, ``summary``, ``lossless``, optionally
+    ``Options``, and implement :meth:`run`, mutating the model in place (or, with
+    ``in_place = False``, returning a new model in :attr:`PassResult.model`)."""
 
     name: ClassVar[str] = "pass"
     summary: ClassVar[str] = ""
     Options: ClassVar[type[PassOptions]] = NoOptions
-    #: Lossless passes must keep every output bit-for-bit or within float reordering tolerance.
-    lossless: ClassVar[bool] = True
+    #: Declared by every concrete pass, never defaulted: True when the pass keeps every output
+    #: bit-for-bit or within float reordering tolerance; False for passes checked by an error
+    #: budget (quantization, pruning, weight sharing).
+    lossless: bool
+    #: False for functional passes (they return a new model and leave their input alone).
+    in_place: ClassVar[bool] = True
+    options: OptionsT
 
-    def __init__(self, options: PassOptions | None = None, **kwargs: Any) -> None:
+    def __init__(self, options: OptionsT | None = None, **kwargs: Any) -> None:
+        if not isinstance(self, CompositePass) and not hasattr(self, "lossless"):
+            raise TypeError(f"{type(self).__name__} must declare lossless = True or False")
         if options is not None and kwargs:
             raise UsageError(f"{self.name}: pass either an options object or keyword options, not both")
         if options is None:
@@ -282,10 +406,16 @@ class Pass:
                 raise UsageError(f"{self.name}: {e}") from None
         elif not isinstance(options, self.Options):
             raise UsageError(f"{self.name}: options must be {self.Options.__name__}")
-        self.options = options
+        self.options = options  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"
+
+    def requires(self, model: Model, ctx: PassContext) -> None:
+        """Check preconditions before :meth:`run` (raise with the reason); default: none."""
+
+    def ensures(self, model: Model, ctx: PassContext) -> None:
+        """Check postconditions on the pass's output (raise with the reason); default: none."""
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         raise NotImplementedError
@@ -295,14 +425,19 @@ class Pass:
         return (ctx or PassContext()).run(self, model)
 
 
-class CompositePass(Pass):
-    """A pass made of other passes. Instruments see the children individually."""
+class CompositePass(Pass[NoOptions]):
+    """A pass made of other passes. Instruments see the children individually. It is lossless
+    when every child is."""
 
     def __init__(self, passes: Sequence[Pass], *, name: str | None = None) -> None:
         super().__init__()
         self.passes = list(passes)
         if name:
             self.name = name  # type: ignore[misc]
+
+    @property  # type: ignore[override]
+    def lossless(self) -> bool:
+        return all(p.lossless for p in self.passes)
 
     def leaves(self) -> list[Pass]:
         out: list[Pass] = []
@@ -319,12 +454,14 @@ class Sequential(CompositePass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         modified = False
         stats: dict[str, float] = {}
+        current = model
         for p in self.passes:
-            r = ctx.run(p, model)
+            r = ctx.run(p, current)
+            current = r.output(current)
             modified |= r.modified
             for k, v in r.stats.items():
                 stats[k] = stats.get(k, 0) + v
-        return PassResult(modified, stats)
+        return PassResult(modified, stats, model=None if current is model else current)
 
 
 class FixedPoint(CompositePass):
@@ -343,11 +480,13 @@ class FixedPoint(CompositePass):
         modified = False
         stats: dict[str, float] = {}
         self.iterations = 0
+        current = model
         for _ in range(self.max_iterations):
             self.iterations += 1
             round_modified = False
             for p in self.passes:
-                r = ctx.run(p, model)
+                r = ctx.run(p, current)
+                current = r.output(current)
                 round_modified |= r.modified
                 for k, v in r.stats.items():
                     stats[k] = stats.get(k, 0) + v
@@ -357,7 +496,7 @@ class FixedPoint(CompositePass):
         else:
             log.info("%s stopped after %d iterations without reaching a fixed point", self.name, self.max_iterations)
         stats["iterations"] = self.iterations
-        return PassResult(modified, stats)
+        return PassResult(modified, stats, model=None if current is model else current)
 
 
 class PassManager:

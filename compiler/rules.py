@@ -259,6 +259,9 @@ class RewritePass(Pass):
 
     rules: ClassVar[tuple[Rule, ...]] = ()
     max_rounds: ClassVar[int] = 8
+    #: Rewrite rules replace a pattern by one that computes the same (exactly, or within float
+    #: reordering tolerance): every rewrite pass is lossless.
+    lossless = True
 
     def active_rules(self, model: Model) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.applies_to(model))

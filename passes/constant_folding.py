@@ -107,6 +107,7 @@ class ConstantFolding(Pass):
 
     name = "constant-folding"
     summary = "Evaluate nodes whose inputs are constant (and Shape/Size of static shapes) into constants."
+    lossless = True
     Options = ConstantFoldingOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

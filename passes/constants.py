@@ -19,6 +19,7 @@ class NormalizeConstants(Pass):
 
     name = "normalize-constants"
     summary = "Turn Constant nodes into initializers (IR version >= 4; every graph)."
+    lossless = True
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         converted = 0

@@ -48,6 +48,7 @@ class CommonSubexpressionElimination(Pass):
 
     name = "cse"
     summary = "Merge duplicate computations (same op, inputs and attributes) within each graph."
+    lossless = True
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         merged = merged_constants = 0

@@ -47,6 +47,7 @@ class DeadCodeElimination(Pass):
 
     name = "dead-code-elimination"
     summary = "Remove unused nodes, initializers and value_info entries (all graphs)."
+    lossless = True
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         pins = _outer_scope_outputs(model)

@@ -78,6 +78,7 @@ class DeduplicateInitializers(Pass):
 
     name = "dedup-initializers"
     summary = "Merge initializers with identical type, shape and bytes (per graph)."
+    lossless = True
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         store = model.tensor_store

@@ -327,6 +327,7 @@ class NoOpElimination(Pass):
 
     name = "noop-elimination"
     summary = "Remove Identity, inference Dropout, same-type Cast, identity Reshape/Transpose/Slice/Pad, x+0, x*1, ..."
+    lossless = True
     Options = NoOpOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

@@ -105,6 +105,7 @@ class RaiseOpset(Pass):
 
     name = "raise-opset"
     summary = "Raise the opset (13..16 -> 17) when no operator's meaning changes, so newer fusions apply."
+    lossless = True
     Options = RaiseOpsetOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

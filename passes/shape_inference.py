@@ -94,6 +94,7 @@ class ShapeInference(Pass):
 
     name = "shape-inference"
     summary = "Refresh intermediate value types with onnx shape inference (data propagation on)."
+    lossless = True
     Options = ShapeInferenceOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

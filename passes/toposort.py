@@ -19,6 +19,7 @@ class TopologicalSort(Pass):
 
     name = "toposort"
     summary = "Sort the nodes of every graph topologically (stable)."
+    lossless = True
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         reordered = 0

@@ -97,6 +97,7 @@ class LowerNchwc(Pass):
 
     name = "lower-nchwc"
     summary = "Lower Conv/pool regions to onnxruntime's NCHWc layout (machine-specific; --target cpu-native)."
+    lossless = True
     Options = LowerNchwcOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

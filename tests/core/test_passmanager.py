@@ -17,6 +17,7 @@ from onnxforge.passmanager import (
     FixedPoint,
     Pass,
     PassContext,
+    PassManager,
     PassOptions,
     PassResult,
     Sequential,
@@ -29,6 +30,7 @@ class DropOneIdentity(Pass):
     """Removes at most one Identity per run, so a fixed point needs several rounds."""
 
     name = "drop-one-identity"
+    lossless = True
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         for n in model.graph:
@@ -40,6 +42,7 @@ class DropOneIdentity(Pass):
 
 class Boom(Pass):
     name = "boom"
+    lossless = True
 
     def run(self, model, ctx):  # noqa: ANN001
         raise RuntimeError("kaput")
@@ -47,6 +50,7 @@ class Boom(Pass):
 
 class Liar(Pass):
     name = "liar"
+    lossless = True
 
     def run(self, model, ctx):  # noqa: ANN001
         model.graph.add_node("Neg", [model.graph.inputs[0]])
@@ -64,6 +68,7 @@ class ThresholdOptions(PassOptions):
 
 class WithOptions(Pass):
     name = "with-options"
+    lossless = True
     Options = ThresholdOptions
 
     def run(self, model, ctx):  # noqa: ANN001
@@ -148,6 +153,7 @@ class CountNodes(Analysis):
 
 class PreservingNoop(Pass):
     name = "preserving"
+    lossless = True
 
     def run(self, model, ctx):  # noqa: ANN001
         model.graph.nodes[0].set_attr("tag", 1)  # a change that keeps the node count
@@ -165,3 +171,126 @@ def test_analysis_cache_is_invalidated_by_mutation_unless_preserved():
     assert am.get(CountNodes, model) == n0 and CountNodes.calls == 1
     ctx.run(DropOneIdentity(), model)
     assert am.get(CountNodes, model) == n0 - 1 and CountNodes.calls == 2
+
+
+# -- the pass contract ---------------------------------------------------------------------------
+
+
+def test_a_pass_must_declare_whether_it_is_lossless():
+    class Undeclared(Pass):
+        name = "undeclared"
+
+        def run(self, model, ctx):  # noqa: ANN001
+            return PassResult(False)
+
+    with pytest.raises(TypeError, match="must declare lossless"):
+        Undeclared()
+
+
+def test_requires_and_ensures_run_around_the_pass_with_context():
+    calls: list[str] = []
+
+    class Checked(Pass):
+        name = "checked"
+        lossless = True
+
+        def requires(self, model, ctx):  # noqa: ANN001
+            calls.append("requires")
+
+        def run(self, model, ctx):  # noqa: ANN001
+            calls.append("run")
+            return PassResult(False)
+
+        def ensures(self, model, ctx):  # noqa: ANN001
+            calls.append("ensures")
+            raise ValueError("postcondition broken")
+
+    with pytest.raises(PassError, match="checked.*postcondition broken"):
+        Checked()(_chain_of_identities(1))
+    assert calls == ["requires", "run", "ensures"]
+
+
+def test_functional_pass_returns_a_new_model_and_leaves_its_input():
+    class Rebuild(Pass):
+        name = "rebuild"
+        lossless = True
+        in_place = False
+
+        def run(self, model, ctx):  # noqa: ANN001
+            twin = model.clone()
+            twin.opset_imports["com.example"] = 1
+            return PassResult(True, model=twin)
+
+    m = _chain_of_identities(2)
+    v, n = m.version, len(m.graph.nodes)
+    result, _ = PassManager([Rebuild(), DropOneIdentity()]).run(m)
+    out = result.output(m)
+    assert out is not m and m.version == v and "com.example" not in m.opset_imports and len(m.graph.nodes) == n
+    assert "com.example" in out.opset_imports and len(out.graph.nodes) == n - 1
+
+
+def test_in_place_contract_violations_are_errors():
+    class Swapper(Pass):
+        name = "swapper"
+        lossless = True
+
+        def run(self, model, ctx):  # noqa: ANN001
+            return PassResult(True, model=model.clone())
+
+    class Meddler(Pass):
+        name = "meddler"
+        lossless = True
+        in_place = False
+
+        def run(self, model, ctx):  # noqa: ANN001
+            model.opset_imports["com.example"] = 1
+            return PassResult(True, model=model.clone())
+
+    with pytest.raises(PassError, match="in-place pass but returned a different model"):
+        Swapper()(_chain_of_identities(1))
+    with pytest.raises(PassError, match="functional pass but changed the model"):
+        Meddler()(_chain_of_identities(1))
+
+
+def test_options_parse_from_strings_by_their_declared_types():
+    @dataclass(frozen=True)
+    class Opts(PassOptions):
+        limit: int = 4
+        ratio: float = 0.5
+        on: bool = False
+        names: tuple[str, ...] = ()
+        cap: int | None = None
+
+    assert Opts.from_strings({"limit": "7", "ratio": "0.25", "on": "yes", "names": "a, b", "cap": "none"}) == {
+        "limit": 7,
+        "ratio": 0.25,
+        "on": True,
+        "names": ("a", "b"),
+        "cap": None,
+    }
+    assert Opts.parse_value("cap", "3") == 3
+    with pytest.raises(ValueError, match="not a valid int"):
+        Opts.parse_value("limit", "many")
+    with pytest.raises(ValueError, match="bool"):
+        Opts.parse_value("on", "maybe")
+    with pytest.raises(KeyError):
+        Opts.parse_value("nope", "1")
+
+
+def test_analyses_with_parameters_are_cached_per_parameters():
+    runs: list[int] = []
+
+    @dataclass(frozen=True)
+    class NodesAbove(Analysis):
+        threshold: int
+
+        def compute(self, model, am):  # noqa: ANN001
+            runs.append(self.threshold)
+            return len(model.graph.nodes) > self.threshold
+
+    am = AnalysisManager()
+    m = _chain_of_identities(3)
+    assert am.get(NodesAbove(1), m) is True and am.get(NodesAbove(50), m) is False
+    assert am.get(NodesAbove(1), m) is True and runs == [1, 50]
+    m.graph.nodes[0].set_attr("tag", 1)
+    assert am.get(NodesAbove(1), m) is True and runs == [1, 50, 1]
