@@ -181,13 +181,13 @@ def _coerce(raw: str, typ: Any, item: str) -> Any:
 
 
 def _parse_dims(items: Sequence[str]) -> dict[str, int]:
-    from onnxforge.cost.shapes import parse_dim_spec
+    from onnxforge.analysis.shapes import parse_dim_spec
 
     return dict(parse_dim_spec(item) for item in items)
 
 
 def _parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    from onnxforge.cost.shapes import parse_shape_spec
+    from onnxforge.analysis.shapes import parse_shape_spec
 
     return dict(parse_shape_spec(item) for item in items)
 

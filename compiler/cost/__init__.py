@@ -11,9 +11,9 @@ Formulas per operator live in :mod:`onnxforge.kernels.costs`; counting rules are
 :mod:`onnxforge.cost.analysis` and ``docs/COST_MODEL.md``.
 """
 
+from onnxforge.analysis.shapes import ShapeBindings, parse_dim_spec, parse_shape_spec
 from onnxforge.cost.analysis import CostReport, CostTotals, NodeCost, analyze
 from onnxforge.cost.roofline import PROFILES, TargetProfile, get_profile
-from onnxforge.cost.shapes import ShapeBindings, parse_dim_spec, parse_shape_spec
 
 __all__ = [
     "PROFILES",

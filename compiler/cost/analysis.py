@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxforge.analysis.shapes import ShapeBindings, ShapeTable, bind_inputs
 from onnxforge.cost.memory import MemoryProfile, activation_peak, memory_order
+from onnxforge.cost.probe import probe_types
 from onnxforge.cost.roofline import TargetProfile, dtype_class, get_profile
-from onnxforge.cost.shapes import ShapeBindings, ShapeTable, bind_inputs
 from onnxforge.ir import Graph, Model, Node, Value
 from onnxforge.ir.constants import constant_value, is_constant
 from onnxforge.kernels.costs.registry import (
@@ -208,7 +209,7 @@ def analyze(
     """
     profile = target if isinstance(target, TargetProfile) else get_profile(target)
     bindings = bind_inputs(model, shapes, dims)
-    table = ShapeTable(model, bindings, probe=probe, feeds=feeds)
+    table = ShapeTable(model, bindings, probe=probe_types if probe else None, feeds=feeds)
     walker = _Walker(model, table, profile)
     walker.graph(model.graph, "main", runs=1, counted=True)
     totals = CostTotals(est_latency_ms=profile.run_overhead_s * 1e3)

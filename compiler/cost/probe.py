@@ -20,8 +20,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxforge.equivalence import random_feeds
 from onnxforge.ir import Model, to_proto
 from onnxforge.ir.tensor_data import is_external, iter_tensors
+from onnxforge.runtime.session import create_session
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,6 @@ def probe_types(
     """Types (element type and concrete shape) of the values of every graph that onnxruntime
     runs could measure. Empty when the model cannot be probed (external data, too large, or
     onnxruntime refuses it); the reason is logged."""
-    from onnxforge.equivalence import random_feeds
-
     weight_bytes = sum(v.const_nbytes() for g in model.graph.all_graphs() for v in g.initializers.values())
     if weight_bytes > MAX_PROBE_BYTES:
         log.info("shape probe skipped: %d MB of weights", weight_bytes >> 20)
@@ -108,8 +108,6 @@ def _run(
 ) -> dict[str, np.ndarray] | None:
     """Run ``graph`` as a model whose inputs are ``formal`` + the names it captures (outer
     initializers it captures become its own initializers)."""
-    import onnxruntime as ort
-
     g = onnx.GraphProto()
     g.CopyFrom(graph)
     del g.input[:]
@@ -137,11 +135,8 @@ def _run(
     m.functions.extend(proto.functions)
     m.graph.CopyFrom(g)
     try:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 4  # failures are expected (the branch not taken) and handled
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        # log_level 4: failures are expected (the branch not taken) and handled
+        sess = create_session(m, log_level=4)
         names = [o.name for o in sess.get_outputs()]
         out = dict(zip(names, sess.run(names, {k: feeds[k] for k in inputs})))
     except Exception as e:

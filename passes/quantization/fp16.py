@@ -53,6 +53,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxforge.analysis.shapes import InferredTypes
 from onnxforge.ir import PROVENANCE_KEY, Graph, Model, Node, Value
 from onnxforge.ir.constants import add_constant, constant_node_tensor, constant_value
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
@@ -246,13 +247,10 @@ class _Converter:
 
     # -- types ---------------------------------------------------------------------------------
     def _load_types(self) -> None:
-        from onnxforge.passes.shape_inference import infer_types
-
-        try:
-            self._inferred = infer_types(self.model)
-        except Exception as e:  # onnx raises many kinds; fall back to the stored types
-            log.warning("fp16: type inference failed, using stored value types: %s", e)
-            self._inferred = {}
+        found = self.ctx.analyses.get(InferredTypes(), self.model)
+        if found.error is not None:  # fall back to the stored types
+            log.warning("fp16: type inference failed, using stored value types: %s", found.error)
+        self._inferred = found.types
         for v in self.graph.values():
             if v.const is not None:
                 self.orig[v] = int(v.const.data_type)

@@ -1,11 +1,19 @@
-"""Concrete shapes for cost analysis: bind the model's dynamic input dimensions, run shape
-inference, and give every value a :class:`~onnxforge.kernels.costs.TensorInfo`.
+"""The shape analysis: types and shapes of every value, computed one way for every user.
 
-Users fix input shapes with ``NAME=1x3x224x224`` specs and symbolic dimensions with
-``SYMBOL=N``. A dimension fixed by an input spec also binds its symbol (an input declared
-``["batch", 3, "h", "w"]`` given as ``1x3x224x224`` binds ``batch=1``, ``h=w=224`` for every other
-value that uses those symbols). Dimensions left open are assumed to be 1, and each assumption is
-recorded so the report can say what was assumed.
+Three views over one engine (onnx's shape inference with data propagation, run on an export of
+the IR whose large initializers are data-less stubs, plus rounds of evaluating small shape
+computations with the numpy kernels):
+
+* :class:`InferredTypes`: the symbolic types inference gives every value (the
+  ``shape-inference`` pass and the float16 conversion read it);
+* :class:`ShapeTable` / :func:`bind_inputs`: concrete shapes at given input shapes (the cost
+  model, which adds an onnxruntime probe for data-dependent shapes from the layer above);
+* :class:`GenericShapes`: concrete shapes with every symbolic input dimension bound to a
+  distinct prime, so that two values with equal concrete shapes have equal shapes for all
+  inputs (the fusion rules ask this).
+
+The analyses are cached by :class:`~onnxforge.passmanager.AnalysisManager` per model version:
+``ctx.analyses.get(GenericShapes(), model)``.
 """
 
 from __future__ import annotations
@@ -16,14 +24,187 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from onnxforge.cost.probe import probe_types
 from onnxforge.errors import UsageError
-from onnxforge.ir import Model, Value
+from onnxforge.ir import Model, Node, Value, to_proto
 from onnxforge.ir.constants import constant_node_tensor, constant_value, is_constant
+from onnxforge.ir.proto_walk import graph_protos
+from onnxforge.ir.tensor_data import is_external
 from onnxforge.kernels.costs.registry import TensorInfo
+from onnxforge.kernels.registry import KernelError, evaluate, get_kernel
+from onnxforge.passmanager import Analysis, AnalysisManager
 
 log = logging.getLogger(__name__)
+
+_STRIPPED_LOCATION = "onnxforge-shape-inference-stripped-data"
+
+#: Measures types of values inference cannot resolve: (model, input shapes, feeds) -> types by
+#: name. The cost model passes an onnxruntime probe (onnxforge.cost.probe.probe_types).
+Prober = Callable[[Model, Mapping[str, tuple[int, ...]], "Mapping[str, np.ndarray] | None"], "dict[str, onnx.TypeProto]"]
+
+
+# -- symbolic types --------------------------------------------------------------------------
+
+
+def reinferable(node: Node, functions: set[tuple[str, str]]) -> bool:
+    """True when onnx knows the op's schema, so that its outputs' types can be recomputed."""
+    if (node.domain, node.op_type) in functions:
+        return False
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    try:
+        return bool(onnx.defs.has(node.op_type, domain))
+    except Exception:
+        return False
+
+
+def merge_types(inferred: onnx.TypeProto | None, old: onnx.TypeProto | None) -> onnx.TypeProto | None:
+    """The inferred type, completed with the old one's details where the two agree (same tensor
+    element type and rank) and inference knows less (no shape, unknown or generated ``unk__``
+    dims). Conflicts go to the inferred type; no inferred type gives None."""
+    if inferred is None or old is None:
+        return inferred
+    if not (inferred.HasField("tensor_type") and old.HasField("tensor_type")):
+        return inferred
+    it, ot = inferred.tensor_type, old.tensor_type
+    if not it.elem_type or it.elem_type != ot.elem_type or not ot.HasField("shape"):
+        return inferred
+    result = onnx.TypeProto()
+    result.CopyFrom(inferred)
+    if not it.HasField("shape"):
+        result.tensor_type.shape.CopyFrom(ot.shape)
+        return result
+    if len(it.shape.dim) != len(ot.shape.dim):
+        return inferred
+    for rd, od in zip(result.tensor_type.shape.dim, ot.shape.dim):
+        if rd.HasField("dim_value"):
+            continue
+        if rd.HasField("dim_param") and not rd.dim_param.startswith("unk__"):
+            continue
+        if (od.HasField("dim_value") and od.dim_value >= 0) or od.HasField("dim_param"):
+            rd.CopyFrom(od)  # (some exporters write -1 for "unknown": never copy that)
+    return result
+
+
+def export_for_inference(model: Model, max_data_bytes: int = 1024) -> onnx.ModelProto:
+    """The model as a proto for onnx's shape inference, initializers larger than
+    ``max_data_bytes`` replaced by data-less stubs (dtype and shape kept). The IR is unchanged:
+    the stubs exist only in the exported proto."""
+
+    def stubbed(v: Value) -> onnx.TensorProto:
+        t = v.const
+        assert t is not None
+        if is_external(t) or v.const_nbytes() <= max_data_bytes:
+            return t
+        stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value=_STRIPPED_LOCATION)
+        return stub
+
+    return to_proto(model, value_info=True, initializer=stubbed)
+
+
+def infer_types(
+    model: Model,
+    *,
+    max_data_bytes: int = 1024,
+    input_types: dict[str, onnx.TypeProto] | None = None,
+    value_types: dict[str, onnx.TypeProto] | None = None,
+    known_values: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, onnx.TypeProto]:
+    """Types that onnx's shape inference (data propagation on, non-strict) gives the values of
+    every graph, by name, without modifying ``model``.
+
+    The stored types of outputs of ops onnx knows are dropped before inference so that they are
+    recomputed, not trusted. ``input_types`` replaces the declared types of main-graph inputs
+    (to analyse the model at fixed input shapes); ``value_types`` are trusted types of
+    values of any graph (e.g. measured ones) given to inference as value_info. Raises whatever
+    onnx raises. ``known_values`` are computed data of main-graph values (shape computations):
+    their consumers read them as initializers, so that data-dependent shapes resolve.
+    """
+    functions = model.function_keys()
+    recomputed = {
+        v.name
+        for graph in model.graph.all_graphs()
+        for node in graph
+        if reinferable(node, functions)
+        for v in node.outputs
+        if v is not None and not v.is_graph_output()
+    }
+    proto = export_for_inference(model, max_data_bytes)
+    for gp in graph_protos(proto.graph):
+        kept = [vi for vi in gp.value_info if vi.name not in recomputed]
+        del gp.value_info[:]
+        gp.value_info.extend(kept)
+    if input_types:
+        for vi in proto.graph.input:
+            if vi.name in input_types:
+                vi.type.CopyFrom(input_types[vi.name])
+        # Declared output shapes (often symbolic) would shadow what the fixed inputs give.
+        produced = {v.name for node in model.graph for v in node.outputs if v is not None and reinferable(node, functions)}
+        for vi in proto.graph.output:
+            if vi.name in produced and vi.type.HasField("tensor_type"):
+                vi.type.tensor_type.ClearField("shape")
+    if value_types:
+        for gp in graph_protos(proto.graph):
+            declared = {vi.name for vi in [*gp.input, *gp.output]}
+            for n in gp.node:
+                for name in n.output:
+                    if name in value_types and name not in declared:
+                        gp.value_info.add(name=name).type.CopyFrom(value_types[name])
+    if known_values:
+        _substitute_known(proto, known_values)
+    result = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    inferred: dict[str, onnx.TypeProto] = {}
+    for gp in graph_protos(result.graph):
+        for vi in [*gp.input, *gp.output, *gp.value_info]:
+            if vi.HasField("type"):
+                inferred[vi.name] = vi.type
+    return inferred
+
+
+_KNOWN_SUFFIX = "__onnxforge_known"
+
+
+def _substitute_known(proto: onnx.ModelProto, known: Mapping[str, np.ndarray]) -> None:
+    """Point every consumer of a known value at an initializer holding its data."""
+    used: set[str] = set()
+    for gp in graph_protos(proto.graph):
+        for n in gp.node:
+            for i, name in enumerate(n.input):
+                if name in known:
+                    n.input[i] = name + _KNOWN_SUFFIX
+                    used.add(name)
+    for name in used:
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(known[name]), name + _KNOWN_SUFFIX))
+
+
+@dataclass(frozen=True)
+class TypeMap:
+    """What :class:`InferredTypes` found: types by value name, or the error onnx raised."""
+
+    types: dict[str, onnx.TypeProto]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class InferredTypes(Analysis):
+    """Types onnx's shape inference gives every value of every graph, by name
+    (:func:`infer_types`). When onnx rejects the model, ``error`` says why and ``types`` is
+    empty."""
+
+    name = "inferred-types"
+    max_data_bytes: int = 1024
+
+    def compute(self, model: Model, am: AnalysisManager) -> TypeMap:
+        try:
+            return TypeMap(infer_types(model, max_data_bytes=self.max_data_bytes))
+        except Exception as e:  # onnx raises many kinds
+            return TypeMap({}, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+
+
+# -- concrete shapes -------------------------------------------------------------------------
+
 
 #: The value an open dimension is assumed to have.
 DEFAULT_DIM = 1
@@ -139,11 +320,9 @@ class ShapeTable:
         model: Model,
         bindings: ShapeBindings,
         *,
-        probe: bool = True,
+        probe: Prober | None = None,
         feeds: Mapping[str, np.ndarray] | None = None,
     ) -> None:
-        from onnxforge.passes.shape_inference import infer_types
-
         self.bindings = bindings
         self._cache: dict[int, TensorInfo | None] = {}
         self._inferred: dict[str, onnx.TypeProto] = {}
@@ -168,8 +347,8 @@ class ShapeTable:
                 break
             self.folded.update(new)
         self.probed = 0
-        if probe and self._unresolved(model):
-            measured = probe_types(model, bindings.inputs, feeds)
+        if probe is not None and self._unresolved(model):
+            measured = probe(model, bindings.inputs, feeds)
             if measured:
                 self.probed = len(measured)
                 self._cache.clear()
@@ -240,8 +419,6 @@ def fold_shape_values(
     """Values of small tensors of the main graph that can be computed from shapes and
     constants alone (``Shape``/``Size`` of tensors with known shapes, then any op with a numpy
     kernel over such values), excluding those already in ``known``. Linear in graph size."""
-    from onnxforge.kernels.registry import KernelError, evaluate, get_kernel
-
     values: dict[Value, np.ndarray] = {}
     new: dict[str, np.ndarray] = {}
     opset = model.opset("") or 21
@@ -300,3 +477,30 @@ def fold_shape_values(
             if o.name not in known:
                 new[o.name] = arr
     return new
+
+
+#: Sizes given to symbolic input dimensions by :class:`GenericShapes` (distinct primes).
+GENERIC_SIZES = (7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47)
+
+
+@dataclass(frozen=True)
+class GenericShapes(Analysis):
+    """Concrete shapes of the main graph's values when every symbolic input dimension takes a
+    distinct generic size: two values with equal concrete shapes then have equal shapes for
+    generic inputs, which symbolic inference cannot always tell (it may name one dim twice).
+    The result is a :class:`ShapeTable`, or None when inference fails."""
+
+    name = "generic-shapes"
+
+    def compute(self, model: Model, am: AnalysisManager) -> ShapeTable | None:
+        sizes = iter(GENERIC_SIZES)
+        dims: dict[str, int] = {}
+        for inp in model.graph.inputs:
+            for d in inp.shape() or ():
+                if isinstance(d, str) and d not in dims:
+                    dims[d] = next(sizes, 53)
+        try:
+            return ShapeTable(model, bind_inputs(model, None, dims))
+        except Exception as e:  # inference failed: no concrete shapes
+            log.debug("generic shapes unavailable: %s", e)
+            return None
