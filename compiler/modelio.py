@@ -1,12 +1,12 @@
 """Loading and saving models safely.
 
 * :func:`load` validates before anything else runs: the file exists and parses as a ModelProto,
-  the IR version and opsets are supported, the checker accepts it, every external-data reference
-  stays inside the model's folder and inside its file, and the graph is acyclic with every input
-  defined. Failures raise :class:`~onnxforge.errors.ModelError` (or ``UsageError`` for paths) with
+  the IR version and opsets are supported, the checker accepts it, every node's types satisfy its
+  operator's type constraints (:func:`check_types`), every external-data reference stays inside
+  the model's folder and inside its file, and the graph is acyclic with every input defined. Failures raise :class:`~onnxforge.errors.ModelError` (or ``UsageError`` for paths) with
   a one-line message.
 * :func:`save` writes atomically (temporary files in the target folder, then ``os.replace``),
-  never over the input model, and switches to external data automatically when the tensors would
+  never over the input model or any file it reads (:func:`check_output_paths`), and switches to external data automatically when the tensors would
   not fit in one 2 GB protobuf. External tensors are streamed from the source file, never loaded
   whole.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import re
 import secrets
@@ -144,6 +145,150 @@ def check_proto(proto: onnx.ModelProto, where: str = "model", path: Path | None 
     return True
 
 
+#: Embedded tensors above this size are replaced by typed stubs (type and dims, no data) in the
+#: copy the type check runs on: inference reads only small, shape-like tensors.
+_STUB_BYTES = 1 << 16
+_NODE_TAG = "onnxforge-node-"
+#: What onnx's operator type check (OpSchema::CheckInputOutputType) says about a bad type.
+_TYPE_CONSTRAINT = re.compile(r"has (unsupported|inconsistent) type|expected to have type but instead is null")
+
+
+def check_types(proto: onnx.ModelProto, where: str = "model") -> None:
+    """Refuse (:class:`ModelError`) a node whose input or output types break its operator's type
+    constraints, e.g. ``Add(float, int64)``, in one line naming the node (name and position),
+    the op and the types.
+
+    onnx type inference runs with ``check_type=True`` but not in strict mode and without data
+    propagation: other inference complaints (shapes that disagree with stale ``value_info``,
+    ops of domains onnx does not know) stay onnxruntime's to judge. It runs on a copy of the
+    graph whose weights above 64 KB are stubs, so its cost does not grow with the weights, and
+    models with external data or over 2 GB are checked too without reading a byte of them.
+    """
+    slim, nodes = _typing_copy(proto)
+    infer = onnx.shape_inference.infer_shapes
+    try:
+        infer(slim, check_type=True, strict_mode=False, data_prop=False)
+        if any("/" in key for key, _ in nodes):
+            # Outside strict mode, errors in subgraphs (If/Loop/Scan bodies) are swallowed; in
+            # strict mode they come with everything else: keep only type-constraint errors.
+            try:
+                infer(slim, check_type=True, strict_mode=True, data_prop=False)
+            except onnx.shape_inference.InferenceError as e:
+                if _TYPE_CONSTRAINT.search(str(e)):
+                    raise
+                log.debug("%s: strict inference complains, not about types: %s", where, _short(e))
+    except onnx.shape_inference.InferenceError as e:
+        raise ModelError(_type_error(e, slim, nodes, where)) from None
+    except (ValueError, RuntimeError) as e:  # not a verdict on the model: leave it to the loader
+        log.debug("%s: type check skipped: %s", where, _short(e))
+
+
+def _typing_copy(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[tuple[str, onnx.NodeProto]]]:
+    """The model for type inference: weights stubbed, every node of every graph renamed to a tag
+    (so an error names it even when it has no name); returns the copy and, by tag number, each
+    node's position (``3``, ``3/then_branch/0``) and original."""
+    slim = onnx.ModelProto()
+    slim.ir_version = proto.ir_version
+    slim.opset_import.extend(proto.opset_import)
+    slim.functions.extend(proto.functions)
+    nodes: list[tuple[str, onnx.NodeProto]] = []
+    _typing_graph(proto.graph, slim.graph, "", nodes)
+    return slim, nodes
+
+
+def _typing_graph(src: onnx.GraphProto, dst: onnx.GraphProto, prefix: str, nodes: list[tuple[str, onnx.NodeProto]]) -> None:
+    dst.name = src.name
+    dst.input.extend(src.input)
+    dst.output.extend(src.output)
+    dst.value_info.extend(src.value_info)
+    dst.sparse_initializer.extend(src.sparse_initializer)
+    for t in src.initializer:
+        _typing_tensor(t, dst.initializer.add())
+    for i, n in enumerate(src.node):
+        key = f"{prefix}{i}"
+        new = dst.node.add()
+        new.op_type, new.domain, new.name = n.op_type, n.domain, f"{_NODE_TAG}{len(nodes)}"
+        new.input.extend(n.input)
+        new.output.extend(n.output)
+        if n.overload:
+            new.overload = n.overload
+        nodes.append((key, n))
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                na = new.attribute.add(name=a.name, type=a.type)
+                _typing_graph(a.g, na.g, f"{key}/{a.name}/", nodes)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                na = new.attribute.add(name=a.name, type=a.type)
+                for j, sg in enumerate(a.graphs):
+                    _typing_graph(sg, na.graphs.add(), f"{key}/{a.name}[{j}]/", nodes)
+            elif a.type == onnx.AttributeProto.TENSOR:
+                _typing_tensor(a.t, new.attribute.add(name=a.name, type=a.type).t)
+            else:
+                new.attribute.add().CopyFrom(a)
+
+
+def _typing_tensor(t: onnx.TensorProto, dst: onnx.TensorProto) -> None:
+    # Size from the dims: ByteSize() would serialize the data to measure it.
+    if is_external(t) or math.prod(t.dims) * 8 <= _STUB_BYTES or t.data_type == onnx.TensorProto.STRING:
+        dst.CopyFrom(t)
+        return
+    dst.name, dst.data_type = t.name, t.data_type
+    dst.dims.extend(t.dims)
+    dst.data_location = onnx.TensorProto.EXTERNAL
+    dst.external_data.add(key="location", value="onnxforge-type-check-stub")
+
+
+def _type_error(e: Exception, slim: onnx.ModelProto, nodes: list[tuple[str, onnx.NodeProto]], where: str) -> str:
+    text = " ".join(str(e).split())
+    # (op_type:Add, node name: onnxforge-node-3): B has inconsistent type tensor(int64) -- one
+    # or more of them, nested for subgraphs: take the first that is about types.
+    found = []
+    for m in re.finditer(r"node name: " + _NODE_TAG + r"(\d+)\):\s*", text):
+        detail = re.split(r" \(op_type:| \[", text[m.end() :], maxsplit=1)[0].strip().rstrip(".")
+        if int(m.group(1)) < len(nodes) and detail:
+            found.append((int(m.group(1)), detail))
+    if not found:
+        return f"{where}: a node breaks its operator's type constraints: {_short(e)}"
+    index, detail = next(((i, d) for i, d in found if _TYPE_CONSTRAINT.search(d)), found[-1])
+    key, node = nodes[index]
+    label = f"node {key}" + (f" {node.name!r}" if node.name else "") + f" ({node.op_type})"
+    return f"{where}: {label} breaks the operator's type constraints: {detail}; {_io_types(slim, node)}"
+
+
+def _io_types(slim: onnx.ModelProto, node: onnx.NodeProto) -> str:
+    """``inputs: x float, i int64; outputs: y ?``, from (non-checking) inference on ``slim``."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(slim, strict_mode=False, data_prop=False)
+    except Exception:
+        inferred = slim
+    types: dict[str, str] = {}
+    for g in graph_protos(inferred.graph):
+        for vi in itertools.chain(g.input, g.value_info, g.output):
+            types.setdefault(vi.name, _type_name(vi.type))
+        for t in g.initializer:
+            types.setdefault(t.name, onnx.TensorProto.DataType.Name(t.data_type).lower())
+
+    def names(values: Sequence[str]) -> str:
+        return ", ".join(f"{v} {types.get(v, '?')}" for v in values if v) or "none"
+
+    return f"inputs: {names(node.input)}; outputs: {names(node.output)}"
+
+
+def _type_name(t: onnx.TypeProto) -> str:
+    kind = t.WhichOneof("value")
+    if kind == "tensor_type" or kind == "sparse_tensor_type":
+        elem = getattr(t, kind).elem_type
+        name = onnx.TensorProto.DataType.Name(elem).lower() if elem else "?"
+        return name if kind == "tensor_type" else f"sparse {name}"
+    if kind == "sequence_type":
+        return f"seq({_type_name(t.sequence_type.elem_type)})"
+    if kind == "optional_type":
+        return f"optional({_type_name(t.optional_type.elem_type)})"
+    if kind == "map_type":
+        return f"map({onnx.TensorProto.DataType.Name(t.map_type.key_type).lower()}, {_type_name(t.map_type.value_type)})"
+    return "?"
+
+
 def load(
     model: str | os.PathLike[str] | onnx.ModelProto | Model, *, check: bool = True
 ) -> LoadedModel:
@@ -169,6 +314,8 @@ def load(
     if uses_external:
         store.validate_all(proto)  # our rules are stricter than the checker's: run them first
     recheck = check and not check_proto(proto, where, path)
+    if check and not recheck:
+        check_types(proto, where)
     ir_model = from_proto(proto)
     if path is not None:
         store.source_files = _files_of(proto, path)
@@ -183,7 +330,9 @@ def load(
         raise ModelError(f"{where}: {e}") from None
     if recheck:  # the graph was out of order: check the sorted version
         log.info("%s: nodes were not in topological order; sorted them", where)
-        check_proto(to_proto(ir_model), where, None if uses_external else path)
+        sorted_proto = to_proto(ir_model)
+        check_proto(sorted_proto, where, None if uses_external else path)
+        check_types(sorted_proto, where)
     ir_model.reset_version()
     return LoadedModel(ir_model, path, uses_external)
 

@@ -34,9 +34,10 @@ from typing import Any, ClassVar, NoReturn
 
 import numpy as np
 
+from onnxforge.analysis.shapes import GenericShapes
 from onnxforge.ir import Graph, Model, Node, Value, replace_all_uses_with
 from onnxforge.ir.constants import add_constant, constant_value
-from onnxforge.passmanager import Pass, PassContext, PassResult
+from onnxforge.passmanager import AnalysisManager, Pass, PassContext, PassResult
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,10 @@ class Match:
 class RewriteContext:
     """Helpers for matching and rewriting inside one graph."""
 
-    def __init__(self, model: Model, graph: Graph) -> None:
+    def __init__(self, model: Model, graph: Graph, analyses: AnalysisManager | None = None) -> None:
         self.model = model
         self.graph = graph
+        self.analyses = analyses if analyses is not None else AnalysisManager()
         self.rule: Rule | None = None
         self._shapes: Any = None
 
@@ -85,23 +87,13 @@ class RewriteContext:
         """``v``'s shape when every dynamic input dimension takes a distinct generic size
         (7, 11, 13, ...): two values with equal concrete shapes have equal shapes for generic
         inputs, which symbolic inference cannot always tell (it names the same dim twice).
-        Main graph only; computed once per context with onnx shape inference."""
+        Main graph only; the shared :class:`~onnxforge.analysis.shapes.GenericShapes` analysis,
+        read once per context."""
         if v is None or self.graph is not self.model.graph:
             return None
         if self._shapes is None:
-            from onnxforge.cost.shapes import ShapeTable, bind_inputs
-
-            sizes = iter((7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47))
-            dims: dict[str, int] = {}
-            for inp in self.model.graph.inputs:
-                for d in inp.shape() or ():
-                    if isinstance(d, str) and d not in dims:
-                        dims[d] = next(sizes, 53)
-            try:
-                self._shapes = ShapeTable(self.model, bind_inputs(self.model, None, dims), probe=False)
-            except Exception as e:  # inference failed: no concrete shapes
-                log.debug("concrete shapes unavailable: %s", e)
-                self._shapes = False
+            # One snapshot per context: later rewrites must not re-run inference per query.
+            self._shapes = self.analyses.get(GenericShapes(), self.model) or False
         if self._shapes is False:
             return None
         info = self._shapes.info(v)
@@ -280,7 +272,7 @@ class RewritePass(Pass):
             for graph in list(model.graph.all_graphs()):
                 if graph.model is None and graph is not model.graph:
                     continue
-                rc = RewriteContext(model, graph)
+                rc = RewriteContext(model, graph, ctx.analyses)
                 fired += self._apply(graph, rc, by_anchor, trace, hits)
             if not fired:
                 break
