@@ -869,6 +869,23 @@ class Model:
         twin._version = 0
         return twin
 
+    def replace_contents(self, other: Model) -> None:
+        """Take over ``other``'s graph and everything around it (opsets, IR version, shell,
+        external data store, name registry), in place: for a pass that rebuilds the model
+        elsewhere (e.g. through onnx-graphsurgeon) but must mutate the model it was given.
+        ``other`` must not be used afterwards. Bumps :attr:`version` past both models'."""
+        self.graph = other.graph
+        self.proto_shell = other.proto_shell
+        self._opset_imports = TrackedDict(other.opset_imports, on_change=self._touch)
+        self._ir_version = other.ir_version
+        self.tensor_store = other.tensor_store
+        self.export_value_info = other.export_value_info
+        self._names = other._names
+        self._node_names = other._node_names
+        self._counter = other._counter
+        self.graph._set_model(self)
+        self._version = max(self._version, other._version) + 1
+
     @property
     def functions(self) -> list[onnx.FunctionProto]:
         return list(self.proto_shell.functions)
