@@ -46,9 +46,19 @@ class CompileResult:
             self._proto = to_proto(self.ir)
         return self._proto
 
-    def save(self, path: str | os.PathLike[str], *, external_data: bool | None = None) -> Path:
-        """Write the compiled model atomically (external data decided by size unless given)."""
-        return modelio.save(self.ir, path, source=self.source, external_data=external_data)
+    def save(
+        self, path: str | os.PathLike[str], *, external_data: bool | None = None, check_runtime: bool = True
+    ) -> Path:
+        """Write the compiled model atomically (external data decided by size unless given).
+
+        Never over the input model or a file it reads (:class:`~onnxforge.errors.UsageError`).
+        With ``check_runtime`` (default) a model onnxruntime cannot load is not written when it
+        can load the input (:class:`~onnxforge.errors.ModelError`); see
+        :func:`onnxforge.modelio.check_runtime_loadable` for what is skipped to stay cheap.
+        """
+        return modelio.save(
+            self.ir, path, source=self.source, external_data=external_data, check_runtime=check_runtime
+        )
 
 
 def compile(
