@@ -10,13 +10,16 @@ Used by the per-layer error reports of the quantizer (in the spirit of onnxrunti
 * :class:`ErrorPairs`: both over many samples, per tensor name, on real positions only when a
   padding mask is given (see :mod:`onnxforge.quantize.padding`).
 
-Both compute in float64, so float16 inputs do not overflow; NaN anywhere gives NaN.
+Both compute in float64, so float16 inputs do not overflow. A non-finite value (NaN, +-Inf) in
+one tensor where the other does not hold the very same value gives NaN: there is no error
+measure then, and every bound must count it as failed (:func:`below`, :func:`worst`); the same
+non-finite value at the same position in both is not noise and is left out.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -24,24 +27,54 @@ from numpy.typing import ArrayLike
 from onnxforge.quantize.padding import valid_positions
 
 
-def _pair(reference: ArrayLike, actual: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def _pair(reference: ArrayLike, actual: ArrayLike) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both tensors flattened in float64 without the positions where they hold the same
+    non-finite value; None when a non-finite value is not matched in the other tensor."""
     ref = np.asarray(reference, dtype=np.float64)
     act = np.asarray(actual, dtype=np.float64)
     if ref.shape != act.shape:
         raise ValueError(f"shapes differ: {ref.shape} vs {act.shape}")
-    return ref.ravel(), act.ravel()
+    ref, act = ref.ravel(), act.ravel()
+    finite_ref, finite_act = np.isfinite(ref), np.isfinite(act)
+    if finite_ref.all() and finite_act.all():
+        return ref, act
+    same = (np.isnan(ref) & np.isnan(act)) | (~finite_ref & (ref == act))
+    keep = finite_ref & finite_act
+    if not (keep | same).all():
+        return None
+    return ref[keep], act[keep]
+
+
+def below(value: float, bound: float) -> bool:
+    """Whether ``value`` fails the lower bound ``bound``: NaN (no measure) always fails."""
+    return not value >= bound
+
+
+def worst(values: Iterable[float]) -> float:
+    """The lowest of ``values``, NaN if any is NaN (builtin ``min`` keeps or drops a NaN
+    depending on where it sits), +inf when there are none."""
+    out = math.inf
+    for v in values:
+        if math.isnan(v):
+            return math.nan
+        out = min(out, v)
+    return out
 
 
 def sqnr_db(reference: ArrayLike, actual: ArrayLike) -> float:
     """Signal-to-quantization-noise ratio of ``actual`` against ``reference``, in dB.
 
     +inf when they are equal (no noise, empty tensors included); -inf when the reference is all
-    zeros but ``actual`` is not (noise without signal).
+    zeros but ``actual`` is not (noise without signal); NaN when one holds a non-finite value the
+    other does not (see the module docstring).
     """
-    ref, act = _pair(reference, actual)
+    pair = _pair(reference, actual)
+    if pair is None:
+        return math.nan
+    ref, act = pair
     noise = float(np.dot(ref - act, ref - act))
     signal = float(np.dot(ref, ref))
-    if math.isnan(noise) or math.isnan(signal):
+    if not (math.isfinite(noise) and math.isfinite(signal)):  # float64 overflow
         return math.nan
     if noise == 0.0:
         return math.inf
@@ -53,11 +86,15 @@ def sqnr_db(reference: ArrayLike, actual: ArrayLike) -> float:
 def cosine(a: ArrayLike, b: ArrayLike) -> float:
     """Cosine similarity of two tensors of the same shape (flattened).
 
-    1.0 when both are all zeros (identical), 0.0 when exactly one is.
+    1.0 when both are all zeros (identical), 0.0 when exactly one is; NaN when one holds a
+    non-finite value the other does not.
     """
-    x, y = _pair(a, b)
+    pair = _pair(a, b)
+    if pair is None:
+        return math.nan
+    x, y = pair
     nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
-    if math.isnan(nx) or math.isnan(ny):
+    if not (math.isfinite(nx) and math.isfinite(ny)):
         return math.nan
     if nx == 0.0 or ny == 0.0:
         return 1.0 if nx == ny else 0.0
@@ -97,6 +134,7 @@ class ErrorPairs:
         return sqnr_db(np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs]))
 
     def worst_cosine(self, name: str) -> float:
-        """The lowest per-sample cosine similarity (NaN when nothing was collected)."""
+        """The lowest per-sample cosine similarity (NaN when nothing was collected or when any
+        sample has no cosine)."""
         pairs = self._pairs.get(name)
-        return min(cosine(a, b) for a, b in pairs) if pairs else math.nan
+        return worst(cosine(a, b) for a, b in pairs) if pairs else math.nan

@@ -68,3 +68,31 @@ def test_error_pairs_pool_samples_skip_empty_taps_and_mask_padding() -> None:
     assert unmasked.sqnr("h") == pytest.approx(sqnr_db(np.concatenate([ref, ref]), np.concatenate([ref, noisy])))
     assert unmasked.worst_cosine("h") == pytest.approx(cosine(ref, noisy))
     assert math.isnan(unmasked.sqnr("missing"))
+
+
+def test_inf_or_nan_in_the_quantized_tensor_is_a_failed_measure() -> None:
+    """A quantized tensor with Inf or NaN where the float one is finite has no SQNR or cosine:
+    NaN, which every bound treats as failing (no math domain error, no accidental pass)."""
+    from onnxforge.quantize.sqnr import below, worst
+
+    ref = np.array([1.0, 2.0, 3.0])
+    for bad in (np.array([1.0, np.inf, 3.0]), np.array([1.0, np.nan, 3.0]), np.array([-np.inf, 2.0, 3.0])):
+        assert math.isnan(sqnr_db(ref, bad)) and math.isnan(cosine(ref, bad))
+        assert below(sqnr_db(ref, bad), -1000.0) and below(cosine(ref, bad), -1.0)
+    # the same non-finite value at the same place in both is not noise
+    same = np.array([1.0, np.inf, np.nan])
+    assert sqnr_db(same, same.copy()) == math.inf and cosine(same, same.copy()) == pytest.approx(1.0)
+    assert not below(0.995, 0.99) and below(0.98, 0.99)
+    assert math.isnan(worst([1.0, math.nan, 0.5])) and math.isnan(worst([math.nan, 1.0]))
+    assert worst([1.0, 0.5]) == 0.5 and worst([]) == math.inf
+
+
+def test_worst_cosine_is_nan_when_any_sample_is_not_finite() -> None:
+    from onnxforge.quantize.sqnr import ErrorPairs
+
+    ref = np.ones((1, 4), np.float32)
+    for order in ((ref, ref * np.nan), (ref * np.nan, ref)):
+        pairs = ErrorPairs()
+        for bad in order:
+            pairs.add("y", ref, bad, {})
+        assert math.isnan(pairs.worst_cosine("y")) and math.isnan(pairs.sqnr("y"))
