@@ -648,10 +648,12 @@ def save(
     except ValueError as e:
         raise ModelError(f"cannot serialize the model: {_short(e)}") from None
     finally:
-        if data_replaced and not done:
-            _restore_previous(data_target, backup)  # type: ignore[arg-type]
-        elif backup is not None:
-            _unlink(backup)
+        # Put the previous data file back when the new one replaced it, or when it was moved
+        # aside (no hard links here) and the new one never arrived.
+        if data_target is not None and not done and (data_replaced or (backup is not None and not data_target.exists())):
+            _restore_previous(data_target, backup)
+        if backup is not None:
+            _unlink(backup)  # a hard link beside a restored or replaced file (gone if renamed back)
         if not done:
             for t in tmp_files:
                 _unlink(t)

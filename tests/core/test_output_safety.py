@@ -228,3 +228,33 @@ def test_failed_model_rename_rolls_back_the_data_file(tmp_path, monkeypatch, exi
     assert len(calls) >= 2
     assert _digests(tmp_path) == before  # old pair intact, or nothing new at all
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnxforge-")]
+
+
+@pytest.mark.parametrize("fail_on", [1, 2])
+def test_rollback_without_hard_links(tmp_path, monkeypatch, fail_on):
+    """Where hard links are unsupported the previous data file is moved aside; a failed rename
+    of the new data file (1) or of the model (2) must still put it back."""
+    src = _external(tmp_path)
+    loaded = modelio.load(src)
+    out = tmp_path / "o.onnx"
+    modelio.save(mlp(), out, external_data=True)
+    before = _digests(tmp_path)
+    real_replace = os.replace
+    calls = []
+
+    def no_link(a, b):
+        raise OSError(1, "Operation not permitted")
+
+    def failing_replace(a, b):
+        calls.append((a, b))
+        if len(calls) == fail_on:
+            raise OSError(5, "Input/output error")
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(UsageError, match="Input/output error"):
+        modelio.save(loaded.model, out, source=src, external_data=True)
+    monkeypatch.undo()
+    assert _digests(tmp_path) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnxforge-")]
