@@ -675,8 +675,10 @@ def check_runtime_loadable(
     """Refuse (:class:`ModelError`) to let a compiled model out when onnxruntime (CPU, graph
     optimizations off) cannot create a session for it but can for the input ``source``. When the
     input fails too (or is not a file), log a warning and let it pass: onnxforge does not make
-    such a model worse. Skipped, to stay cheap, for models over :data:`RUNTIME_CHECK_LIMIT` and
-    for models using operator domains onnxruntime does not implement (custom ops)."""
+    such a model worse. A kernel the CPU provider lacks (NOT_IMPLEMENTED: a CUDA-only contrib op
+    of ``--target cuda``) is not a verdict either. Skipped, to stay cheap, for models over
+    :data:`RUNTIME_CHECK_LIMIT` and for models using operator domains onnxruntime does not
+    implement (custom ops)."""
     size = total_tensor_bytes(proto)
     local = {f.domain for f in proto.functions}
     foreign = sorted({imp.domain for imp in proto.opset_import} - ORT_DOMAINS - local)
@@ -693,6 +695,11 @@ def check_runtime_loadable(
             return
         except Exception as e:
             problem = _short(e, 300)
+            if type(e).__name__ == "NotImplemented" or "NOT_IMPLEMENTED" in problem:
+                # A kernel the CPU provider lacks (e.g. a CUDA-only contrib op of --target cuda)
+                # says nothing about whether the model is valid.
+                log.info("onnxruntime load check inconclusive: %s", problem)
+                return
     if source is None and store is not None and store.source_files:
         source = store.source_files[0]
     if source is None:

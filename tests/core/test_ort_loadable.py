@@ -89,3 +89,26 @@ def test_large_models_skip_the_check(tmp_path, monkeypatch):
     result = onnxforge.compile(src, BreakForOrt())
     result.save(tmp_path / "o.onnx")  # too big to test-load cheaply: written unchecked
     assert (tmp_path / "o.onnx").exists()
+
+
+def test_a_kernel_missing_on_cpu_is_not_a_verdict(tmp_path):
+    """A CUDA-only contrib op (what --target cuda may emit) has no CPU kernel: the model is valid,
+    so it is written."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    src = tmp_path / "m.onnx"
+    onnx.save(mlp(), src)
+    b = numpy_helper.from_array(np.ones((8,), np.float16), "B")
+    g = helper.make_graph(
+        [helper.make_node("BiasSplitGelu", ["x", "B"], ["y"], domain="com.microsoft")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4, 4])],
+        [b],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    modelio.check_runtime_loadable(m, src)  # no error
+    modelio.save(m, tmp_path / "o.onnx", source=src, check_runtime=True)
+    assert (tmp_path / "o.onnx").exists()
