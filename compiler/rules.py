@@ -1,24 +1,36 @@
 """Rewrite rules: a pattern, a check and a rewrite, applied by a pass.
 
 A :class:`Rule` is anchored on an op type (the last node of its pattern, whose outputs the
-rewrite replaces). :meth:`Rule.match` walks producers from the anchor with the helpers of
-:class:`RewriteContext` and either returns a :class:`Match` or raises :class:`MatchFailed` with
-a reason ("the scale is not a constant"), which is kept so that a user can ask why a rule did
-not fire on a node (``onnxforge compile --explain NODE``). :meth:`Rule.rewrite` builds the
-replacement; every node it creates carries the rule's name as provenance
-(``metadata_props["onnxforge.rule"]``).
+rewrite replaces). It works in two steps, neither of which changes the graph:
 
-The engine guarantees, for every rule:
+* :meth:`Rule.match` walks producers from the anchor with the helpers of :class:`RewriteContext`
+  and either returns the rule's own :class:`Match` subclass (a dataclass whose typed fields are
+  what the rewrite needs) or raises :class:`MatchFailed` with a reason ("the scale is not a
+  constant"), which is kept so that a user can ask why a rule did not fire on a node
+  (``onnxforge compile --explain NODE``);
+* :meth:`Rule.rewrite` builds the new nodes and constants on a :class:`RewriteBuilder`, which
+  records them without touching the graph, and returns a :class:`Replacement`: each value it
+  replaces (the anchor's outputs, and any other value it redirects) mapped to its new value.
+
+The engine (:class:`RewritePass`) then applies the replacement in one step, after checking it
+(:class:`RewriteError` otherwise, with the graph untouched): every matched output that is still
+read (or is a graph output) is replaced; the new nodes read only values in scope (this graph's,
+an enclosing graph's, or built by the builder), never a value the rewrite replaces or a value
+of a matched node it removes; a rewrite that raises, or a match or rewrite that edits the graph,
+leaves nothing behind. Applying it inserts the new nodes with the rule's name as provenance
+(``metadata_props["onnxforge.rule"]``), imports their domains, redirects every reader (graph
+outputs keep their names and types) and removes the matched nodes.
+
+The engine also guarantees, for every rule:
 
 * a matched node other than the anchor whose outputs are read outside the match (or are graph
   outputs) blocks the rewrite, so nothing computed elsewhere is lost;
 * rules are opset-aware (``min_opset``/``max_opset`` of the default domain);
-* the matched nodes are removed after the rewrite; dead initializers are left for dead-code
-  elimination.
+* dead initializers are left for dead-code elimination.
 
 Rules never rewrite a constant that is read outside the match: they check with
-:meth:`RewriteContext.exclusive` and fail with a reason otherwise (a shared weight is folded into
-a copy or not at all).
+:meth:`RewriteContext.exclusive` while matching and fail with a reason otherwise (a shared weight
+is folded into a copy or not at all); the builder can only add constants, never change one.
 
 Rule sets are explicit tuples of rule instances given to :class:`RewritePass` subclasses; there
 is no registration by import side effect.
@@ -28,14 +40,16 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
 import numpy as np
+import onnx
+from onnx import helper
 
 from onnxforge.analysis.shapes import GenericShapes
-from onnxforge.ir import Graph, Model, Node, Value, replace_all_uses_with
+from onnxforge.ir import PROVENANCE_KEY, Graph, Model, Node, Value, replace_all_uses_with
 from onnxforge.ir.constants import add_constant, constant_value
 from onnxforge.passmanager import AnalysisManager, Pass, PassContext, PassResult
 
@@ -55,6 +69,11 @@ class MatchFailed(Exception):
         self.reason = reason
 
 
+class RewriteError(RuntimeError):
+    """A rule returned a replacement the engine cannot apply (a bug in the rule); the graph is
+    left as it was."""
+
+
 def fail(reason: str) -> NoReturn:
     """Abort the current match with ``reason``."""
     raise MatchFailed(reason)
@@ -62,25 +81,30 @@ def fail(reason: str) -> NoReturn:
 
 @dataclass
 class Match:
-    """A successful match: the anchor, every node the rewrite replaces (anchor included), and
-    whatever the rule captured for its rewrite."""
+    """A successful match: the anchor and every node the rewrite removes (anchor included).
+
+    Each rule subclasses it as a dataclass with typed fields for what its rewrite needs::
+
+        @dataclass
+        class ConvBatchNormMatch(Match):
+            conv: Node
+            scale: np.ndarray
+    """
 
     anchor: Node
     nodes: list[Node]
-    captures: dict[str, Any] = field(default_factory=dict)
 
-    def __getitem__(self, key: str) -> Any:
-        return self.captures[key]
+
+M = TypeVar("M", bound=Match)
 
 
 class RewriteContext:
-    """Helpers for matching and rewriting inside one graph."""
+    """Read-only helpers for matching inside one graph (a match never changes the graph)."""
 
     def __init__(self, model: Model, graph: Graph, analyses: AnalysisManager | None = None) -> None:
         self.model = model
         self.graph = graph
         self.analyses = analyses if analyses is not None else AnalysisManager()
-        self.rule: Rule | None = None
         self._shapes: Any = None
 
     def concrete_shape(self, v: Value | None) -> tuple[int, ...] | None:
@@ -156,44 +180,133 @@ class RewriteContext:
     def static_shape(v: Value | None) -> tuple[int, ...] | None:
         return None if v is None else v.static_shape()
 
-    # -- rewriting -----------------------------------------------------------------------------
-    def add(
-        self,
-        op_type: str,
-        inputs: Sequence[Value | None],
-        *,
-        domain: str = "",
-        attrs: dict[str, Any] | None = None,
-        name: str = "",
-        num_outputs: int = 1,
-    ) -> Node:
-        """Create a node stamped with the current rule's name (and import its domain)."""
-        if domain and domain not in self.model.opset_imports:
-            self.model.opset_imports[domain] = 1
-        rule = self.rule.name if self.rule is not None else "rule"
-        return self.graph.add_node(
-            op_type, inputs, num_outputs, domain=domain, name=name or f"{rule}/{op_type}", attrs=attrs, provenance=rule
-        )
-
-    def constant(self, data: np.ndarray, name: str) -> Value:
-        """A new constant (initializer where the IR version allows, else a Constant node)."""
-        return add_constant(self.graph, np.ascontiguousarray(data), name)
-
-    def replace(self, old: Value | None, new: Value | None) -> None:
-        """Readers of ``old`` read ``new``; ``new`` inherits ``old``'s type when it has none."""
-        if old is None or new is None:
-            return
-        if new.type is None and old.type is not None:
-            new.type = old.type
-        replace_all_uses_with(old, new)
-
 
 def _domain_is(node: Node, domain: str) -> bool:
     return (node.domain in ("", "ai.onnx")) if domain in ("", "ai.onnx") else node.domain == domain
 
 
-class Rule:
-    """Base class of rewrite rules; see the module docstring."""
+# -- building a replacement -----------------------------------------------------------------------
+
+
+@dataclass
+class _NewNode:
+    op_type: str
+    domain: str
+    inputs: tuple[Value | None, ...]
+    attrs: dict[str, Any]
+    name: str
+    #: One entry per output position: the new value, or None for an omitted optional output.
+    outputs: tuple[Value | None, ...]
+
+
+@dataclass
+class _NewConstant:
+    value: Value
+    data: np.ndarray
+    name: str
+
+
+class RewriteBuilder:
+    """Where :meth:`Rule.rewrite` builds its new nodes and constants. Nothing here touches the
+    graph: the values it returns are new, detached :class:`Value` objects (their ``type`` may be
+    set) that only the engine inserts, in the order they were built, when it applies the
+    :class:`Replacement`. ``const`` reads existing constants."""
+
+    def __init__(self, rule_name: str, rc: RewriteContext) -> None:
+        self.rule_name = rule_name
+        self._rc = rc
+        self._steps: list[_NewNode | _NewConstant] = []
+        self._built: set[Value] = set()
+
+    @property
+    def opset(self) -> int:
+        """The model's default-domain opset."""
+        return self._rc.opset
+
+    def const(self, v: Value | None) -> np.ndarray | None:
+        """The data of an existing constant value (initializer or Constant node), else None."""
+        return self._rc.const(v)
+
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[Value | None],
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        domain: str = "",
+        name: str = "",
+    ) -> Value:
+        """A new single-output node; returns its output. ``attrs`` are python values (None entries
+        are left out); ``name`` defaults to ``<rule>/<op_type>``."""
+        out = self.op_outputs(op_type, inputs, 1, attrs=attrs, domain=domain, name=name)[0]
+        assert out is not None
+        return out
+
+    def op_outputs(
+        self,
+        op_type: str,
+        inputs: Sequence[Value | None],
+        num_outputs: int,
+        *,
+        keep: Iterable[int] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        domain: str = "",
+        name: str = "",
+    ) -> tuple[Value | None, ...]:
+        """A new node with ``num_outputs`` outputs, of which only those in ``keep`` (default: all)
+        are produced; the others are omitted optional outputs (None in the result)."""
+        for v in inputs:
+            if v is not None and not isinstance(v, Value):
+                raise TypeError(f"{op_type} input {v!r} is not a Value")
+        kept = set(range(num_outputs)) if keep is None else set(keep)
+        full = name or f"{self.rule_name}/{op_type}"
+        outs = tuple(Value(f"{full}_out{i}") if i in kept else None for i in range(num_outputs))
+        self._built.update(o for o in outs if o is not None)
+        self._steps.append(_NewNode(op_type, domain, tuple(inputs), dict(attrs or {}), full, outs))
+        return outs
+
+    def constant(self, data: np.ndarray, name: str) -> Value:
+        """A new constant (an initializer where the IR version allows, else a Constant node)."""
+        v = Value(name)
+        self._built.add(v)
+        self._steps.append(_NewConstant(v, np.ascontiguousarray(data), name))
+        return v
+
+    def built(self, v: Value) -> bool:
+        """True when ``v`` was built here."""
+        return v in self._built
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """What :meth:`Rule.rewrite` returns: every value it replaces → the value its readers read
+    from now on (a value built on the :class:`RewriteBuilder`, or an existing one)."""
+
+    values: Mapping[Value, Value]
+
+    @classmethod
+    def outputs(cls, node: Node, *new: Value | None) -> Replacement:
+        """``node``'s outputs, in order, replaced by ``new`` (a None entry: not replaced)."""
+        values: dict[Value, Value] = {}
+        for i, v in enumerate(new):
+            old = node.output(i)
+            if v is None:
+                continue
+            if old is None:
+                raise RewriteError(f"{node.op_type} {node.name!r} has no output {i} to replace")
+            values[old] = v
+        return cls(values)
+
+    def also(self, old: Value | None, new: Value | None) -> Replacement:
+        """This replacement, and ``old`` replaced by ``new`` too."""
+        if old is None or new is None:
+            raise RewriteError("a replaced value or its replacement is missing")
+        return Replacement({**self.values, old: new})
+
+
+class Rule(Generic[M]):
+    """Base class of rewrite rules, generic in the rule's :class:`Match` subclass; see the module
+    docstring."""
 
     name: ClassVar[str] = "rule"
     summary: ClassVar[str] = ""
@@ -208,10 +321,13 @@ class Rule:
         opset = model.opset("") or 1
         return opset >= self.min_opset and (self.max_opset is None or opset <= self.max_opset)
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> M:
+        """The match anchored on ``node``, or :class:`MatchFailed` with the reason. Reads only."""
         raise NotImplementedError
 
-    def rewrite(self, match: Match, rc: RewriteContext) -> None:
+    def rewrite(self, match: M, rb: RewriteBuilder) -> Replacement:
+        """Build the new nodes on ``rb`` and say which values they replace. Reads only; may
+        still refuse with :class:`MatchFailed` (recorded like a failed match)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -249,18 +365,18 @@ class RewritePass(Pass):
     Subclasses set ``rules`` (an explicit tuple). Stats count hits per rule name.
     """
 
-    rules: ClassVar[tuple[Rule, ...]] = ()
+    rules: ClassVar[tuple[Rule[Any], ...]] = ()
     max_rounds: ClassVar[int] = 8
     #: Rewrite rules replace a pattern by one that computes the same (exactly, or within float
     #: reordering tolerance): every rewrite pass is lossless.
     lossless = True
 
-    def active_rules(self, model: Model) -> tuple[Rule, ...]:
+    def active_rules(self, model: Model) -> tuple[Rule[Any], ...]:
         return tuple(r for r in self.rules if r.applies_to(model))
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         rules = self.active_rules(model)
-        by_anchor: dict[tuple[str, str], list[Rule]] = {}
+        by_anchor: dict[tuple[str, str], list[Rule[Any]]] = {}
         for r in rules:
             for op in r.anchors:
                 by_anchor.setdefault((r.anchor_domain, op), []).append(r)
@@ -282,7 +398,7 @@ class RewritePass(Pass):
         self,
         graph: Graph,
         rc: RewriteContext,
-        by_anchor: dict[tuple[str, str], list[Rule]],
+        by_anchor: dict[tuple[str, str], list[Rule[Any]]],
         trace: RuleTrace,
         hits: Counter[str],
     ) -> int:
@@ -294,16 +410,20 @@ class RewritePass(Pass):
             for rule in by_anchor.get((domain, node.op_type), ()):
                 if node.graph is not graph:
                     break  # removed by an earlier rewrite
-                rc.rule = rule
                 label = node.name or f"<{node.op_type}>"
+                version = rc.model.version
+                rb = RewriteBuilder(rule.name, rc)
                 try:
                     m = rule.match(node, rc)
                     _check_isolated(m)
+                    replacement = rule.rewrite(m, rb)
                 except MatchFailed as e:
                     trace.misses.setdefault(label, {})[rule.name] = e.reason
                     continue
-                rule.rewrite(m, rc)
-                _remove_matched(graph, m)
+                finally:
+                    if rc.model.version != version:
+                        raise RewriteError(f"rule {rule.name} changed the graph while matching or rewriting {label}")
+                apply_replacement(graph, rule.name, m, rb, replacement)
                 trace.misses.get(label, {}).pop(rule.name, None)
                 trace.fired.setdefault(label, []).append(rule.name)
                 trace.hits[rule.name] += 1
@@ -329,14 +449,94 @@ def _check_isolated(m: Match) -> None:
                     fail(f"{v.name!r} (inside the pattern) is also read by {user.name or user.op_type!r}")
 
 
-def _remove_matched(graph: Graph, m: Match) -> None:
-    """Remove the matched nodes that are now dead (the anchor's outputs were replaced)."""
-    dead = [n for n in m.nodes if n.graph is graph]
-    if not dead:
-        return
-    dead_set = set(dead)
-    for n in dead:
+def _in_scope(v: Value, graph: Graph) -> bool:
+    """``v`` is defined in ``graph`` or an enclosing graph (node output, input or initializer)."""
+    g: Graph | None = graph
+    while g is not None:
+        p = v.producer
+        if p is not None:
+            if p.graph is g:
+                return True
+        elif v.graph is g and (v.is_graph_input() or v.is_initializer()):
+            return True
+        g = g.parent.graph if g.parent is not None else None
+    return False
+
+
+def check_replacement(graph: Graph, rule_name: str, m: Match, rb: RewriteBuilder, rep: Replacement) -> None:
+    """Raise :class:`RewriteError` unless ``rep`` can be applied to ``graph`` (see the module
+    docstring); changes nothing."""
+
+    def bad(msg: str) -> NoReturn:
+        raise RewriteError(f"rule {rule_name} on {m.anchor.name or m.anchor.op_type!r}: {msg}")
+
+    removed = {n for n in m.nodes if n.graph is graph}
+    removed_outputs = {v for n in removed for v in n.outputs if v is not None}
+    replaced = rep.values
+
+    def check_readable(v: Value, what: str) -> None:
+        if rb.built(v):
+            return
+        if v in replaced:
+            bad(f"{what} reads {v.name!r}, which the rewrite replaces")
+        if v in removed_outputs:
+            bad(f"{what} reads {v.name!r}, computed by a matched node that the rewrite removes")
+        if not _in_scope(v, graph):
+            bad(f"{what} reads {v.name!r}, which is not in scope of graph {graph.name!r}")
+
+    for step in rb._steps:
+        if isinstance(step, _NewNode):
+            for v in step.inputs:
+                if v is not None:
+                    check_readable(v, f"new {step.op_type} {step.name!r}")
+    for old, new in replaced.items():
+        if not isinstance(old, Value) or not isinstance(new, Value):
+            bad(f"replacement {old!r} -> {new!r} is not between values")
+        if rb.built(old) or old.producer is None or old.producer.graph is not graph:
+            bad(f"replaces {old.name!r}, which no node of this graph computes")
+        if new in replaced:
+            bad(f"{new.name!r} is both replaced and a replacement")
+        check_readable(new, f"the replacement of {old.name!r}")
+    for n in removed:
         for v in n.outputs:
-            if v is not None and (v.is_graph_output() or any(u not in dead_set for u in v.consumers())):
-                raise RuntimeError(f"rewrite left {v.name!r} in use; the rule must replace the anchor's outputs")
-    graph.remove(dead)
+            if v is None or v in replaced:
+                continue
+            if v.is_graph_output() or any(u not in removed for u in v.consumers()):
+                bad(f"leaves {v.name!r} in use; the rewrite must replace it")
+
+
+def apply_replacement(graph: Graph, rule_name: str, m: Match, rb: RewriteBuilder, rep: Replacement) -> None:
+    """Check ``rep`` (:func:`check_replacement`), then, in one step: insert the nodes and constants
+    built on ``rb`` in build order (nodes stamped with ``rule_name`` as provenance, their domains
+    imported), redirect the readers of every replaced value (a new value without a type takes
+    the old one's) and remove the matched nodes."""
+    check_replacement(graph, rule_name, m, rb, rep)
+    model = graph._require_model()
+    real: dict[Value, Value] = {}  # constant placeholders -> the values add_constant made
+    for step in rb._steps:
+        if isinstance(step, _NewConstant):
+            real[step.value] = add_constant(graph, step.data, step.name)
+            continue
+        if step.domain and step.domain not in model.opset_imports:
+            model.opset_imports[step.domain] = 1
+        outs: list[Value | None] = []
+        for i, out in enumerate(step.outputs):
+            unique = model.unique_name(f"{step.name}_out{i}")  # omitted outputs reserve theirs too
+            if out is not None:
+                out.name = unique
+            outs.append(out)
+        inputs = [real.get(v, v) if v is not None else None for v in step.inputs]
+        node = Node(step.op_type, inputs, outs, domain=step.domain, name=model.unique_node_name(step.name))
+        for k, a in step.attrs.items():
+            if a is not None:
+                node.attributes[k] = helper.make_attribute(k, a)
+        node.metadata_props.append(onnx.StringStringEntryProto(key=PROVENANCE_KEY, value=rule_name))
+        graph.append(node)
+    for old, new in rep.values.items():
+        new = real.get(new, new)
+        if new.type is None and old.type is not None:
+            new.type = old.type
+        replace_all_uses_with(old, new)
+    dead = [n for n in m.nodes if n.graph is graph]
+    if dead:
+        graph.remove(dead)

@@ -20,10 +20,10 @@ from onnxforge.passes.fusion.affine import (
     GemmOnFlattenedInput,
     MatMulAddToGemm,
 )
+from onnxforge.passes.fusion.attention import AttentionFusion
 from onnxforge.passes.fusion.batchnorm import FuseConvBatchNorm, FuseLinearBatchNorm
 from onnxforge.passes.fusion.layout import FuseReshapeChain, FuseTransposeChain, FuseTransposeIntoGemm
 from onnxforge.passes.fusion.normalization import FuseLayerNorm
-from onnxforge.passes.fusion.ort_attention import AttentionFusion
 from onnxforge.passes.fusion.ort_fused_ops import (
     FuseBiasGelu,
     FuseConvActivation,

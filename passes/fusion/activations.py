@@ -26,7 +26,7 @@ from onnxforge.passes.fusion.matching import (
     scalar,
     split_const,
 )
-from onnxforge.rules import Match, MatchFailed, RewriteContext, Rule, fail
+from onnxforge.rules import Match, MatchFailed, Replacement, RewriteBuilder, RewriteContext, Rule, fail
 
 _SQRT2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -123,7 +123,12 @@ def match_gelu(end: Node, rc: RewriteContext) -> GeluParts:
     return GeluParts(x, "tanh", nodes)
 
 
-class FuseGelu(Rule):
+@dataclass
+class GeluMatch(Match):
+    gelu: GeluParts
+
+
+class FuseGelu(Rule[GeluMatch]):
     """Decomposed GELU → ``Gelu`` (opset 20)."""
 
     name = "gelu"
@@ -131,14 +136,13 @@ class FuseGelu(Rule):
     anchors: ClassVar[tuple[str, ...]] = ("Mul",)
     min_opset = 20
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> GeluMatch:
         parts = match_gelu(node, rc)
-        return Match(node, parts.nodes, {"parts": parts})
+        return GeluMatch(node, parts.nodes, parts)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        parts: GeluParts = m["parts"]
-        g = rc.add("Gelu", [parts.x], attrs={"approximate": parts.approximate}, name=m.anchor.name)
-        rc.replace(m.anchor.output(0), g.output(0))
+    def rewrite(self, m: GeluMatch, rb: RewriteBuilder) -> Replacement:
+        g = rb.op("Gelu", [m.gelu.x], attrs={"approximate": m.gelu.approximate}, name=m.anchor.name)
+        return Replacement.outputs(m.anchor, g)
 
 
 def _clip_bounds(clip: Node, rc: RewriteContext) -> tuple[float | None, float | None]:
@@ -164,23 +168,30 @@ def _match_relu6_over_6(node: Node, rc: RewriteContext) -> tuple[Value, list[Nod
     return x, [node, clip, add]
 
 
-class FuseHardSigmoid(Rule):
+@dataclass
+class UnaryMatch(Match):
+    """A pattern computing one op of its input ``x``."""
+
+    x: Value
+
+
+class FuseHardSigmoid(Rule[UnaryMatch]):
     """``Clip(x + 3, 0, 6) / 6`` → ``HardSigmoid(alpha=1/6, beta=0.5)``."""
 
     name = "hard-sigmoid"
     summary = "Fuse Clip(x + 3, 0, 6) / 6 into HardSigmoid."
     anchors: ClassVar[tuple[str, ...]] = ("Div", "Mul")
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> UnaryMatch:
         x, nodes = _match_relu6_over_6(node, rc)
-        return Match(node, nodes, {"x": x})
+        return UnaryMatch(node, nodes, x)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        hs = rc.add("HardSigmoid", [m["x"]], attrs={"alpha": 1.0 / 6.0, "beta": 0.5}, name=m.anchor.name)
-        rc.replace(m.anchor.output(0), hs.output(0))
+    def rewrite(self, m: UnaryMatch, rb: RewriteBuilder) -> Replacement:
+        hs = rb.op("HardSigmoid", [m.x], attrs={"alpha": 1.0 / 6.0, "beta": 0.5}, name=m.anchor.name)
+        return Replacement.outputs(m.anchor, hs)
 
 
-class FuseHardSwish(Rule):
+class FuseHardSwish(Rule[UnaryMatch]):
     """``x * HardSigmoid(x)`` (alpha 1/6, beta 0.5) → ``HardSwish`` (opset ≥ 14)."""
 
     name = "hard-swish"
@@ -188,22 +199,27 @@ class FuseHardSwish(Rule):
     anchors: ClassVar[tuple[str, ...]] = ("Mul",)
     min_opset = 14
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> UnaryMatch:
         for hs_v, x in ((node.input(0), node.input(1)), (node.input(1), node.input(0))):
             hs = rc.maybe_producer(hs_v, "HardSigmoid")
             if hs is not None and hs.input(0) is x and x is not None:
                 alpha, beta = float(hs.attr("alpha", 0.2)), float(hs.attr("beta", 0.5))
                 if not (math.isclose(alpha, 1.0 / 6.0, rel_tol=1e-5) and math.isclose(beta, 0.5, rel_tol=1e-6)):
                     raise MatchFailed(f"HardSigmoid(alpha={alpha:g}, beta={beta:g}) is not the HardSwish gate")
-                return Match(node, [hs, node], {"x": x})
+                return UnaryMatch(node, [hs, node], x)
         raise MatchFailed("no operand is HardSigmoid of the other")
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        hs = rc.add("HardSwish", [m["x"]], name=m.anchor.name)
-        rc.replace(m.anchor.output(0), hs.output(0))
+    def rewrite(self, m: UnaryMatch, rb: RewriteBuilder) -> Replacement:
+        return Replacement.outputs(m.anchor, rb.op("HardSwish", [m.x], name=m.anchor.name))
 
 
-class FuseSoftmax(Rule):
+@dataclass
+class SoftmaxMatch(Match):
+    x: Value
+    axis: int
+
+
+class FuseSoftmax(Rule[SoftmaxMatch]):
     """``Exp(x - ReduceMax(x)) / ReduceSum(Exp(...))`` → ``Softmax`` (opset ≥ 13)."""
 
     name = "softmax"
@@ -211,7 +227,7 @@ class FuseSoftmax(Rule):
     anchors: ClassVar[tuple[str, ...]] = ("Div",)
     min_opset = 13
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> SoftmaxMatch:
         exp = rc.producer(node.input(0), "Exp", "Softmax numerator")
         total = rc.producer(node.input(1), "ReduceSum", "Softmax denominator")
         if total.input(0) is not exp.output(0):
@@ -230,8 +246,10 @@ class FuseSoftmax(Rule):
                 nodes += [sub, mx]
                 x = sub.input(0)
         require_float(x, "Softmax input")
-        return Match(node, nodes, {"x": x, "axis": axes[0]})
+        if x is None:
+            raise MatchFailed("Softmax input is missing")
+        return SoftmaxMatch(node, nodes, x, axes[0])
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        sm = rc.add("Softmax", [m["x"]], attrs={"axis": m["axis"]}, name=m.anchor.name)
-        rc.replace(m.anchor.output(0), sm.output(0))
+    def rewrite(self, m: SoftmaxMatch, rb: RewriteBuilder) -> Replacement:
+        sm = rb.op("Softmax", [m.x], attrs={"axis": m.axis}, name=m.anchor.name)
+        return Replacement.outputs(m.anchor, sm)

@@ -12,13 +12,14 @@ New tensors are created; a weight or bias read by other nodes is refused rather 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from onnxforge.ir import Node, Value
 from onnxforge.passes.fusion.matching import channel_vector, require_float, split_const
-from onnxforge.rules import Match, MatchFailed, RewriteContext, Rule
+from onnxforge.rules import Match, MatchFailed, Replacement, RewriteBuilder, RewriteContext, Rule
 
 
 def _rank(v: Value | None) -> int | None:
@@ -68,13 +69,26 @@ def _scale_weight(lin: Node, w: np.ndarray, vec: np.ndarray) -> np.ndarray:
     return w64 * vec.reshape(1, -1)
 
 
-class _FoldIntoLinear(Rule):
+@dataclass
+class LinearFoldMatch(Match):
+    """``Op(linear(x), c)`` with ``c`` one value per output channel."""
+
+    #: The Conv, ConvTranspose, Gemm or MatMul.
+    linear: Node
+    weight: np.ndarray
+    #: ``c`` as one float64 value per output channel.
+    vector: np.ndarray
+    #: Output channels.
+    channels: int
+
+
+class _FoldIntoLinear(Rule[LinearFoldMatch]):
     """Shared matching of ``Op(linear(x), c)``."""
 
     linear_ops: ClassVar[tuple[str, ...]] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
     rewrites_weight: ClassVar[bool] = True
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> LinearFoldMatch:
         y, c = split_const(node, rc)
         lin = rc.producer(y, self.linear_ops, f"{node.op_type} operand")
         rc.single_consumer(lin.output(0), "linear output")
@@ -95,11 +109,11 @@ class _FoldIntoLinear(Rule):
         elif lin.op_type != "MatMul" and lin.input(2) is not None:
             rc.require_const(lin.input(2), f"{lin.op_type} bias")
             rc.require_exclusive(lin.input(2), [lin], f"{lin.op_type} bias")
-        return Match(node, [lin, node], {"lin": lin, "w": w, "vec": vec.astype(np.float64), "n": n})
+        return LinearFoldMatch(node, [lin, node], lin, w, vec.astype(np.float64), n)
 
     @staticmethod
-    def _bias(lin: Node, rc: RewriteContext, n: int) -> np.ndarray:
-        b = rc.const(lin.input(2)) if lin.op_type != "MatMul" else None
+    def _bias(lin: Node, rb: RewriteBuilder, n: int) -> np.ndarray:
+        b = rb.const(lin.input(2)) if lin.op_type != "MatMul" else None
         if b is None:
             return np.zeros(n)
         b64 = np.broadcast_to(b.astype(np.float64).reshape(-1), (n,)).copy()
@@ -109,18 +123,18 @@ class _FoldIntoLinear(Rule):
 
     @staticmethod
     def _emit(
-        lin: Node, rc: RewriteContext, anchor: Node, w: np.ndarray | None, bias: np.ndarray | None, dtype: np.dtype
-    ) -> None:
-        """Emit the rewritten linear op (``w`` None: keep the original weight)."""
-        new_w = lin.input(1) if w is None else rc.constant(w.astype(dtype), f"{lin.name or 'linear'}_folded_weight")
+        lin: Node, rb: RewriteBuilder, anchor: Node, w: np.ndarray | None, bias: np.ndarray | None, dtype: np.dtype
+    ) -> Replacement:
+        """The rewritten linear op (``w`` None: keep the original weight)."""
+        new_w = lin.input(1) if w is None else rb.constant(w.astype(dtype), f"{lin.name or 'linear'}_folded_weight")
         attrs = {k: lin.attr(k) for k in lin.attributes}
         inputs: list[Value | None] = [lin.input(0), new_w]
         if bias is not None:
-            inputs.append(rc.constant(bias.astype(dtype), f"{lin.name or 'linear'}_folded_bias"))
+            inputs.append(rb.constant(bias.astype(dtype), f"{lin.name or 'linear'}_folded_bias"))
         if lin.op_type == "Gemm":
             attrs["beta"] = 1.0
-        fused = rc.add(lin.op_type, inputs, attrs=attrs, name=lin.name)
-        rc.replace(anchor.output(0), fused.output(0))
+        fused = rb.op(lin.op_type, inputs, attrs=attrs, name=lin.name)
+        return Replacement.outputs(anchor, fused)
 
 
 class FoldScaleIntoLinear(_FoldIntoLinear):
@@ -130,13 +144,12 @@ class FoldScaleIntoLinear(_FoldIntoLinear):
     summary = "Fold a constant per-channel Mul after Conv/Gemm/MatMul into its weights and bias."
     anchors: ClassVar[tuple[str, ...]] = ("Mul",)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        lin: Node = m["lin"]
-        vec: np.ndarray = m["vec"]
-        w2 = _scale_weight(lin, m["w"], vec)
+    def rewrite(self, m: LinearFoldMatch, rb: RewriteBuilder) -> Replacement:
+        lin, vec = m.linear, m.vector
+        w2 = _scale_weight(lin, m.weight, vec)
         has_bias = lin.op_type != "MatMul" and lin.input(2) is not None
-        bias = self._bias(lin, rc, m["n"]) * vec if has_bias else None
-        self._emit(lin, rc, m.anchor, w2, bias, m["w"].dtype)
+        bias = self._bias(lin, rb, m.channels) * vec if has_bias else None
+        return self._emit(lin, rb, m.anchor, w2, bias, m.weight.dtype)
 
 
 class FoldOffsetIntoBias(_FoldIntoLinear):
@@ -148,22 +161,28 @@ class FoldOffsetIntoBias(_FoldIntoLinear):
     linear_ops: ClassVar[tuple[str, ...]] = ("Conv", "ConvTranspose", "Gemm")
     rewrites_weight: ClassVar[bool] = False
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> LinearFoldMatch:
         m = super().match(node, rc)
-        lin: Node = m["lin"]
+        lin = m.linear
         if lin.op_type == "Gemm":
             a_rank = _rank(lin.input(0))
             if a_rank != 2:
                 raise MatchFailed("Gemm input rank unknown")
         return m
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        lin: Node = m["lin"]
-        bias = self._bias(lin, rc, m["n"]) + m["vec"]
-        self._emit(lin, rc, m.anchor, None, bias, m["w"].dtype)
+    def rewrite(self, m: LinearFoldMatch, rb: RewriteBuilder) -> Replacement:
+        bias = self._bias(m.linear, rb, m.channels) + m.vector
+        return self._emit(m.linear, rb, m.anchor, None, bias, m.weight.dtype)
 
 
-class MatMulAddToGemm(Rule):
+@dataclass
+class MatMulAddMatch(Match):
+    matmul: Node
+    #: The Add's other operand.
+    bias: Value | None
+
+
+class MatMulAddToGemm(Rule[MatMulAddMatch]):
     """``Add(MatMul(a, b), c)`` with 2-D ``a``, ``b`` → ``Gemm(a, b, c)``."""
 
     name = "matmul-add-to-gemm"
@@ -171,7 +190,7 @@ class MatMulAddToGemm(Rule):
     anchors: ClassVar[tuple[str, ...]] = ("Add",)
     min_opset = 11  # Gemm's bias broadcasts without the legacy attribute from opset 11 on
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> MatMulAddMatch:
         a_in, b_in = node.input(0), node.input(1)
         mm = rc.maybe_producer(a_in, "MatMul")
         bias = b_in
@@ -192,15 +211,25 @@ class MatMulAddToGemm(Rule):
             raise MatchFailed(f"bias of shape {list(bshape)} does not broadcast into the product {list(out)}")
         if node.output(0) is not None and node.output(0).shape() not in (None, out):  # type: ignore[union-attr]
             raise MatchFailed("the Add grows the product's shape")
-        return Match(node, [mm, node], {"mm": mm, "bias": bias})
+        return MatMulAddMatch(node, [mm, node], mm, bias)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        mm: Node = m["mm"]
-        gemm = rc.add("Gemm", [mm.input(0), mm.input(1), m["bias"]], name=mm.name)
-        rc.replace(m.anchor.output(0), gemm.output(0))
+    def rewrite(self, m: MatMulAddMatch, rb: RewriteBuilder) -> Replacement:
+        mm = m.matmul
+        gemm = rb.op("Gemm", [mm.input(0), mm.input(1), m.bias], name=mm.name)
+        return Replacement.outputs(m.anchor, gemm)
 
 
-class GemmOnFlattenedInput(Rule):
+@dataclass
+class FlattenedGemmMatch(Match):
+    #: The input before flattening.
+    x: Value | None
+    #: The weight as [K, N] (transposed when the Gemm has transB).
+    weight: np.ndarray
+    bias: np.ndarray | None
+    gemm: Node
+
+
+class GemmOnFlattenedInput(Rule[FlattenedGemmMatch]):
     """``Reshape(Gemm(Reshape(x, [-1, K]), W, b), [..., N])`` that only flattens and restores
     the leading dims of ``x`` → ``MatMul(x, W) + b`` (GPT-2's Conv1D exports spell every
     projection this way, with dynamic shape computations around each Reshape)."""
@@ -209,7 +238,7 @@ class GemmOnFlattenedInput(Rule):
     summary = "Replace Reshape -> Gemm -> Reshape (flattening leading dims) by MatMul + Add."
     anchors: ClassVar[tuple[str, ...]] = ("Reshape",)
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> FlattenedGemmMatch:
         gemm = rc.producer(node.input(0), "Gemm", "Reshape input")
         rc.single_consumer(gemm.output(0), "Gemm output")
         if int(gemm.attr("transA", 0)) or float(gemm.attr("alpha", 1.0)) != 1.0 or float(gemm.attr("beta", 1.0)) != 1.0:
@@ -234,14 +263,12 @@ class GemmOnFlattenedInput(Rule):
         nodes = [gemm, node]
         if rc.exclusive(flat.output(0), [gemm]):
             nodes.insert(0, flat)
-        return Match(node, nodes, {"x": x, "w": w, "bias": bias, "gemm": gemm})
+        return FlattenedGemmMatch(node, nodes, x, w, bias, gemm)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        gemm: Node = m["gemm"]
-        w_v = gemm.input(1) if not int(gemm.attr("transB", 0)) else rc.constant(np.ascontiguousarray(m["w"]), f"{gemm.name}_weight")
-        mm = rc.add("MatMul", [m["x"], w_v], name=gemm.name)
-        out = mm.output(0)
-        if m["bias"] is not None:
-            add = rc.add("Add", [out, gemm.input(2)], name=f"{gemm.name}_bias")
-            out = add.output(0)
-        rc.replace(m.anchor.output(0), out)
+    def rewrite(self, m: FlattenedGemmMatch, rb: RewriteBuilder) -> Replacement:
+        gemm = m.gemm
+        w_v = gemm.input(1) if not int(gemm.attr("transB", 0)) else rb.constant(np.ascontiguousarray(m.weight), f"{gemm.name}_weight")
+        out = rb.op("MatMul", [m.x, w_v], name=gemm.name)
+        if m.bias is not None:
+            out = rb.op("Add", [out, gemm.input(2)], name=f"{gemm.name}_bias")
+        return Replacement.outputs(m.anchor, out)

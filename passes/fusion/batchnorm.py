@@ -9,13 +9,14 @@ and bias tensors are created; a weight read by other nodes is refused rather tha
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from onnxforge.ir import Node
 from onnxforge.passes.fusion.matching import require_float
-from onnxforge.rules import Match, MatchFailed, RewriteContext, Rule
+from onnxforge.rules import Match, MatchFailed, Replacement, RewriteBuilder, RewriteContext, Rule
 
 
 def _bn_params(bn: Node, rc: RewriteContext) -> tuple[np.ndarray, np.ndarray]:
@@ -43,14 +44,25 @@ def _weights(node: Node, bn: Node, rc: RewriteContext, w_index: int = 1) -> np.n
     return w
 
 
-class FuseConvBatchNorm(Rule):
+@dataclass
+class ConvBatchNormMatch(Match):
+    conv: Node
+    #: The convolution's weight.
+    weight: np.ndarray
+    #: Per-channel ``s``, ``t`` with ``BN(y) = y * s + t`` (float64).
+    scale: np.ndarray
+    shift: np.ndarray
+    group: int
+
+
+class FuseConvBatchNorm(Rule[ConvBatchNormMatch]):
     """Conv / ConvTranspose followed by BatchNormalization → one Conv / ConvTranspose."""
 
     name = "conv-batchnorm"
     summary = "Fold BatchNormalization into the preceding Conv/ConvTranspose weights and bias."
     anchors: ClassVar[tuple[str, ...]] = ("BatchNormalization",)
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> ConvBatchNormMatch:
         conv = rc.producer(node.input(0), ("Conv", "ConvTranspose"), "BN input")
         rc.single_consumer(conv.output(0), "conv output")
         w = _weights(conv, node, rc)
@@ -62,32 +74,44 @@ class FuseConvBatchNorm(Rule):
             out_ch = w.shape[1] * group
         if s.shape[0] != out_ch:
             raise MatchFailed(f"BN has {s.shape[0]} channels, the convolution produces {out_ch}")
-        return Match(node, [conv, node], {"conv": conv, "w": w, "s": s, "t": t, "group": group})
+        return ConvBatchNormMatch(node, [conv, node], conv, w, s, t, group)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        conv: Node = m["conv"]
-        w: np.ndarray = m["w"]
-        s, t = m["s"], m["t"]
+    def rewrite(self, m: ConvBatchNormMatch, rb: RewriteBuilder) -> Replacement:
+        conv, w, s, t = m.conv, m.weight, m.scale, m.shift
         if conv.op_type == "Conv":
             w2 = w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))
         else:  # [C_in, C_out/group, k...]: output channel g * (C_out/group) + j
             c_in, per = w.shape[0], w.shape[1]
-            groups = m["group"]
+            groups = m.group
             sc = s.reshape(groups, per)
             idx = np.arange(c_in) // (c_in // groups)
             w2 = w.astype(np.float64) * sc[idx].reshape((c_in, per) + (1,) * (w.ndim - 2))
-        b = rc.const(conv.input(2))
+        b = rb.const(conv.input(2))
         b64 = b.astype(np.float64) if b is not None else np.zeros_like(s)
         bias = b64 * s + t
         dtype = w.dtype
-        new_w = rc.constant(w2.astype(dtype), f"{conv.name or 'conv'}_bn_weight")
-        new_b = rc.constant(bias.astype(dtype), f"{conv.name or 'conv'}_bn_bias")
+        new_w = rb.constant(w2.astype(dtype), f"{conv.name or 'conv'}_bn_weight")
+        new_b = rb.constant(bias.astype(dtype), f"{conv.name or 'conv'}_bn_bias")
         attrs = {k: conv.attr(k) for k in conv.attributes}
-        fused = rc.add(conv.op_type, [conv.input(0), new_w, new_b], attrs=attrs, name=conv.name)
-        rc.replace(m.anchor.output(0), fused.output(0))
+        fused = rb.op(conv.op_type, [conv.input(0), new_w, new_b], attrs=attrs, name=conv.name)
+        return Replacement.outputs(m.anchor, fused)
 
 
-class FuseLinearBatchNorm(Rule):
+@dataclass
+class LinearBatchNormMatch(Match):
+    #: The Gemm or MatMul.
+    linear: Node
+    weight: np.ndarray
+    scale: np.ndarray
+    shift: np.ndarray
+    trans_b: bool
+    #: The Gemm's constant bias (None without one, and for MatMul).
+    bias: np.ndarray | None
+    #: Output columns.
+    columns: int
+
+
+class FuseLinearBatchNorm(Rule[LinearBatchNormMatch]):
     """Gemm / MatMul with a constant 2-D weight, on a 2-D input, followed by
     BatchNormalization over its columns → one Gemm."""
 
@@ -96,7 +120,7 @@ class FuseLinearBatchNorm(Rule):
     anchors: ClassVar[tuple[str, ...]] = ("BatchNormalization",)
     min_opset = 11  # Gemm's bias broadcasts without the legacy attribute from opset 11 on
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> LinearBatchNormMatch:
         lin = rc.producer(node.input(0), ("Gemm", "MatMul"), "BN input")
         rc.single_consumer(lin.output(0), "linear output")
         shape = lin.output(0).shape() if lin.output(0) is not None else None  # type: ignore[union-attr]
@@ -109,29 +133,27 @@ class FuseLinearBatchNorm(Rule):
         if w.ndim != 2:
             raise MatchFailed("weight is not 2-D")
         s, t = _bn_params(node, rc)
-        trans_b = lin.op_type == "Gemm" and int(lin.attr("transB", 0))
+        trans_b = lin.op_type == "Gemm" and bool(int(lin.attr("transB", 0)))
         n = w.shape[0] if trans_b else w.shape[1]
         if s.shape[0] != n:
             raise MatchFailed(f"BN has {s.shape[0]} channels, the product has {n} columns")
         c = rc.const(lin.input(2)) if lin.op_type == "Gemm" else None
         if c is not None and c.size not in (1, n) and c.shape != (1, n):
             raise MatchFailed("Gemm bias is not per column")
-        return Match(node, [lin, node], {"lin": lin, "w": w, "s": s, "t": t, "trans_b": trans_b, "c": c, "n": n})
+        return LinearBatchNormMatch(node, [lin, node], lin, w, s, t, trans_b, c, n)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        lin: Node = m["lin"]
-        w: np.ndarray = m["w"]
-        s, t = m["s"], m["t"]
+    def rewrite(self, m: LinearBatchNormMatch, rb: RewriteBuilder) -> Replacement:
+        lin, w, s, t = m.linear, m.weight, m.scale, m.shift
         alpha = float(lin.attr("alpha", 1.0)) if lin.op_type == "Gemm" else 1.0
         beta = float(lin.attr("beta", 1.0)) if lin.op_type == "Gemm" else 1.0
-        w2 = w.astype(np.float64) * (s.reshape(-1, 1) if m["trans_b"] else s.reshape(1, -1)) * alpha
-        c = m["c"]
-        c64 = np.broadcast_to(c.astype(np.float64).reshape(-1), (m["n"],)) * beta if c is not None else 0.0
+        w2 = w.astype(np.float64) * (s.reshape(-1, 1) if m.trans_b else s.reshape(1, -1)) * alpha
+        c = m.bias
+        c64 = np.broadcast_to(c.astype(np.float64).reshape(-1), (m.columns,)) * beta if c is not None else 0.0
         bias = c64 * s + t
-        new_w = rc.constant(w2.astype(w.dtype), f"{lin.name or 'linear'}_bn_weight")
-        new_b = rc.constant(np.asarray(bias, dtype=np.float64).astype(w.dtype), f"{lin.name or 'linear'}_bn_bias")
-        attrs = {"transB": 1} if m["trans_b"] else {}
+        new_w = rb.constant(w2.astype(w.dtype), f"{lin.name or 'linear'}_bn_weight")
+        new_b = rb.constant(np.asarray(bias, dtype=np.float64).astype(w.dtype), f"{lin.name or 'linear'}_bn_bias")
+        attrs = {"transB": 1} if m.trans_b else {}
         if lin.op_type == "Gemm" and int(lin.attr("transA", 0)):
             attrs["transA"] = 1
-        fused = rc.add("Gemm", [lin.input(0), new_w, new_b], attrs=attrs, name=lin.name)
-        rc.replace(m.anchor.output(0), fused.output(0))
+        fused = rb.op("Gemm", [lin.input(0), new_w, new_b], attrs=attrs, name=lin.name)
+        return Replacement.outputs(m.anchor, fused)

@@ -13,25 +13,34 @@ Reshape/Flatten/Squeeze/Unsqueeze collapsed into one Reshape.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from onnxforge.ir import Node, Value
 from onnxforge.passes.fusion.matching import FLOAT_TYPES
-from onnxforge.rules import Match, MatchFailed, RewriteContext, Rule
+from onnxforge.rules import Match, MatchFailed, Replacement, RewriteBuilder, RewriteContext, Rule
 
 _RESHAPE_LIKE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
-class FuseTransposeChain(Rule):
+@dataclass
+class TransposeChainMatch(Match):
+    #: The first Transpose's input.
+    x: Value | None
+    #: The composed permutation.
+    perm: list[int]
+
+
+class FuseTransposeChain(Rule[TransposeChainMatch]):
     """Two Transposes in a row → one (or none)."""
 
     name = "transpose-chain"
     summary = "Compose consecutive Transposes (drop the pair when they cancel)."
     anchors: ClassVar[tuple[str, ...]] = ("Transpose",)
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> TransposeChainMatch:
         inner = rc.producer(node.input(0), "Transpose", "Transpose input")
         p1, p2 = inner.attr("perm"), node.attr("perm")
         if p1 is None or p2 is None:
@@ -42,15 +51,14 @@ class FuseTransposeChain(Rule):
         nodes = [node]
         if rc.exclusive(inner.output(0), [node]):
             nodes.insert(0, inner)
-        return Match(node, nodes, {"x": inner.input(0), "perm": composed})
+        return TransposeChainMatch(node, nodes, inner.input(0), composed)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        perm = m["perm"]
+    def rewrite(self, m: TransposeChainMatch, rb: RewriteBuilder) -> Replacement:
+        perm = m.perm
         if perm == list(range(len(perm))):
-            rc.replace(m.anchor.output(0), m["x"])
-            return
-        t = rc.add("Transpose", [m["x"]], attrs={"perm": perm}, name=m.anchor.name)
-        rc.replace(m.anchor.output(0), t.output(0))
+            return Replacement.outputs(m.anchor, m.x)
+        t = rb.op("Transpose", [m.x], attrs={"perm": perm}, name=m.anchor.name)
+        return Replacement.outputs(m.anchor, t)
 
 
 def _transposed_2d(v: Value | None, rc: RewriteContext) -> Node | None:
@@ -61,14 +69,21 @@ def _transposed_2d(v: Value | None, rc: RewriteContext) -> Node | None:
     return t if perm is not None and list(perm) == [1, 0] else None
 
 
-class FuseTransposeIntoGemm(Rule):
+@dataclass
+class TransposeIntoGemmMatch(Match):
+    #: The 2-D Transposes feeding operand A and B (None where there is none).
+    transpose_a: Node | None
+    transpose_b: Node | None
+
+
+class FuseTransposeIntoGemm(Rule[TransposeIntoGemmMatch]):
     """2-D Transposes feeding a Gemm (or a 2-D MatMul) become ``transA``/``transB``."""
 
     name = "transpose-into-gemm"
     summary = "Fold 2-D Transposes of Gemm/MatMul operands into transA/transB."
     anchors: ClassVar[tuple[str, ...]] = ("Gemm", "MatMul")
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> TransposeIntoGemmMatch:
         ta, tb = _transposed_2d(node.input(0), rc), _transposed_2d(node.input(1), rc)
         if ta is None and tb is None:
             raise MatchFailed("no operand comes from a 2-D Transpose")
@@ -83,21 +98,21 @@ class FuseTransposeIntoGemm(Rule):
         for t in (ta, tb):
             if t is not None and rc.exclusive(t.output(0), [node]) and t not in nodes:
                 nodes.insert(0, t)
-        return Match(node, nodes, {"ta": ta, "tb": tb})
+        return TransposeIntoGemmMatch(node, nodes, ta, tb)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
+    def rewrite(self, m: TransposeIntoGemmMatch, rb: RewriteBuilder) -> Replacement:
         node = m.anchor
         attrs = {k: node.attr(k) for k in node.attributes} if node.op_type == "Gemm" else {}
         a, b = node.input(0), node.input(1)
-        if m["ta"] is not None:
-            a = m["ta"].input(0)
+        if m.transpose_a is not None:
+            a = m.transpose_a.input(0)
             attrs["transA"] = 1 - int(attrs.get("transA", 0))
-        if m["tb"] is not None:
-            b = m["tb"].input(0)
+        if m.transpose_b is not None:
+            b = m.transpose_b.input(0)
             attrs["transB"] = 1 - int(attrs.get("transB", 0))
         inputs = [a, b, *node.inputs[2:]] if node.op_type == "Gemm" else [a, b]
-        gemm = rc.add("Gemm", inputs, attrs=attrs, name=node.name)
-        rc.replace(node.output(0), gemm.output(0))
+        gemm = rb.op("Gemm", inputs, attrs=attrs, name=node.name)
+        return Replacement.outputs(node, gemm)
 
 
 def _target_from_shapes(x: Value, y: Value) -> list[int] | None:
@@ -120,14 +135,22 @@ def _target_from_shapes(x: Value, y: Value) -> list[int] | None:
     return target if unknown <= 1 else None
 
 
-class FuseReshapeChain(Rule):
+@dataclass
+class ReshapeChainMatch(Match):
+    #: The chain's input.
+    x: Value
+    #: The one Reshape's target.
+    target: list[int]
+
+
+class FuseReshapeChain(Rule[ReshapeChainMatch]):
     """Reshape-like op fed by a Reshape-like op → one Reshape."""
 
     name = "reshape-chain"
     summary = "Collapse chains of Reshape/Flatten/Squeeze/Unsqueeze into one Reshape."
     anchors: ClassVar[tuple[str, ...]] = _RESHAPE_LIKE
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> ReshapeChainMatch:
         inner = rc.producer(node.input(0), _RESHAPE_LIKE, f"{node.op_type} input")
         x, y = inner.input(0), node.output(0)
         if x is None or y is None:
@@ -148,14 +171,12 @@ class FuseReshapeChain(Rule):
         nodes = [node]
         if rc.exclusive(inner.output(0), [node]):
             nodes.insert(0, inner)
-        return Match(node, nodes, {"x": x, "target": target})
+        return ReshapeChainMatch(node, nodes, x, target)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        x: Value = m["x"]
-        target: list[int] = m["target"]
+    def rewrite(self, m: ReshapeChainMatch, rb: RewriteBuilder) -> Replacement:
+        x = m.x
         if x.static_shape() is not None and x.static_shape() == m.anchor.output(0).static_shape():  # type: ignore[union-attr]
-            rc.replace(m.anchor.output(0), x)
-            return
-        shape = rc.constant(np.asarray(target, dtype=np.int64), f"{m.anchor.name or 'reshape'}_shape")
-        r = rc.add("Reshape", [x, shape], name=m.anchor.name)
-        rc.replace(m.anchor.output(0), r.output(0))
+            return Replacement.outputs(m.anchor, x)
+        shape = rb.constant(np.asarray(m.target, dtype=np.int64), f"{m.anchor.name or 'reshape'}_shape")
+        r = rb.op("Reshape", [x, shape], name=m.anchor.name)
+        return Replacement.outputs(m.anchor, r)

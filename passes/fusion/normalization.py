@@ -21,8 +21,15 @@ from typing import ClassVar
 import numpy as np
 
 from onnxforge.ir import Node, Value
-from onnxforge.passes.fusion.matching import other_input, reduce_axes, require_float, scalar, split_const
-from onnxforge.rules import Match, MatchFailed, RewriteContext, Rule
+from onnxforge.passes.fusion.matching import (
+    np_dtype,
+    other_input,
+    reduce_axes,
+    require_float,
+    scalar,
+    split_const,
+)
+from onnxforge.rules import Match, MatchFailed, Replacement, RewriteBuilder, RewriteContext, Rule
 
 
 @dataclass
@@ -132,7 +139,12 @@ def layer_norm_params(parts: LayerNormParts, dtype: np.dtype) -> tuple[np.ndarra
     return np.ascontiguousarray(gamma, dtype=dtype), np.ascontiguousarray(beta, dtype=dtype)
 
 
-class FuseLayerNorm(Rule):
+@dataclass
+class LayerNormMatch(Match):
+    layer_norm: LayerNormParts
+
+
+class FuseLayerNorm(Rule[LayerNormMatch]):
     """Decomposed layer normalization → ``LayerNormalization``."""
 
     name = "layer-norm"
@@ -140,22 +152,20 @@ class FuseLayerNorm(Rule):
     anchors: ClassVar[tuple[str, ...]] = ("Add", "Mul", "Div")
     min_opset = 17
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> LayerNormMatch:
         parts = match_layer_norm(node, rc)
         normalized_shape(parts)
-        return Match(node, parts.nodes, {"parts": parts})
+        return LayerNormMatch(node, parts.nodes, parts)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        parts: LayerNormParts = m["parts"]
-        from onnxforge.passes.fusion.matching import np_dtype
-
+    def rewrite(self, m: LayerNormMatch, rb: RewriteBuilder) -> Replacement:
+        parts = m.layer_norm
         dtype = np_dtype(parts.x.elem_type() or 1)
         scale, bias = layer_norm_params(parts, dtype)
         base = m.anchor.name or "layernorm"
-        ln = rc.add(
+        ln = rb.op(
             "LayerNormalization",
-            [parts.x, rc.constant(scale, f"{base}_scale"), rc.constant(bias, f"{base}_bias")],
+            [parts.x, rb.constant(scale, f"{base}_scale"), rb.constant(bias, f"{base}_bias")],
             attrs={"axis": parts.axis, "epsilon": parts.epsilon},
             name=base,
         )
-        rc.replace(m.anchor.output(0), ln.output(0))
+        return Replacement.outputs(m.anchor, ln)

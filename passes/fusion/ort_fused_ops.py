@@ -16,6 +16,7 @@ other types.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -24,7 +25,7 @@ import onnx
 from onnxforge.ir import Node, Value
 from onnxforge.passes.fusion.activations import GeluParts, match_gelu
 from onnxforge.passes.fusion.matching import elem_type, scalar
-from onnxforge.rules import MS_DOMAIN, Match, MatchFailed, RewriteContext, Rule
+from onnxforge.rules import MS_DOMAIN, Match, MatchFailed, Replacement, RewriteBuilder, RewriteContext, Rule
 
 _F32 = onnx.TensorProto.FLOAT
 _F16 = onnx.TensorProto.FLOAT16
@@ -66,51 +67,64 @@ def conv_activation(node: Node, const: Callable[[Value | None], np.ndarray | Non
     raise MatchFailed(f"{op} is not an activation FusedConv takes")
 
 
-class FuseConvActivation(Rule):
+@dataclass
+class ConvActivationMatch(Match):
+    conv: Node
+    #: FusedConv's ``activation`` and ``activation_params``.
+    activation: str
+    params: list[float]
+
+
+class FuseConvActivation(Rule[ConvActivationMatch]):
     """Conv + activation → ``com.microsoft::FusedConv``."""
 
     name = "ort-fused-conv"
     summary = "Fuse Conv + Relu/Sigmoid/Tanh/LeakyRelu/Clip/HardSigmoid into com.microsoft FusedConv."
     anchors: ClassVar[tuple[str, ...]] = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid")
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> ConvActivationMatch:
         conv = rc.producer(node.input(0), "Conv", "activation input")
         rc.single_consumer(conv.output(0), "Conv output")
         _require_types(conv.output(0), (_F32,), "Conv output")
         activation, params = _activation(node, rc)
-        return Match(node, [conv, node], {"conv": conv, "activation": activation, "params": params})
+        return ConvActivationMatch(node, [conv, node], conv, activation, params)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        conv: Node = m["conv"]
+    def rewrite(self, m: ConvActivationMatch, rb: RewriteBuilder) -> Replacement:
+        conv = m.conv
         attrs = {k: conv.attr(k) for k in conv.attributes}
-        attrs["activation"] = m["activation"]
-        if m["params"]:
-            attrs["activation_params"] = m["params"]
-        fused = rc.add("FusedConv", list(conv.inputs), domain=MS_DOMAIN, attrs=attrs, name=conv.name)
-        rc.replace(m.anchor.output(0), fused.output(0))
+        attrs["activation"] = m.activation
+        if m.params:
+            attrs["activation_params"] = m.params
+        fused = rb.op("FusedConv", list(conv.inputs), domain=MS_DOMAIN, attrs=attrs, name=conv.name)
+        return Replacement.outputs(m.anchor, fused)
 
 
-class FuseGemmActivation(Rule):
+@dataclass
+class GemmActivationMatch(Match):
+    gemm: Node
+
+
+class FuseGemmActivation(Rule[GemmActivationMatch]):
     """Gemm + activation → ``com.microsoft::FusedGemm``."""
 
     name = "ort-fused-gemm"
     summary = "Fuse Gemm + Relu/Sigmoid/Tanh/LeakyRelu into com.microsoft FusedGemm."
     anchors: ClassVar[tuple[str, ...]] = ("Relu", "Sigmoid", "Tanh", "LeakyRelu")
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> GemmActivationMatch:
         gemm = rc.producer(node.input(0), "Gemm", "activation input")
         rc.single_consumer(gemm.output(0), "Gemm output")
         _require_types(gemm.output(0), (_F32,), "Gemm output")
-        return Match(node, [gemm, node], {"gemm": gemm})
+        return GemmActivationMatch(node, [gemm, node], gemm)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        gemm: Node = m["gemm"]
+    def rewrite(self, m: GemmActivationMatch, rb: RewriteBuilder) -> Replacement:
+        gemm = m.gemm
         attrs = {k: gemm.attr(k) for k in gemm.attributes}
         attrs["activation"] = m.anchor.op_type
         if m.anchor.op_type == "LeakyRelu":
             attrs["activation_alpha"] = float(m.anchor.attr("alpha", 0.01))
-        fused = rc.add("FusedGemm", list(gemm.inputs), domain=MS_DOMAIN, attrs=attrs, name=gemm.name)
-        rc.replace(m.anchor.output(0), fused.output(0))
+        fused = rb.op("FusedGemm", list(gemm.inputs), domain=MS_DOMAIN, attrs=attrs, name=gemm.name)
+        return Replacement.outputs(m.anchor, fused)
 
 
 def _bias_of(x: Value, rc: RewriteContext) -> tuple[Node, Value, Value] | None:
@@ -127,7 +141,16 @@ def _bias_of(x: Value, rc: RewriteContext) -> tuple[Node, Value, Value] | None:
     return None
 
 
-class FuseBiasGelu(Rule):
+@dataclass
+class BiasGeluMatch(Match):
+    #: The GELU's input (before the bias when a bias Add is fused too).
+    x: Value
+    bias: Value | None
+    #: "none" (erf) or "tanh".
+    approximate: str
+
+
+class FuseBiasGelu(Rule[BiasGeluMatch]):
     """GELU (decomposed or opset-20 ``Gelu``), with an optional bias Add in front →
     ``com.microsoft`` Gelu / BiasGelu (erf) or FastGelu (tanh)."""
 
@@ -135,7 +158,7 @@ class FuseBiasGelu(Rule):
     summary = "Fuse [bias Add +] GELU into com.microsoft BiasGelu/Gelu/FastGelu."
     anchors: ClassVar[tuple[str, ...]] = ("Mul", "Gelu")
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> BiasGeluMatch:
         if node.op_type == "Gelu":
             x = node.input(0)
             if x is None:
@@ -146,33 +169,45 @@ class FuseBiasGelu(Rule):
         _require_types(parts.x, (_F32, _F16), "GELU input")
         nodes = list(parts.nodes)
         bias = _bias_of(parts.x, rc)
-        captures: dict[str, object] = {"x": parts.x, "bias": None, "approximate": parts.approximate}
         if bias is not None and rc.exclusive(bias[0].output(0), nodes):
             add, y, b = bias
             nodes.append(add)
-            captures.update(x=y, bias=b)
-        return Match(node, nodes, captures)
+            return BiasGeluMatch(node, nodes, y, b, parts.approximate)
+        return BiasGeluMatch(node, nodes, parts.x, None, parts.approximate)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
-        x, bias = m["x"], m["bias"]
-        if m["approximate"] == "tanh":
+    def rewrite(self, m: BiasGeluMatch, rb: RewriteBuilder) -> Replacement:
+        x, bias = m.x, m.bias
+        if m.approximate == "tanh":
             op = "FastGelu"
             inputs = [x] if bias is None else [x, bias]
         else:
             op = "Gelu" if bias is None else "BiasGelu"
             inputs = [x] if bias is None else [x, bias]
-        g = rc.add(op, inputs, domain=MS_DOMAIN, name=m.anchor.name)
-        rc.replace(m.anchor.output(0), g.output(0))
+        g = rb.op(op, inputs, domain=MS_DOMAIN, name=m.anchor.name)
+        return Replacement.outputs(m.anchor, g)
 
 
-class FuseSkipLayerNorm(Rule):
+@dataclass
+class SkipLayerNormMatch(Match):
+    input: Value
+    skip: Value
+    #: A constant 1-D bias added to ``input`` (fused as the op's bias input), or None.
+    bias: Value | None
+    #: The residual Add.
+    add: Node
+    #: The residual sum is also read elsewhere (or is a graph output): those readers take the
+    #: fused op's fourth output and the Add is not part of the match.
+    sum_readers: bool
+
+
+class FuseSkipLayerNorm(Rule[SkipLayerNormMatch]):
     """``LayerNormalization(a + b [+ bias])`` on 3-D tensors → ``SkipLayerNormalization``."""
 
     name = "ort-skip-layer-norm"
     summary = "Fuse a residual Add (and a bias Add) + LayerNormalization into com.microsoft SkipLayerNormalization."
     anchors: ClassVar[tuple[str, ...]] = ("LayerNormalization",)
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> SkipLayerNormMatch:
         x = node.input(0)
         shape = x.shape() if x is not None else None
         if shape is None or len(shape) != 3:
@@ -197,39 +232,42 @@ class FuseSkipLayerNorm(Rule):
             if ca is None or ca != cb:
                 raise MatchFailed("the residual Add broadcasts (or its operand shapes are not known to match)")
         nodes = [node]
-        captures: dict[str, object] = {"input": a, "skip": b, "bias": None, "add": add}
-        for inp, skip in ((a, b), (b, a)):
-            bias = _bias_of(inp, rc)
-            if bias is not None and rc.exclusive(bias[0].output(0), [add]) and bias[0].input(0) is not skip:
-                captures.update(input=bias[1], skip=skip, bias=bias[2], bias_add=bias[0])
+        inp, skip, bias_v, bias_add = a, b, None, None
+        for cand, other in ((a, b), (b, a)):
+            bias = _bias_of(cand, rc)
+            if bias is not None and rc.exclusive(bias[0].output(0), [add]) and bias[0].input(0) is not other:
+                bias_add, inp, bias_v = bias
+                skip = other
                 break
-        sum_readers = [u for u in add.output(0).consumers() if u is not node]  # type: ignore[union-attr]
-        if not sum_readers and not add.output(0).is_graph_output():  # type: ignore[union-attr]
+        total = add.output(0)
+        assert total is not None
+        sum_readers = bool([u for u in total.consumers() if u is not node]) or total.is_graph_output()
+        if not sum_readers:
             nodes.append(add)
-            if captures.get("bias_add") is not None:
-                nodes.append(captures["bias_add"])  # type: ignore[arg-type]
-        elif captures.get("bias_add") is not None:
-            captures.update(input=captures["bias_add"].output(0), bias=None)  # type: ignore[attr-defined]
-            captures.pop("bias_add")
-        captures["sum_readers"] = bool(sum_readers) or add.output(0).is_graph_output()  # type: ignore[union-attr]
-        return Match(node, nodes, captures)
+            if bias_add is not None:
+                nodes.append(bias_add)
+        elif bias_add is not None:
+            # the sum is kept, so the bias Add is too: the fused op reads its output
+            biased = bias_add.output(0)
+            assert biased is not None
+            inp, bias_v = biased, None
+        return SkipLayerNormMatch(node, nodes, inp, skip, bias_v, add, sum_readers)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
+    def rewrite(self, m: SkipLayerNormMatch, rb: RewriteBuilder) -> Replacement:
         node = m.anchor
-        inputs: list[Value | None] = [m["input"], m["skip"], node.input(1), node.input(2)]
-        if m["bias"] is not None:
+        inputs: list[Value | None] = [m.input, m.skip, node.input(1), node.input(2)]
+        if m.bias is not None:
             if inputs[3] is None:
                 et = node.input(1).elem_type() or _F32  # type: ignore[union-attr]
                 dtype = onnx.helper.tensor_dtype_to_np_dtype(et)
-                inputs[3] = rc.constant(np.zeros_like(rc.const(node.input(1)), dtype=dtype), f"{node.name}_beta")
-            inputs.append(m["bias"])
+                inputs[3] = rb.constant(np.zeros_like(rb.const(node.input(1)), dtype=dtype), f"{node.name}_beta")
+            inputs.append(m.bias)
         eps = float(node.attr("epsilon", 1e-5))
-        outs = 4 if m["sum_readers"] else 1
-        sln = rc.add(
-            "SkipLayerNormalization", inputs, domain=MS_DOMAIN, attrs={"epsilon": eps}, name=node.name, num_outputs=outs
+        if not m.sum_readers:
+            sln = rb.op("SkipLayerNormalization", inputs, domain=MS_DOMAIN, attrs={"epsilon": eps}, name=node.name)
+            return Replacement.outputs(node, sln)
+        # outputs 1 and 2 (mean, inv std dev) are optional: left out
+        out, _, _, total = rb.op_outputs(
+            "SkipLayerNormalization", inputs, 4, keep=(0, 3), domain=MS_DOMAIN, attrs={"epsilon": eps}, name=node.name
         )
-        rc.replace(node.output(0), sln.output(0))
-        if m["sum_readers"]:
-            # outputs 1 and 2 (mean, inv std dev) are optional: leave them unnamed
-            sln.set_outputs([sln.output(0), None, None, sln.output(3)])
-            rc.replace(m["add"].output(0), sln.output(3))
+        return Replacement.outputs(node, out).also(m.add.output(0), total)

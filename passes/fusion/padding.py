@@ -9,12 +9,13 @@ the pool had no pads of its own), ``-inf`` for MaxPool. ``auto_pad`` must be ``N
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from onnxforge.ir import Node
-from onnxforge.rules import Match, MatchFailed, RewriteContext, Rule
+from onnxforge.rules import Match, MatchFailed, Replacement, RewriteBuilder, RewriteContext, Rule
 
 
 def _pad_amounts(pad: Node, rc: RewriteContext) -> tuple[list[int], float]:
@@ -41,14 +42,21 @@ def _pad_amounts(pad: Node, rc: RewriteContext) -> tuple[list[int], float]:
     return pads, value
 
 
-class FusePadIntoConvPool(Rule):
+@dataclass
+class PadIntoConvPoolMatch(Match):
+    pad: Node
+    #: The consumer's new ``pads``.
+    pads: list[int]
+
+
+class FusePadIntoConvPool(Rule[PadIntoConvPoolMatch]):
     """Pad → Conv / AveragePool / MaxPool → the op with larger ``pads``."""
 
     name = "pad-into-conv-pool"
     summary = "Fold a constant Pad before Conv/AveragePool/MaxPool into the op's pads."
     anchors: ClassVar[tuple[str, ...]] = ("Conv", "AveragePool", "MaxPool")
 
-    def match(self, node: Node, rc: RewriteContext) -> Match:
+    def match(self, node: Node, rc: RewriteContext) -> PadIntoConvPoolMatch:
         pad = rc.producer(node.input(0), "Pad", f"{node.op_type} input")
         rc.single_consumer(pad.output(0), "Pad output")
         if node.attr("auto_pad", "NOTSET") not in ("NOTSET", ""):
@@ -75,13 +83,13 @@ class FusePadIntoConvPool(Rule):
             if node.output(1) is not None:
                 raise MatchFailed("MaxPool returns indices")
         new = [own[i] + begin[2 + i] for i in range(spatial)] + [own[spatial + i] + end[2 + i] for i in range(spatial)]
-        return Match(node, [pad, node], {"pad": pad, "pads": new})
+        return PadIntoConvPoolMatch(node, [pad, node], pad, new)
 
-    def rewrite(self, m: Match, rc: RewriteContext) -> None:
+    def rewrite(self, m: PadIntoConvPoolMatch, rb: RewriteBuilder) -> Replacement:
         node = m.anchor
         attrs = {k: node.attr(k) for k in node.attributes}
-        attrs["pads"] = [int(p) for p in np.asarray(m["pads"])]
+        attrs["pads"] = [int(p) for p in np.asarray(m.pads)]
         if node.op_type == "AveragePool":
             attrs["count_include_pad"] = 1
-        fused = rc.add(node.op_type, [m["pad"].input(0), *node.inputs[1:]], attrs=attrs, name=node.name)
-        rc.replace(node.output(0), fused.output(0))
+        fused = rb.op(node.op_type, [m.pad.input(0), *node.inputs[1:]], attrs=attrs, name=node.name)
+        return Replacement.outputs(node, fused)

@@ -20,7 +20,8 @@ from onnxforge import modelio
 from onnxforge.equivalence import assert_equivalent
 from onnxforge.ir import to_proto
 from onnxforge.models.attention_blocks import attention_block
-from onnxforge.passes.fusion.ort_attention import AttentionFusion, Dim, ShapeInts
+from onnxforge.passes.fusion.attention import AttentionFusion
+from onnxforge.passes.fusion.attention.shape_ints import Dim, ShapeInts
 from onnxforge.passmanager import PassContext
 from onnxforge.rules import RewriteContext, rule_trace
 
