@@ -40,13 +40,40 @@ _EXPORTS = {
     "Target": "onnxforge.runtime.target",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "CompileResult",
+    "compile",
+    "ModelError",
+    "OnnxForgeError",
+    "PassError",
+    "UsageError",
+    "VerificationError",
+    "load",
+    "save",
+    "FixedPoint",
+    "Pass",
+    "PassContext",
+    "PassManager",
+    "PassOptions",
+    "PassResult",
+    "Sequential",
+    "Target",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from onnxforge.api import CompileResult, compile
     from onnxforge.errors import ModelError, OnnxForgeError, PassError, UsageError, VerificationError
     from onnxforge.modelio import load, save
-    from onnxforge.passmanager import FixedPoint, Pass, PassContext, PassManager, PassOptions, PassResult, Sequential
+    from onnxforge.passmanager import (
+        FixedPoint,
+        Pass,
+        PassContext,
+        PassManager,
+        PassOptions,
+        PassResult,
+        Sequential,
+    )
     from onnxforge.runtime.target import Target
 
 
