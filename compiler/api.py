@@ -14,7 +14,7 @@ import onnx
 
 from onnxforge import modelio
 from onnxforge.cost.analysis import CostTotals
-from onnxforge.equivalence import REORDER, assert_equivalent
+from onnxforge.equivalence import assert_equivalent, check_lossy
 from onnxforge.errors import VerificationError
 from onnxforge.ir import Model, to_proto
 from onnxforge.passmanager import (
@@ -25,7 +25,7 @@ from onnxforge.passmanager import (
     TimingInstrument,
     VerifyInstrument,
 )
-from onnxforge.pipelines import ORT_TARGETS, from_pass_names, get_pipeline
+from onnxforge.pipelines import ORT_TARGETS, Verification, from_pass_names, get_pipeline, verification_for
 from onnxforge.report import ModelStats, Report
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def compile(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     disable: Sequence[str] = (),
     verify: bool = False,
-    verify_tolerance: tuple[float, float] = REORDER,
+    verify_tolerance: tuple[float, float] | None = None,
     verify_dims: Mapping[str, int] | None = None,
     check_ir: bool = False,
     dump_dir: str | os.PathLike[str] | None = None,
@@ -86,15 +86,21 @@ def compile(
     lossless cleanup plus layer fusion) or pass objects built in code; ``target`` (``cpu``,
     ``cuda``, ``tensorrt``; None for portable output) selects target-specific rewrites; ``passes`` (names) overrides it with a custom sequence. ``options`` maps pass names to
     option values, e.g. ``{"constant-folding": {"size_limit": 1 << 20}}``. ``disable`` skips
-    passes by name. With ``verify=True`` onnxruntime runs the original and the result on the same
-    random feeds and :class:`~onnxforge.errors.VerificationError` is raised if outputs differ
-    beyond ``verify_tolerance`` (rtol, atol). With ``cost=True`` the report carries the cost
+    passes by name. With ``verify=True`` the result is checked the way its pipeline declares
+    (:class:`~onnxforge.pipelines.Verification`) and
+    :class:`~onnxforge.errors.VerificationError` is raised when it fails: lossless pipelines run
+    the original and the result on the same random feed, every output within
+    ``verify_tolerance`` (rtol, atol; default 1e-4, 1e-5); ``fp16`` and ``int4`` hold every
+    output's cosine and SQNR to their stated budget on seeded random feeds; ``report.verification``
+    says which measure was used and what it gave. With ``cost=True`` the report carries the cost
     model's totals before and after (:func:`onnxforge.cost.analyze` at input ``shapes`` and
     symbolic ``verify_dims``, on the ``cost_target`` profile). The ``int8`` pipeline runs
     ``optimize`` and then static int8 quantization configured by ``quantization`` (calibration
-    data is required; see :class:`QuantizationOptions`); its ``verify`` checks that every output
-    keeps a cosine similarity of at least 0.99 on the calibration samples. A ModelProto passed
-    in is never modified.
+    data is required; see :class:`QuantizationOptions`); a budget it cannot meet raises
+    :class:`~onnxforge.quantize.budget.BudgetError` (a VerificationError) unless
+    ``allow_budget_miss``; its ``verify`` checks the figures measured on the model returned, on
+    samples that were not calibrated on, against the user's ``min_cosine``/``min_sqnr`` (0.99
+    when neither is set). A ModelProto passed in is never modified.
     """
     start = time.perf_counter()
     loaded = modelio.load(model)
@@ -121,6 +127,7 @@ def compile(
         pipe = Sequential(list(pipeline), name="custom")
         pipe_name = "custom"
 
+    spec = verification_for(pipeline if isinstance(pipeline, str) and not passes else pipe)
     timing = TimingInstrument()
     inst: list[Instrument] = [timing, *instruments]
     if check_ir:
@@ -145,25 +152,36 @@ def compile(
         report.notes.append("cost estimate unavailable for this model (see the log)")
     result = CompileResult(ir, report, loaded.path)
     if verify and qreport is not None:
-        low = {k: v for k, v in qreport.output_cosine.items() if v < 0.99}
-        report.verified = not low
-        if low:
-            raise VerificationError(
-                "int8 outputs drift: " + ", ".join(f"{k} cosine {v:.4f}" for k, v in low.items()) + " (< 0.99)"
-            )
+        _verify_int8(report, qreport, quantization or QuantizationOptions(), spec)
     elif verify:
         assert original is not None
         base = loaded.path.parent if loaded.path is not None else None
         try:
-            assert_equivalent(
-                original,
-                result.model,
-                rtol=verify_tolerance[0],
-                atol=verify_tolerance[1],
-                dims=verify_dims,
-                before_dir=base,
-                after_dir=base,
-            )
+            if spec.lossless:
+                rtol, atol = verify_tolerance or (spec.rtol, spec.atol)
+                report.verification = f"lossless: every output allclose (rtol {rtol:g}, atol {atol:g}) on a seeded random feed"
+                assert_equivalent(
+                    original,
+                    result.model,
+                    rtol=rtol,
+                    atol=atol,
+                    dims=verify_dims,
+                    before_dir=base,
+                    after_dir=base,
+                )
+            else:
+                report.verification = f"{spec.describe()} on {spec.samples} seeded random feeds"
+                figures = check_lossy(
+                    original,
+                    result.model,
+                    min_cosine=spec.min_cosine,
+                    min_sqnr=spec.min_sqnr,
+                    samples=spec.samples,
+                    dims=verify_dims,
+                    before_dir=base,
+                    after_dir=base,
+                )
+                report.verification += _worst_figures(figures.cosine, figures.sqnr)
         except VerificationError:
             report.verified = False
             raise
@@ -172,6 +190,32 @@ def compile(
         report.verified = True
     report.seconds = time.perf_counter() - start
     return result
+
+
+def _worst_figures(cosine: Mapping[str, float], sqnr: Mapping[str, float]) -> str:
+    from onnxforge.quantize.sqnr import worst
+
+    if not cosine:
+        return ""
+    return f": worst cosine {worst(cosine.values()):.5f}, worst SQNR {worst(sqnr.values()):.1f} dB"
+
+
+def _verify_int8(report: Report, qreport: Any, q: QuantizationOptions, spec: Verification) -> None:
+    """int8's --verify: the figures measured on the model returned, on data that was not
+    calibrated on, against the user's bounds (the pipeline's declared cosine when none)."""
+    from onnxforge.quantize.budget import Budget
+
+    user = q.min_cosine is not None or q.min_sqnr is not None
+    bounds = Budget(q.min_cosine, q.min_sqnr) if user else Budget(spec.min_cosine, spec.min_sqnr)
+    source = "--min-cosine/--min-sqnr" if user else "the int8 pipeline's default"
+    misses = bounds.misses(qreport.output_cosine, qreport.output_sqnr)
+    report.verification = (
+        f"lossy: {bounds.describe()} ({source}) on {qreport.budget_data}"
+        + _worst_figures(qreport.output_cosine, qreport.output_sqnr)
+    )
+    report.verified = not misses
+    if misses:
+        raise VerificationError(f"int8 outputs beyond the verification budget on {qreport.budget_data}: " + "; ".join(misses[:3]))
 
 
 def _cost(
@@ -203,8 +247,14 @@ class QuantizationOptions:
     entropy or mse. ``exclude``: node names kept in float. ``min_sqnr`` (dB, every output) and
     ``max_accuracy_drop`` (points, with ``eval_data``: a ``.npz`` of inputs plus ``labels``)
     keep the most harmful layers in float until the budget holds; ``min_cosine`` (default 0.99,
-    None to disable) does the same for every output's cosine similarity to the float model on
-    the calibration samples. ``activation_products``: also quantize MatMuls of two activations
+    None to disable) does the same for every output's cosine similarity to the float model. The
+    budget is measured on ``eval_inputs`` (model inputs, in any form ``calibration`` takes; a
+    ``labels`` array is ignored) when given, else on every fifth calibration sample from the
+    second, held out of calibration; accuracy on the ``eval_data`` rows that were not
+    calibrated on. At most ``max_fallback`` layers go back to float for accuracy; when the budget
+    still does not hold the compile fails (:class:`~onnxforge.quantize.budget.BudgetError`)
+    unless ``allow_budget_miss``, which returns that model and says by how much it misses.
+    ``activation_products``: also quantize MatMuls of two activations
     (attention scores and context; little speed, real accuracy cost). ``speed_guard``: time
     fp32 and int8 on this machine and keep layers in float while int8 is not faster.
     ``smooth_alpha``: SmoothQuant migration strength for MatMul inputs (None: off). ``min_macs``: smaller layers
@@ -221,6 +271,9 @@ class QuantizationOptions:
     min_cosine: float | None = 0.99
     max_accuracy_drop: float | None = None
     eval_data: str | os.PathLike[str] | None = None
+    eval_inputs: Any = None
+    allow_budget_miss: bool = False
+    max_fallback: int = 32
     activation_products: bool = False
     speed_guard: bool = True
     smooth_alpha: float | None = 0.7
@@ -233,13 +286,16 @@ class QuantizationOptions:
 def _quantize(ir: Model, q: QuantizationOptions, target: str | None) -> tuple[Model, Any]:
     from onnxforge.errors import UsageError
     from onnxforge.quantize.data import model_inputs, open_calibration
-    from onnxforge.quantize.static import classification_accuracy, quantize_static
+    from onnxforge.quantize.static import LabelledData, quantize_static
 
     synthetic = isinstance(q.calibration, str) and q.calibration == "synthetic"
     source = open_calibration(
         None if synthetic else q.calibration, inputs=model_inputs(ir), allow_synthetic=synthetic, dims=q.dims
     )
-    evaluate = None
+    eval_source = None
+    if q.eval_inputs is not None:
+        eval_source = open_calibration(q.eval_inputs, inputs=model_inputs(ir), dims=q.dims)
+    labelled = None
     if q.eval_data is not None:
         import numpy as np
 
@@ -251,7 +307,7 @@ def _quantize(ir: Model, q: QuantizationOptions, target: str | None) -> tuple[Mo
         labels = arrays.pop("labels", None)
         if labels is None:
             raise UsageError(f"evaluation data {q.eval_data} has no 'labels' array")
-        evaluate = classification_accuracy(arrays, labels)
+        labelled = LabelledData(arrays, labels)
     elif q.max_accuracy_drop is not None:
         raise UsageError("--max-accuracy-drop needs labelled evaluation data (--eval-data); use --min-sqnr without labels")
     return quantize_static(
@@ -269,6 +325,9 @@ def _quantize(ir: Model, q: QuantizationOptions, target: str | None) -> tuple[Mo
         speed_guard=q.speed_guard,
         smooth_alpha=q.smooth_alpha,
         padding_mask=q.padding_mask,
-        evaluate=evaluate,
+        eval_data=labelled,
+        eval_source=eval_source,
+        allow_budget_miss=q.allow_budget_miss,
+        max_fallback=q.max_fallback,
         progress=q.progress,
     )

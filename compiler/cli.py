@@ -63,7 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-cosine", type=float, default=0.99, metavar="C", help="keep layers in float until every output's cosine reaches C (0: off)"
     )
     q.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="accuracy budget in points (needs --eval-data)")
-    q.add_argument("--eval-data", metavar="NPZ", help="labelled evaluation data: model inputs plus a 'labels' array")
+    q.add_argument(
+        "--eval",
+        metavar="DATA",
+        help="inputs the cosine/SQNR budget is measured on (like --calibration); default: every fifth calibration "
+        "sample, held out of calibration",
+    )
+    q.add_argument(
+        "--eval-data",
+        metavar="NPZ",
+        help="labelled evaluation data for --max-accuracy-drop: model inputs plus a 'labels' array (rows that are "
+        "also calibration samples are left out)",
+    )
+    q.add_argument(
+        "--allow-budget-miss",
+        action="store_true",
+        help="when the budget cannot be met, write the model anyway and say by how much it misses (default: fail)",
+    )
     q.add_argument("--no-speed-guard", action="store_true", help="quantize even layers that make the model slower here")
     q.add_argument(
         "--smooth-alpha", type=float, default=0.7, metavar="A", help="SmoothQuant strength for MatMul inputs (0 turns it off)"
@@ -84,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PASS.NAME=VALUE",
         help="set a pass option, e.g. constant-folding.size_limit=1048576 (repeatable)",
     )
-    c.add_argument("--verify", action="store_true", help="compare onnxruntime outputs before/after; fail if they differ")
+    c.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare onnxruntime outputs before/after as the pipeline declares (lossless: allclose; fp16/int4: "
+        "cosine and SQNR budget; int8: --min-cosine/--min-sqnr on held-out data); fail if they differ",
+    )
     c.add_argument(
         "--dim", action="append", default=[], metavar="NAME=N", help="value of a symbolic dim (for --verify and the cost estimate)"
     )
@@ -248,9 +269,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _quantization_options(args: argparse.Namespace) -> Any:
     from onnxforge.api import QuantizationOptions
 
-    quant_flags = [args.calibration, args.min_sqnr, args.max_accuracy_drop, args.eval_data] + list(args.exclude)
+    quant_flags = [args.calibration, args.min_sqnr, args.max_accuracy_drop, args.eval_data, args.eval] + list(args.exclude)
     if args.pipeline != "int8":
-        if any(f is not None and f != [] for f in quant_flags) or args.per_tensor:
+        if any(f is not None and f != [] for f in quant_flags) or args.per_tensor or args.allow_budget_miss:
             raise UsageError("quantization flags (--calibration, --min-sqnr, ...) need --pipeline int8")
         return None
     progress = None
@@ -267,6 +288,8 @@ def _quantization_options(args: argparse.Namespace) -> Any:
         min_cosine=args.min_cosine or None,
         max_accuracy_drop=args.max_accuracy_drop,
         eval_data=args.eval_data,
+        eval_inputs=args.eval,
+        allow_budget_miss=args.allow_budget_miss,
         speed_guard=not args.no_speed_guard,
         smooth_alpha=args.smooth_alpha or None,
         padding_mask=args.padding_mask,

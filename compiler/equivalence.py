@@ -30,7 +30,7 @@ REORDER = (1e-4, 1e-5)
 def _dims(t: onnx.TypeProto, overrides: Mapping[str, int], default_dim: int) -> list[int]:
     dims = []
     for d in t.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value >= 0:  # some exporters write -1 for "any"
             dims.append(d.dim_value)
         elif d.HasField("dim_param") and d.dim_param in overrides:
             dims.append(overrides[d.dim_param])
@@ -237,3 +237,80 @@ def assert_equivalent(
     if problems:
         raise VerificationError("outputs differ: " + "; ".join(problems[:5]))
     return ref
+
+
+@dataclass
+class LossyFigures:
+    """Per-output error of a lossy result: cosine similarity (worst feed) and SQNR in dB
+    (feeds pooled) of every float output, on ``feeds`` feeds."""
+
+    cosine: dict[str, float]
+    sqnr: dict[str, float]
+    feeds: int
+
+
+def check_lossy(
+    before: onnx.ModelProto,
+    after: onnx.ModelProto,
+    *,
+    min_cosine: float | None,
+    min_sqnr: float | None,
+    samples: int = 4,
+    seed: int = 0,
+    dims: Mapping[str, int] | None = None,
+    before_dir: str | os.PathLike[str] | None = None,
+    after_dir: str | os.PathLike[str] | None = None,
+) -> LossyFigures:
+    """Run both models on ``samples`` seeded random feeds (seeds ``seed``, ``seed + 1``, ...)
+    and raise :class:`VerificationError` when a float output's cosine similarity (worst feed)
+    is below ``min_cosine`` or its SQNR (feeds pooled) below ``min_sqnr`` dB, when an output is
+    NaN or Inf where the original's is finite, or when a non-float output differs at all."""
+    from onnxforge.quantize.sqnr import ErrorPairs, below
+
+    runner = OrtRunner()
+    pairs = ErrorPairs()
+    problems: list[str] = []
+    names: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="onnxforge-verify-") as tmp:
+        tb, ta = Path(tmp) / "before", Path(tmp) / "after"
+        tb.mkdir()
+        ta.mkdir()
+        b_model = _materialize(before, Path(before_dir) if before_dir else None, tb)
+        a_model = _materialize(after, Path(after_dir) if after_dir else None, ta)
+        b_sess, a_sess = runner.session(b_model), runner.session(a_model)
+        names = [o.name for o in b_sess.get_outputs()]
+        if sorted(names) != sorted(o.name for o in a_sess.get_outputs()):
+            raise VerificationError(
+                f"output names differ: {sorted(names)} vs {sorted(o.name for o in a_sess.get_outputs())}"
+            )
+        for k in range(samples):
+            feeds = random_feeds(before, seed=seed + k, dims=dims)
+            ref = dict(zip(names, b_sess.run(names, feeds)))
+            got = dict(zip(names, a_sess.run(names, feeds)))
+            for name in names:
+                a, b = ref[name], got[name]
+                if _is_float_array(a) and _is_float_array(b) and np.shape(a) == np.shape(b):
+                    if np.asarray(a).dtype != np.asarray(b).dtype:
+                        problems.append(f"{name}: dtype {np.asarray(a).dtype} vs {np.asarray(b).dtype}")
+                    elif np.size(a):
+                        pairs.add(name, np.asarray(a), np.asarray(b), feeds)
+                else:
+                    problems.extend(_compare(name, a, b, 0.0, 0.0))
+    figures = LossyFigures(
+        {n: pairs.worst_cosine(n) for n in names if n in pairs}, {n: pairs.sqnr(n) for n in names if n in pairs}, samples
+    )
+    for name, c in figures.cosine.items():
+        if min_cosine is not None and below(c, min_cosine):
+            problems.append(f"{name}: cosine {c:.5f} < {min_cosine:g}" + (" (NaN/Inf outputs)" if c != c else ""))
+    for name, s in figures.sqnr.items():
+        if min_sqnr is not None and below(s, min_sqnr):
+            problems.append(f"{name}: SQNR {s:.1f} dB < {min_sqnr:g} dB" + (" (NaN/Inf outputs)" if s != s else ""))
+    if problems:
+        raise VerificationError(
+            f"outputs beyond the lossy budget on {samples} seeded random feeds: " + "; ".join(dict.fromkeys(problems[:5]))
+        )
+    return figures
+
+
+def _is_float_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype.kind == "f"

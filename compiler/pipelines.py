@@ -152,9 +152,72 @@ def passthrough(options: Mapping[str, Mapping[str, Any]] | None = None, target: 
 
 
 @dataclass(frozen=True)
+class Verification:
+    """How ``--verify`` checks a pipeline's result against the original model.
+
+    Lossless (``lossless=True``): onnxruntime runs both on a seeded random feed and every output
+    must match within ``rtol``/``atol`` (float reordering). Lossy: every float output's cosine
+    similarity (the worst of ``samples`` seeded random feeds) must reach ``min_cosine`` and its
+    SQNR (feeds pooled) ``min_sqnr`` dB; other outputs must match exactly; a NaN or Inf the
+    original does not produce fails. A lossy pipeline that calibrates (``calibrated``: int8)
+    is checked on the data its accuracy guard held out of calibration instead, against the
+    user's budget where one is given (``--min-cosine``, ``--min-sqnr``).
+    """
+
+    lossless: bool = True
+    rtol: float = 1e-4
+    atol: float = 1e-5
+    min_cosine: float | None = None
+    min_sqnr: float | None = None
+    samples: int = 4
+    calibrated: bool = False
+
+    def describe(self) -> str:
+        if self.lossless:
+            return f"lossless: every output allclose (rtol {self.rtol:g}, atol {self.atol:g})"
+        bounds = [f"cosine >= {self.min_cosine:g}" if self.min_cosine is not None else ""]
+        bounds.append(f"SQNR >= {self.min_sqnr:g} dB" if self.min_sqnr is not None else "")
+        return "lossy: every output's " + " and ".join(b for b in bounds if b)
+
+    def loosest(self, other: Verification) -> Verification:
+        """A check both results of a combined pipeline can be held to."""
+        if self.lossless:
+            return other
+        if other.lossless:
+            return self
+
+        def low(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else min(a, b)
+
+        return Verification(
+            lossless=False,
+            min_cosine=low(self.min_cosine, other.min_cosine),
+            min_sqnr=low(self.min_sqnr, other.min_sqnr),
+            samples=max(self.samples, other.samples),
+        )
+
+
+#: Every rewrite of the lossless and optimize pipelines keeps outputs up to float reordering.
+LOSSLESS = Verification()
+#: float16 (11-bit significand): measured on the corpus and the builder models, the worst
+#: output SQNR on realistic inputs was 42 dB (magika) and cosine 0.99997.
+FP16 = Verification(lossless=False, min_cosine=0.999, min_sqnr=30.0)
+#: int4 weight-only in blocks of 32: measured worst cosine 0.977 (magika, random inputs) and
+#: SQNR 5.2 dB (openwakeword hey_jarvis's single near-zero probability on random inputs; 10.7
+#: dB on real audio). The SQNR bound catches a wrong scale, which cosine cannot see.
+INT4 = Verification(lossless=False, min_cosine=0.95, min_sqnr=3.0)
+#: int8 is verified by its accuracy guard's figures, on data held out of calibration (or
+#: --eval), against --min-cosine (default 0.99) and --min-sqnr.
+INT8 = Verification(lossless=False, min_cosine=0.99, calibrated=True)
+#: What each lossy pass needs when it runs in a custom pass list (``--passes``).
+LOSSY_PASSES: dict[str, Verification] = {"fp16": FP16, "int4-weights": INT4}
+
+
+@dataclass(frozen=True)
 class PipelineInfo:
     name: str
     build: Callable[[Mapping[str, Mapping[str, Any]] | None, str | None], Pass]
+    verification: Verification = LOSSLESS
 
     @property
     def summary(self) -> str:
@@ -165,9 +228,9 @@ class PipelineInfo:
 PIPELINES: dict[str, PipelineInfo] = {
     "optimize": PipelineInfo("optimize", optimize),
     "lossless": PipelineInfo("lossless", lossless),
-    "int8": PipelineInfo("int8", int8),
-    "int4": PipelineInfo("int4", int4),
-    "fp16": PipelineInfo("fp16", fp16),
+    "int8": PipelineInfo("int8", int8, INT8),
+    "int4": PipelineInfo("int4", int4, INT4),
+    "fp16": PipelineInfo("fp16", fp16, FP16),
     "none": PipelineInfo("none", passthrough),
 }
 
@@ -182,6 +245,25 @@ def get_pipeline(
     check_target(target)
     _check_option_targets(options)
     return info.build(options, target)
+
+
+def verification_for(pipeline: str | Pass) -> Verification:
+    """How ``--verify`` checks the result of ``pipeline`` (a registered name or pass objects):
+    a named pipeline's declared :class:`Verification`; for passes, lossless unless one of them
+    is lossy, then the loosest check of the lossy passes (an unknown lossy pass gets int4's)."""
+    if isinstance(pipeline, str):
+        info = PIPELINES.get(pipeline)
+        if info is None:
+            raise UsageError(f"unknown pipeline {pipeline!r} (known: {', '.join(PIPELINES)})")
+        return info.verification
+    from onnxforge.passmanager import CompositePass
+
+    leaves = pipeline.leaves() if isinstance(pipeline, CompositePass) else [pipeline]
+    spec = LOSSLESS
+    for p in leaves:
+        if not p.lossless:
+            spec = spec.loosest(LOSSY_PASSES.get(p.name, INT4))
+    return spec
 
 
 def check_target(target: str | None) -> None:

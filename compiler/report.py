@@ -48,6 +48,8 @@ class Report:
     passes: list[PassTiming] = field(default_factory=list)
     seconds: float = 0.0
     verified: bool | None = None
+    #: How ``verify`` checked the result (lossless allclose or a lossy budget) and on what data.
+    verification: str = ""
     notes: list[str] = field(default_factory=list)
     #: Cost-model totals before/after (``compile(cost=True)``), and the profile used.
     cost_before: CostTotals | None = None
@@ -83,6 +85,7 @@ class Report:
             "pipeline": self.pipeline,
             "seconds": round(self.seconds, 4),
             "verified": self.verified,
+            "verification": self.verification,
             "before": asdict(self.before),
             "after": asdict(self.after),
             "passes": [
@@ -154,7 +157,14 @@ class Report:
             lines += self.quantization.summary_lines()
         if self.verified is not None:
             lines.append("")
-            lines.append("verification: outputs match" if self.verified else "verification: FAILED")
+            if not self.verified:
+                lines.append("verification: FAILED")
+            elif self.verification.startswith("lossy"):
+                lines.append("verification: within the lossy budget")
+            else:
+                lines.append("verification: outputs match")
+            if self.verification:
+                lines.append(f"  ({self.verification})")
         for note in self.notes:
             lines.append(f"note: {note}")
         return "\n".join(lines)

@@ -7,9 +7,12 @@
 2. :func:`onnxforge.passes.quantization.qdq.plan_qdq` picks nodes and tensors for the target;
    :func:`~onnxforge.quantize.collect.collect_ranges` calibrates those tensors, streaming.
 3. :func:`~onnxforge.passes.quantization.qdq.apply_qdq` inserts Q/DQ into a copy of the model.
-4. Errors are measured on up to ``eval_samples`` calibration batches: the SQNR of every
-   quantized layer's output and of every model output against the float model (plus cosine),
-   and, given an evaluation function, accuracy. Where the model takes a padding mask
+4. Errors are measured on samples that were not calibrated on (:mod:`onnxforge.quantize.budget`):
+   up to ``eval_samples`` batches of ``eval_source`` when given, else every fifth calibration
+   batch from the second (at most ``eval_samples``), held out of calibration. Measured: the
+   SQNR of every quantized layer's output and of every model output against the float model
+   (plus cosine), and, given labelled data or an evaluation function, accuracy (labelled rows
+   that were calibrated on are left out). Non-finite outputs fail every bound. Where the model takes a padding mask
    (``attention_mask``), tensors shaped ``[batch, sequence, ...]`` are compared on the real
    positions only (:mod:`onnxforge.quantize.padding`).
 5. With ``min_sqnr`` (dB, on the model outputs), ``min_cosine`` or ``max_accuracy_drop``
@@ -21,7 +24,12 @@
    at 0.97; the two most sensitive by this ranking give 0.99).
 6. Speed is part of correctness: the float and the int8 model are timed on onnxruntime (all
    optimizations, one thread, this machine); while int8 is not faster, weight-only layers and
-   then the half of the quantized layers with the fewest MACs go back to float.
+   then the half of the quantized layers with the fewest MACs go back to float. Every figure
+   of the report (cosine, SQNR, accuracy, speed-up) is then measured again on the model
+   returned.
+7. A budget still missed raises :class:`~onnxforge.quantize.budget.BudgetError` (a
+   VerificationError) unless ``allow_budget_miss``: then the model is returned and the report
+   says by how much it misses.
 """
 
 from __future__ import annotations
@@ -38,15 +46,17 @@ import numpy as np
 import onnx
 
 from onnxforge.equivalence import OrtRunner
+from onnxforge.errors import UsageError
 from onnxforge.ir import Model, from_proto, to_proto
 from onnxforge.passes.quantization.policy import TargetPolicy, policy_for
 from onnxforge.passes.quantization.qdq import QdqPlan, apply_qdq, plan_qdq
+from onnxforge.quantize.budget import Budget, BudgetError, Holdout, row_keys
 from onnxforge.quantize.collect import ProgressCallback, collect_ranges
 from onnxforge.quantize.data import CalibrationSource
 from onnxforge.quantize.opset import raise_opset
 from onnxforge.quantize.padding import find_padding_mask
 from onnxforge.quantize.shared_weights import SharedWeightSessions
-from onnxforge.quantize.sqnr import ErrorPairs
+from onnxforge.quantize.sqnr import ErrorPairs, worst
 from onnxforge.quantize.taps import tapped_model
 
 log = logging.getLogger(__name__)
@@ -68,10 +78,26 @@ class LayerError:
 
     @property
     def added_noise(self) -> float:
-        """Noise-to-signal power the layer adds (linear): ``10^(-out/10) - 10^(-in/10)``."""
-        out = 10 ** (-self.sqnr_db / 10) if math.isfinite(self.sqnr_db) else 0.0
-        inp = 10 ** (-self.input_sqnr_db / 10) if math.isfinite(self.input_sqnr_db) else 0.0
+        """Noise-to-signal power the layer adds (linear): ``10^(-out/10) - 10^(-in/10)``; +inf
+        when its output has no SQNR (non-finite values) or is all noise and its input is not."""
+
+        def power(db: float) -> float:
+            return math.inf if math.isnan(db) or db == -math.inf else 10 ** (-db / 10) if db != math.inf else 0.0
+
+        out, inp = power(self.sqnr_db), power(self.input_sqnr_db)
+        if math.isinf(out):
+            return 0.0 if math.isinf(inp) else math.inf
         return out - inp
+
+
+@dataclass
+class LabelledData:
+    """Labelled evaluation data (``--eval-data``): model inputs by name, samples along axis 0,
+    and the class ``labels``; scored by top-1 accuracy of the first output."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray
+    name: str = "--eval-data"
 
 
 @dataclass
@@ -99,6 +125,15 @@ class QuantizationReport:
     #: (layer, worst output SQNR in dB with that layer alone quantized), most sensitive first;
     #: measured only when an accuracy budget needed layers back in float.
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    #: Samples (batches) the ranges were calibrated on.
+    calibration_samples: int = 0
+    #: The budget's bounds, the data its figures (cosine, SQNR) were measured on, and the
+    #: misses (empty when it holds).
+    budget: str = "none"
+    budget_data: str = ""
+    budget_missed: list[str] = field(default_factory=list)
+    #: The data the accuracy figures were measured on.
+    accuracy_data: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         def num(x: float) -> float | str:
@@ -110,7 +145,9 @@ class QuantizationReport:
             "activation_type": self.activation_type,
             "per_channel": self.per_channel,
             "calibration_data": self.data,
+            "calibration_samples": self.calibration_samples,
             "synthetic_calibration": self.synthetic,
+            "budget": {"bounds": self.budget, "data": self.budget_data, "missed": self.budget_missed},
             "quantized_nodes": self.quantized,
             "weight_only_nodes": self.weight_only,
             "skipped": self.skipped,
@@ -132,7 +169,7 @@ class QuantizationReport:
             "layer_sensitivity_db": [{"node": n, "output_sqnr_db": num(v)} for n, v in self.sensitivity],
             "accuracy": None
             if self.accuracy is None
-            else {"float": self.accuracy[0], "int8": self.accuracy[1]},
+            else {"float": self.accuracy[0], "int8": self.accuracy[1], "data": self.accuracy_data},
             "unfused_qdq": self.unfused,
             "notes": self.notes,
         }
@@ -145,13 +182,19 @@ class QuantizationReport:
             f"weights {'per channel' if self.per_channel else 'per tensor'})",
             f"quantized {len(self.quantized)} layers, weight-only {len(self.weight_only)}, skipped {len(self.skipped)}, "
             f"kept in float for accuracy {len(self.kept_float)}",
+            f"calibration: {self.calibration_samples} samples; budget ({self.budget}) and the figures below "
+            f"measured on {self.budget_data}",
         ]
         for name, s in self.output_sqnr.items():
             lines.append(
                 f"output {name}: SQNR {s:.1f} dB, cosine {self.output_cosine.get(name, float('nan')):.5f}"
             )
         if self.accuracy is not None:
-            lines.append(f"accuracy: float {self.accuracy[0] * 100:.2f}%, int8 {self.accuracy[1] * 100:.2f}%")
+            lines.append(
+                f"accuracy: float {self.accuracy[0] * 100:.2f}%, int8 {self.accuracy[1] * 100:.2f}% on {self.accuracy_data}"
+            )
+        if self.budget_missed:
+            lines.append("BUDGET MISSED: " + "; ".join(self.budget_missed))
         bad = sorted(self.layer_errors, key=lambda e: -e.added_noise)[:worst]
         if bad:
             lines.append("")
@@ -197,6 +240,10 @@ def quantize_static(
     max_accuracy_drop: float | None = None,
     activation_products: bool = False,
     evaluate: Evaluate | None = None,
+    eval_data: LabelledData | None = None,
+    eval_source: Iterable[Mapping[str, np.ndarray]] | None = None,
+    holdout_every: int = 5,
+    allow_budget_miss: bool = False,
     speed_guard: bool = True,
     smooth_alpha: float | None = 0.7,
     padding_mask: str | None = "auto",
@@ -206,7 +253,13 @@ def quantize_static(
     progress: ProgressCallback | None = None,
 ) -> tuple[Model, QuantizationReport]:
     """Quantize ``model`` (already optimized) to static int8 QDQ; see the module docstring.
-    Returns the quantized model (a new IR) and the report."""
+    Returns the quantized model (a new IR) and the report.
+
+    The budget (``min_sqnr``, ``min_cosine``, ``max_accuracy_drop`` with ``eval_data`` or
+    ``evaluate``) is measured on ``eval_source`` (up to ``eval_samples`` feeds) or, without it,
+    on every ``holdout_every``-th calibration feed from the second, which is then not calibrated
+    on. Raises :class:`~onnxforge.quantize.budget.BudgetError` when the budget cannot be met,
+    unless ``allow_budget_miss``."""
     policy = policy_for(target)
     report = QuantizationReport(
         method,
@@ -216,10 +269,29 @@ def quantize_static(
         source.description,
         bool(getattr(source, "synthetic", False)),
     )
-    # One pass over the data: the first batches are kept for measuring errors and then
-    # calibrated on with the rest (a reader without rewind() can be read only once).
-    stream = iter(source)
+    if evaluate is not None and eval_data is not None:
+        raise UsageError("give either labelled evaluation data or an evaluation function, not both")
+    has_accuracy = evaluate is not None or eval_data is not None
+    budget = Budget(min_cosine, min_sqnr, max_accuracy_drop if has_accuracy else None)
+    report.budget = budget.describe()
+    # Data the budget is measured on, and rows of it calibration must not have read.
+    eval_feeds = None if eval_source is None else [dict(f) for f in itertools.islice(iter(eval_source), eval_samples)]
+    if eval_feeds is not None and not eval_feeds:
+        raise UsageError("the evaluation inputs (--eval) hold no samples")
+    eval_keys = [row_keys(f) for f in eval_feeds] if eval_feeds is not None else []
+    label_keys = row_keys(eval_data.inputs) if eval_data is not None else []
+    holdout = Holdout(
+        every=0 if eval_feeds is not None else holdout_every,
+        limit=eval_samples,
+        watch={k for keys in eval_keys for k in keys} | set(label_keys),
+    )
+    # One pass over the data: the first calibration batches are kept (smoothing, opset checks,
+    # timing) and then calibrated on with the rest (a reader without rewind() can be read only
+    # once); held-out batches are set aside as the stream goes by.
+    stream = holdout.route(source)
     samples = list(itertools.islice(stream, eval_samples))
+    if not samples:
+        raise UsageError("the calibration data holds no samples")
     mask = find_padding_mask(
         padding_mask, [v.name for v in model.graph.inputs], samples[0] if samples else None
     )
@@ -260,6 +332,9 @@ def quantize_static(
         progress=progress,
     )
     ranges = {k: (r.min, r.max) for k, r in ranges_full.items()}
+    report.calibration_samples = holdout.calibrated
+    held_out = _budget_samples(report, holdout, samples, eval_feeds, eval_keys)
+    evaluate = _accuracy_function(report, evaluate, eval_data, label_keys, holdout.calibrated_keys)
 
     def build(skip: set[str], weight_only: bool = True) -> tuple[Model, QdqPlan]:
         q, p = _build(
@@ -268,22 +343,20 @@ def quantize_static(
         q.export_value_info = export_value_info
         return q, p
 
+    def figures(q_proto: onnx.ModelProto, q_plan: QdqPlan) -> tuple[Any, Any, Any, tuple[float, float] | None]:
+        errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, held_out, mask)
+        q_eval = evaluate(q_proto) if evaluate is not None else None
+        accuracy = (float_eval, q_eval) if float_eval is not None and q_eval is not None else None
+        return errors, out_sqnr, out_cos, accuracy
+
     excluded = set(exclude)
     float_eval = evaluate(float_proto) if evaluate is not None else None
     ranking: list[str] | None = None
     while True:
         q_model, q_plan = build(excluded)
         q_proto = to_proto(q_model)
-        errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples, mask)
-        q_eval = evaluate(q_proto) if evaluate is not None else None
-        ok = True
-        if min_sqnr is not None and out_sqnr and min(out_sqnr.values()) < min_sqnr:
-            ok = False
-        if min_cosine is not None and out_cos and min(out_cos.values()) < min_cosine:
-            ok = False
-        if max_accuracy_drop is not None and float_eval is not None and q_eval is not None:
-            ok = ok and (float_eval - q_eval) * 100 <= max_accuracy_drop
-        if ok or len(report.kept_float) >= max_fallback:
+        errors, out_sqnr, out_cos, accuracy = figures(q_proto, q_plan)
+        if not budget.misses(out_cos, out_sqnr, accuracy) or len(report.kept_float) >= max_fallback:
             break
         if ranking is None:
             quantized = [n.name or n.op_type for n in q_plan.compute]
@@ -294,16 +367,16 @@ def quantize_static(
                 return build(set(others - {layer}))[0]
 
             report.sensitivity = sensitivity_ranking(
-                float_proto, quantized, samples[:sensitivity_samples], mask, build_only, progress
+                float_proto, quantized, held_out[:sensitivity_samples], mask, build_only, progress
             )
             ranking = [n for n, _ in report.sensitivity]
-        worst = next((n for n in ranking if n not in excluded), None)
-        if worst is None:
+        worst_layer = next((n for n in ranking if n not in excluded), None)
+        if worst_layer is None:
             break
-        excluded.add(worst)
-        report.kept_float.append(worst)
-        log.info("keeping %s in float (the layer the outputs are most sensitive to)", worst)
-    if speed_guard and samples:
+        excluded.add(worst_layer)
+        report.kept_float.append(worst_layer)
+        log.info("keeping %s in float (the layer the outputs are most sensitive to)", worst_layer)
+    if speed_guard:
         weight_only = True
         macs = _layer_macs(float_proto, samples[0])
         rebuilt = False
@@ -331,8 +404,11 @@ def quantize_static(
             q_model, q_plan = build(excluded, weight_only)
             q_proto = to_proto(q_model)
             rebuilt = True
-        if rebuilt:  # the errors of the model actually returned
-            errors, out_sqnr, out_cos = measure(float_proto, q_proto, q_plan, samples, mask)
+        else:  # the last attempt rebuilt the model: time the one returned
+            t_float, t_int8 = _latencies(float_proto, q_proto, samples[0])
+            report.speedup = t_float / t_int8 if t_int8 > 0 else None
+        if rebuilt:  # every figure of the model actually returned
+            errors, out_sqnr, out_cos, accuracy = figures(q_proto, q_plan)
         left = [n for n in q_plan.compute if (n.name or n.op_type) not in excluded]
         if report.kept_for_speed and not left:
             report.notes.append(
@@ -354,18 +430,89 @@ def quantize_static(
     report.layer_errors = errors
     report.output_sqnr = out_sqnr
     report.output_cosine = out_cos
-    if float_eval is not None and q_eval is not None:
-        report.accuracy = (float_eval, q_eval)
+    report.accuracy = accuracy
     report.unfused = unfused_pairs(q_proto, policy)
-    if min_sqnr is not None and out_sqnr and min(out_sqnr.values()) < min_sqnr:
-        report.notes.append(
-            f"output SQNR stays below {min_sqnr} dB even with {len(report.kept_float)} layer(s) in float"
+    report.budget_missed = budget.misses(out_cos, out_sqnr, accuracy)
+    if report.budget_missed:
+        more = f" and {len(report.budget_missed) - 3} more" if len(report.budget_missed) > 3 else ""
+        message = (
+            f"int8 misses its accuracy budget ({budget.describe()}) on {report.budget_data}: "
+            f"{'; '.join(report.budget_missed[:3])}{more}, with {len(report.kept_float)} layer(s) kept in float"
         )
-    if min_cosine is not None and out_cos and min(out_cos.values()) < min_cosine:
-        report.notes.append(
-            f"output cosine stays below {min_cosine} even with {len(report.kept_float)} layer(s) in float"
-        )
+        if not allow_budget_miss:
+            raise BudgetError(
+                message + "; --allow-budget-miss (allow_budget_miss=True) writes this model anyway", report, q_model
+            )
+        report.notes.append(message + " (allowed: the model is written anyway)")
     return q_model, report
+
+
+def _budget_samples(
+    report: QuantizationReport,
+    holdout: Holdout,
+    samples: list[dict[str, np.ndarray]],
+    eval_feeds: list[dict[str, np.ndarray]] | None,
+    eval_keys: list[list[bytes]],
+) -> list[dict[str, np.ndarray]]:
+    """The feeds the budget is measured on (never one that was calibrated on), and the
+    report's words for them."""
+    if eval_feeds is not None:
+        clean = [f for f, keys in zip(eval_feeds, eval_keys) if not any(k in holdout.calibrated_keys for k in keys)]
+        if not clean:
+            raise UsageError(
+                "every --eval sample is also a calibration sample: give inputs that were not calibrated on, "
+                "or leave out --eval to hold out every fifth calibration sample"
+            )
+        dropped = len(eval_feeds) - len(clean)
+        report.budget_data = f"{len(clean)} --eval sample(s)" + (
+            f" ({dropped} of the {len(eval_feeds)} given were calibration samples: left out)" if dropped else ""
+        )
+        return clean
+    if holdout.held:
+        report.budget_data = (
+            f"{len(holdout.held)} held-out calibration sample(s) (every {_ordinal(holdout.every)} from the second, "
+            "not calibrated on)"
+        )
+        return holdout.held
+    report.budget_data = f"the {len(samples)} calibration sample(s) (too few to hold one out)"
+    report.notes.append(
+        "the budget was measured on the calibration samples themselves: give at least two samples, or --eval inputs"
+    )
+    return samples
+
+
+def _ordinal(n: int) -> str:
+    return {2: "second", 3: "third", 4: "fourth", 5: "fifth"}.get(n, f"{n}th")
+
+
+def _accuracy_function(
+    report: QuantizationReport,
+    evaluate: Evaluate | None,
+    data: LabelledData | None,
+    row_keys_: list[bytes],
+    calibrated: set[bytes],
+) -> Evaluate | None:
+    """The accuracy function on labelled rows that were not calibrated on."""
+    if data is None:
+        if evaluate is not None:
+            report.accuracy_data = "the given evaluation function"
+        return evaluate
+    n = len(data.labels)
+    if len(row_keys_) != n:  # inputs disagree on axis 0: rows cannot be told apart
+        report.accuracy_data = f"{n} {data.name} samples (not checked against the calibration samples)"
+        return classification_accuracy(data.inputs, data.labels)
+    keep = np.array([k not in calibrated for k in row_keys_], dtype=bool)
+    kept = int(keep.sum())
+    if kept == 0:
+        raise UsageError(
+            f"every {data.name} sample is also a calibration sample: accuracy must be measured on samples that were "
+            "not calibrated on"
+        )
+    if kept == n:
+        report.accuracy_data = f"{n} {data.name} samples (none calibrated on)"
+        return classification_accuracy(data.inputs, data.labels)
+    report.accuracy_data = f"{kept} of the {n} {data.name} samples ({n - kept} are calibration samples: left out)"
+    return classification_accuracy({k: v[keep] for k, v in data.inputs.items()}, data.labels[keep])
 
 
 def sensitivity_ranking(
@@ -408,10 +555,11 @@ def sensitivity_ranking(
         for feed, f in zip(samples, ref):  # one run per sample for all outputs
             for out, want, got in zip(outputs, f, q_sess.run(outputs, dict(feed))):
                 pairs.add(out, want, got, feed)
-        noise[layer] = min((pairs.sqnr(o) for o in outputs if o in pairs), default=math.inf)
+        noise[layer] = worst(pairs.sqnr(o) for o in outputs if o in pairs)
         if progress is not None:
             progress(i + 1, len(layers))
-    return sorted(noise.items(), key=lambda kv: kv[1])
+    # NaN (an output turned non-finite) is the most sensitive of all
+    return sorted(noise.items(), key=lambda kv: -math.inf if math.isnan(kv[1]) else kv[1])
 
 
 def _build(
@@ -449,7 +597,8 @@ def measure(
     padding_mask: str | None = None,
 ) -> tuple[list[LayerError], dict[str, float], dict[str, float]]:
     """SQNR of every quantized layer's output and input, and of every model output, over
-    ``samples``, against the float model; every output's cosine similarity on the worst sample.
+    ``samples``, against the float model; every output's cosine similarity on the worst sample
+    (NaN when an output is not finite where float's is).
     With
     ``padding_mask`` (an input name), tensors whose leading dimensions are that input's shape
     are compared where the mask is non-zero only."""
@@ -561,7 +710,8 @@ def _is_activation_dq(dq: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto
 def classification_accuracy(
     inputs: Mapping[str, np.ndarray], labels: np.ndarray, *, batch: int = 256
 ) -> Evaluate:
-    """An :data:`Evaluate` function: top-1 accuracy of the first output against ``labels``."""
+    """An :data:`Evaluate` function: top-1 accuracy of the first output against ``labels``. A
+    row with a non-finite value (NaN, +-Inf) counts as wrong (``argmax`` would pick it)."""
 
     def evaluate(model: onnx.ModelProto) -> float:
         runner = OrtRunner(optimize=True)
@@ -571,13 +721,10 @@ def classification_accuracy(
         correct = 0
         for start in range(0, n, batch):
             feed = {k: v[start : start + batch] for k, v in inputs.items()}
-            logits = sess.run([first], feed)[0]
-            correct += int(
-                (
-                    np.asarray(logits).reshape(len(labels[start : start + batch]), -1).argmax(1)
-                    == labels[start : start + batch]
-                ).sum()
-            )
+            want = labels[start : start + batch]
+            logits = np.asarray(sess.run([first], feed)[0]).reshape(len(want), -1)
+            finite = np.isfinite(logits).all(axis=1)
+            correct += int(((logits.argmax(1) == want) & finite).sum())
         return correct / max(n, 1)
 
     return evaluate

@@ -85,3 +85,73 @@ def test_target_cpu_and_explain(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["compile", str(src), "-o", str(out), "--target", "tpu"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("pipeline", ["fp16", "int4"])
+def test_verify_lossy_pipelines_with_their_declared_budget(pipeline, tmp_path, capsys):
+    """fp16 and int4 used to fail every --verify: they were held to the lossless tolerance."""
+    from onnxforge.models.cnn import transformer_block
+
+    model, _ = transformer_block()
+    src, out, report = tmp_path / "block.onnx", tmp_path / "o.onnx", tmp_path / "r.json"
+    onnx.save(model, src)
+    code = main(["compile", str(src), "-o", str(out), "--pipeline", pipeline, "--verify", "--report", str(report), "--no-cost"])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "verification: within the lossy budget" in stdout
+    data = json.loads(report.read_text())
+    assert data["verified"] is True and data["verification"].startswith("lossy") and "SQNR >=" in data["verification"]
+
+
+def _conv_chain_files(tmp_path, n: int):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(n):
+        inits.append(numpy_helper.from_array((rng.standard_normal((8, 8, 3, 3)) * 0.15).astype(np.float32), f"w{i}"))
+        nodes += [
+            helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+        ]
+        x = f"r{i}"
+    g = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 8, 16, 16])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "chain.onnx")
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((10, 8, 16, 16)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", x=rng.standard_normal((3, 8, 16, 16)).astype(np.float32))
+    return tmp_path / "chain.onnx", tmp_path / "calib.npz", tmp_path / "eval.npz"
+
+
+def test_int8_budget_miss_fails_unless_allowed(tmp_path, capsys):
+    """33 layers, at most 32 go back to float: a 200 dB SQNR budget cannot be met."""
+    src, calib, _ = _conv_chain_files(tmp_path, 33)
+    out = tmp_path / "o.onnx"
+    args = ["compile", str(src), "-o", str(out), "--pipeline", "int8", "--calibration", str(calib)]
+    args += ["--min-sqnr", "200", "--no-speed-guard", "--no-cost", "-q"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "misses its accuracy budget" in err and "short by" in err
+    assert not out.exists()
+    report = tmp_path / "r.json"
+    assert main([*args, "--allow-budget-miss", "--report", str(report)]) == 0
+    data = json.loads(report.read_text())["quantization"]
+    assert out.exists() and data["budget"]["missed"] and "held-out" in data["budget"]["data"]
+
+
+def test_int8_eval_inputs_measure_the_budget(tmp_path, capsys):
+    src, calib, evals = _conv_chain_files(tmp_path, 2)
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    args = ["compile", str(src), "-o", str(out), "--pipeline", "int8", "--calibration", str(calib)]
+    assert main([*args, "--eval", str(evals), "--no-speed-guard", "--no-cost", "--report", str(report)]) == 0
+    q = json.loads(report.read_text())["quantization"]
+    assert q["calibration_samples"] == 10 and q["budget"]["data"].startswith("3 --eval sample")
+    assert "measured on 3 --eval sample" in capsys.readouterr().out
+    assert main(["compile", str(src), "-o", str(out), "--eval", str(evals)]) == 2  # int8 only

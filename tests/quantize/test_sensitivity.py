@@ -57,3 +57,15 @@ def test_ranking_takes_the_worst_output_of_each_layer():
     expected = sqnr_db(2 * x, 2 * x + 0.5 * pattern)  # the second output is the worse one
     assert dict(ranking)["big_on_second"] == pytest.approx(expected, abs=1e-3)
     assert math.isinf(dict(ranking)["none"])
+
+
+def test_a_layer_that_makes_outputs_non_finite_ranks_first():
+    """Inf noise (k1 = inf) makes the first output non-finite: no SQNR at all, so that layer is
+    the most sensitive, ahead of any finite SQNR, wherever it sits in the list."""
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.standard_normal((1, 16)).astype(np.float32)} for _ in range(2)]
+    builds = {"noisy": _two_outputs(noise2=0.5), "broken": _two_outputs(noise1=np.inf), "none": _two_outputs()}
+    for order in (list(builds), list(reversed(builds))):
+        ranking = sensitivity_ranking(_two_outputs(), order, samples, None, lambda layer: from_proto(builds[layer]))
+        assert [name for name, _ in ranking] == ["broken", "noisy", "none"]
+        assert math.isnan(dict(ranking)["broken"])
