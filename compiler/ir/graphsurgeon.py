@@ -194,8 +194,8 @@ class _Snapshot:
     values_by_name: dict[str, _ValueInfo | None] = field(default_factory=dict)
     nodes: dict[int, tuple[Any, _NodeInfo]] = field(default_factory=dict)
     nodes_by_name: dict[str, _NodeInfo | None] = field(default_factory=dict)
-    #: initializer name -> id of the gs graph whose initializer it was
-    owners: dict[str, int] = field(default_factory=dict)
+    #: initializer name -> (id, name) of the gs graph whose initializer it was
+    owners: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: attribute tensors (gs Constants, by id) whose TensorProto had no name field
     unnamed: dict[int, Any] = field(default_factory=dict)
 
@@ -226,6 +226,14 @@ class _Snapshot:
 def _state(t: Any) -> tuple[Any, ...]:
     shape = None if t.shape is None else tuple(t.shape)
     return (type(t).__name__, getattr(t, "type", None), t.dtype, shape)
+
+
+def _same_state(now: tuple[Any, ...], then: tuple[Any, ...]) -> bool:
+    """Unchanged dtype and shape. ``Variable.copy()`` (and so ``Graph.copy()``) resets the type
+    kind to gs's default ``tensor_type``, so that default does not count as a change."""
+    if now == then:
+        return True
+    return now[1] == "tensor_type" and (now[0], now[2], now[3]) == (then[0], then[2], then[3])
 
 
 def _pairs(g: Any, gp: onnx.GraphProto) -> Iterator[tuple[Any, onnx.GraphProto, int]]:
@@ -316,7 +324,7 @@ def _take_snapshot(snap: _Snapshot, graph: Any, main_proto: onnx.GraphProto, mai
         local = {o for np_ in gp.node for o in np_.output if o}
         for t in gp.initializer:
             if t.name in shown[i]:
-                snap.owners.setdefault(t.name, id(g))
+                snap.owners.setdefault(t.name, (id(g), g.name))
             else:
                 info.hidden.append(t)
         tensors = g.tensors()
@@ -365,7 +373,8 @@ def from_gs(graph: Any, like: Model, *, source: Any = None) -> Model:
     """
     if not is_gs_graph(graph):
         raise ModelError(f"expected an onnx-graphsurgeon Graph, got {type(graph).__name__}")
-    snap: _Snapshot | None = getattr(graph, _SNAPSHOT, None) or getattr(source, _SNAPSHOT, None)
+    # vars(), not getattr(): gs.Graph.__getattr__ logs an error for unknown attributes.
+    snap: _Snapshot | None = vars(graph).get(_SNAPSHOT) or (vars(source).get(_SNAPSHOT) if source is not None else None)
     with _quiet():
         try:
             out = gs.export_onnx(graph, do_type_check=False)
@@ -428,7 +437,7 @@ def _restore_value(snap: _Snapshot, t: Any, vi: onnx.ValueInfoProto) -> None:
     if info is None:
         return
     name = vi.name
-    if _state(t) == info.state:
+    if _same_state(_state(t), info.state):
         vi.CopyFrom(info.info)
         vi.name = name
         return
@@ -452,7 +461,8 @@ def _place_initializers(snap: _Snapshot | None, pairs: list[tuple[Any, onnx.Grap
         for t in gp.initializer:
             obj = shown.get(t.name)
             prev = const_obj.get(t.name)
-            if prev is not None and obj is not None and prev is not obj:
+            if prev is not None and obj is not None and prev is not obj and emitted[t.name] != t:
+                # (equal copies, e.g. from Graph.copy() of a subgraph reading it, are one constant)
                 raise ModelError(f"the graphsurgeon graph has two different constants named {t.name!r}")
             const_obj.setdefault(t.name, obj)
             emitted.setdefault(t.name, t)
@@ -468,13 +478,26 @@ def _place_initializers(snap: _Snapshot | None, pairs: list[tuple[Any, onnx.Grap
         return chain
 
     index_of = {id(g): i for i, (g, _, _) in enumerate(pairs)}
+    graph_names = Counter(g.name for g, _, _ in pairs)
+    index_by_name = {g.name: i for i, (g, _, _) in enumerate(pairs) if graph_names[g.name] == 1}
+
+    def original_owner(name: str) -> int | None:
+        """Where the initializer was: the same gs graph, or one with the same unique name
+        (``Graph.copy()``)."""
+        if snap is None or name not in snap.owners:
+            return None
+        gid, gname = snap.owners[name]
+        if gid in index_of and snap.graphs.get(gid, (None,))[0] is pairs[index_of[gid]][0]:
+            return index_of[gid]
+        return index_by_name.get(gname)
+
     owned: list[list[str]] = [[] for _ in pairs]
     for name, uses in used_in.items():
         common = set(ancestors(uses[0]))
         for u in uses[1:]:
             common &= set(ancestors(u))
         owner = max(common)  # pre-order: the deepest common ancestor has the largest index
-        orig = index_of.get(snap.owners.get(name, -1)) if snap is not None else None
+        orig = original_owner(name)
         if orig is not None and orig in common:
             owner = orig
         owned[owner].append(name)
@@ -528,7 +551,7 @@ def _restore_model_fields(out: onnx.ModelProto, graph: Any, like: Model, snap: _
     producer = (graph.producer_name or "", graph.producer_version or "")
     out.ClearField("producer_name")
     out.ClearField("producer_version")
-    if snap is not None and producer == snap.producer:
+    if producer == ("", "") or (snap is not None and producer == snap.producer):  # gs.Graph.copy() drops it
         for name in ("producer_name", "producer_version"):
             if shell.HasField(name):
                 setattr(out, name, getattr(shell, name))
