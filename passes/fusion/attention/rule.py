@@ -112,8 +112,8 @@ class AttentionFusion(Rule[AttentionMatch]):
         return AttentionMatch(node, nodes, x, heads, num_heads, head_size, scale, scores.mask, mask_index, dtype)
 
     def rewrite(self, m: AttentionMatch, rb: RewriteBuilder) -> Replacement:
-        weight = np.concatenate([h.proj.weight for h in m.heads], axis=1).astype(m.dtype)
-        bias = np.concatenate(
+        weight: np.ndarray = np.concatenate([h.proj.weight for h in m.heads], axis=1).astype(m.dtype)
+        bias: np.ndarray = np.concatenate(
             [h.proj.bias if h.proj.bias is not None else np.zeros(h.proj.weight.shape[1]) for h in m.heads]
         ).astype(m.dtype)
         base = m.anchor.name or "attention"

@@ -21,9 +21,13 @@ from onnxforge.equivalence import assert_equivalent
 from onnxforge.ir import to_proto
 from onnxforge.models.attention_blocks import attention_block
 from onnxforge.passes.fusion.attention import AttentionFusion
+from onnxforge.passes.fusion.attention.context import match_context
+from onnxforge.passes.fusion.attention.heads import K_PERM, Q_PERM, V_PERM, match_head
+from onnxforge.passes.fusion.attention.scores import match_scores
 from onnxforge.passes.fusion.attention.shape_ints import Dim, ShapeInts
+from onnxforge.passes.fusion.attention.shapes import check_shapes
 from onnxforge.passmanager import PassContext
-from onnxforge.rules import RewriteContext, rule_trace
+from onnxforge.rules import MatchFailed, RewriteContext, rule_trace
 
 B, S, H, N = 2, 5, 16, 2
 MIN32 = float(np.finfo(np.float32).min)
@@ -296,6 +300,35 @@ def test_shape_evaluation() -> None:
     flat = next(n for n in model.graph.nodes if n.op_type == "Reshape" and n.input(0) is x)
     assert ints.value(flat.input(1)) == ((Dim(-1), Dim(H)), False)
     assert str(bd + sd.scaled(2) - Dim(3)) == "B+2*S+-3"
+
+
+def test_stages_one_at_a_time() -> None:
+    """Each stage of the match runs on its own and returns its typed part, or its reason."""
+    m = attention_block(packing="split", mask="vmap", causal="vmap", scaling="qk")
+    model = modelio.load(m).model
+    rc = RewriteContext(model, model.graph)
+    anchor = next(n for n in model.graph if n.name == "out_reshape")
+    context = match_context(anchor, rc)
+    assert (context.transpose.op_type, context.matmul.op_type, context.softmax.op_type) == (
+        "Transpose",
+        "MatMul",
+        "Softmax",
+    )
+    scores = match_scores(context.softmax.input(0), rc)
+    assert scores.qk.op_type == "MatMul" and scores.mask.causal and scores.mask.fill == MIN32
+    assert scores.mask.source is not None and scores.mask.source.producer is not None
+    assert scores.mask.source.producer.op_type == "Cast"  # Cast(attention_mask, bool)
+    q = match_head(scores.qk.input(0), Q_PERM, rc, "Q", scalable=True)
+    k = match_head(scores.qk.input(1), K_PERM, rc, "K", scalable=True)
+    v = match_head(context.matmul.input(1), V_PERM, rc, "V", scalable=False)
+    assert q.proj.x is k.proj.x is v.proj.x and q.proj.weight.shape == (H, H)
+    assert q.proj.nodes[0].op_type == "Split"
+    assert q.scale * k.scale * scores.scale == pytest.approx(1 / np.sqrt(H // N))
+    assert check_shapes(anchor, context, scores, [q, k, v], rc) == (N, H // N)
+    with pytest.raises(MatchFailed, match=r"K heads are transposed with \[0, 2, 1, 3\], not \[0, 2, 3, 1\]"):
+        match_head(scores.qk.input(0), K_PERM, rc, "K", scalable=True)
+    with pytest.raises(MatchFailed, match="Softmax input comes from Softmax"):
+        match_scores(context.softmax.output(0), rc)
 
 
 # -- the real exports ----------------------------------------------------------------------------
