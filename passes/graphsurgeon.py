@@ -17,6 +17,7 @@ from typing import Any
 
 from onnxforge.errors import UsageError
 from onnxforge.ir import Model, to_proto
+from onnxforge.ir.proto_walk import graph_protos
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ class GraphSurgeonPass(Pass):
         super().__init__(lossless=lossless, keep_interface=keep_interface, verify=verify)
         self.fn = fn
         pass_name = name if name is not None else _default_name(fn)
-        if not pass_name or any(c.isspace() or c == "," for c in pass_name):
-            raise UsageError(f"GraphSurgeonPass name {pass_name!r} must be non-empty, without spaces or commas")
+        if not re.fullmatch(r"[\w.-]+", pass_name):
+            # it names dump files (--dump-dir) and is matched by disable=
+            raise UsageError(f"GraphSurgeonPass name {pass_name!r}: use letters, digits, '_', '.' and '-' only")
         self.name = pass_name  # type: ignore[misc]
         self.lossless = lossless  # type: ignore[misc]
 
@@ -94,6 +96,10 @@ class GraphSurgeonPass(Pass):
             _check_interface(before, after)
         if opts.verify:
             _check_outputs(before, after, lossless=opts.lossless)
+        if not rebuilt.export_value_info and _typed_intermediates(after) - _typed_intermediates(before):
+            # The script typed intermediate values (new or changed value_info): write them out,
+            # although the input model carried none.
+            rebuilt.export_value_info = True
         nodes_before = model.num_nodes()
         model.replace_contents(rebuilt)
         nodes_after = model.num_nodes()
@@ -111,6 +117,10 @@ def _default_name(fn: GraphSurgeonFn) -> str:
     if not base.isidentifier():  # lambdas, partials, callable objects
         return "graphsurgeon"
     return "graphsurgeon-" + re.sub(r"_+", "-", base).strip("-").lower()
+
+
+def _typed_intermediates(proto: Any) -> set[bytes]:
+    return {vi.SerializeToString(deterministic=True) for g in graph_protos(proto.graph) for vi in g.value_info}
 
 
 def _check_interface(before: Any, after: Any) -> None:

@@ -215,6 +215,23 @@ def test_script_that_returns_a_copy_of_an_unchanged_graph_is_unmodified(capfd):
     assert capfd.readouterr().out == ""  # gs prints nothing (it logs unknown Graph attributes)
 
 
+def test_types_the_script_sets_on_intermediates_are_written_out(tmp_path):
+    src = tmp_path / "chain.onnx"
+    onnx.save(chain_model(), src)  # no value_info: onnxforge keeps inferred types internal
+
+    def type_relu(graph):
+        relu = next(n for n in graph.nodes if n.op == "Relu")
+        relu.outputs[0].dtype, relu.outputs[0].shape = np.float32, [2, 4]
+
+    untouched = onnxforge.compile(src, [GraphSurgeonPass(remove_identity)])
+    assert not untouched.model.graph.value_info
+    typed = onnxforge.compile(src, [GraphSurgeonPass(type_relu)])
+    assert [vi.name for vi in typed.model.graph.value_info] == ["r"]
+    assert typed.model.graph.value_info[0].type.tensor_type.shape.dim[1].dim_value == 4
+    typed.save(tmp_path / "typed.onnx")
+    assert [vi.name for vi in onnx.load(tmp_path / "typed.onnx").graph.value_info] == ["r"]
+
+
 def test_what_gs_drops_comes_back_after_a_real_edit():
     original = rich_model()
     model = from_proto(original)
@@ -348,6 +365,9 @@ def test_bad_scripts_fail_with_the_pass_named():
         GraphSurgeonPass(boom)(from_proto(chain_model()))
     with pytest.raises(onnxforge.errors.UsageError):
         GraphSurgeonPass("not a function")  # type: ignore[arg-type]
+    with pytest.raises(onnxforge.errors.UsageError, match="letters, digits"):
+        GraphSurgeonPass(remove_identity, name="../escape")
+    assert GraphSurgeonPass(lambda g: None).name == "graphsurgeon"
 
 
 def test_functions_added_by_the_script_are_kept():
