@@ -4,8 +4,8 @@ imports onnx_graphsurgeon."""
 
 from __future__ import annotations
 
+import ast
 import functools
-import re
 from pathlib import Path
 
 import numpy as np
@@ -577,11 +577,23 @@ def test_every_backend_node_case_round_trips_or_is_refused():
 # --------------------------------------------------------------------------------------------
 # Only the bridge imports onnx_graphsurgeon
 # --------------------------------------------------------------------------------------------
-_GS_IMPORT = re.compile(
-    r"^\s*(import\s+onnx_graphsurgeon|from\s+onnx_graphsurgeon[\s.])|import_module\(\s*[\"']onnx_graphsurgeon"
-    r"|__import__\(\s*[\"']onnx_graphsurgeon",
-    re.MULTILINE,
-)
+def _imports_graphsurgeon(path: Path) -> bool:
+    """Any import of onnx_graphsurgeon, at any depth (functions, TYPE_CHECKING blocks), or a
+    dynamic one (``importlib.import_module``/``__import__`` with that name)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            names = [str(node.args[0].value)] if called in ("import_module", "__import__") else []
+        else:
+            continue
+        if any(n == "onnx_graphsurgeon" or n.startswith("onnx_graphsurgeon.") for n in names):
+            return True
+    return False
 
 
 def test_only_the_bridge_imports_onnx_graphsurgeon():
@@ -589,6 +601,20 @@ def test_only_the_bridge_imports_onnx_graphsurgeon():
         p.relative_to(ROOT).as_posix()
         for tree in ("compiler", "passes", "kernels", "models")
         for p in (ROOT / tree).rglob("*.py")
-        if _GS_IMPORT.search(p.read_text(encoding="utf-8"))
+        if _imports_graphsurgeon(p)
     )
     assert importers == ["compiler/ir/graphsurgeon.py"]
+
+
+def test_the_import_check_sees_hidden_imports(tmp_path):
+    for i, text in enumerate(
+        [
+            "def f():\n    from onnx_graphsurgeon.ir import graph\n",
+            "import typing\nif typing.TYPE_CHECKING:\n    import onnx_graphsurgeon as gs\n",
+            "import importlib\ngs = importlib.import_module('onnx_graphsurgeon')\n",
+        ]
+    ):
+        (tmp_path / f"m{i}.py").write_text(text)
+        assert _imports_graphsurgeon(tmp_path / f"m{i}.py")
+    (tmp_path / "doc.py").write_text('"""Example:\n\nimport onnx_graphsurgeon as gs\n"""\n')
+    assert not _imports_graphsurgeon(tmp_path / "doc.py")
