@@ -104,7 +104,9 @@ class OrtRunner:
         )
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+        # Fatal only: a failing run raises, and onnxforge reports that in one line; at level 3
+        # onnxruntime also printed the same error as a log line of its own on stderr.
+        so.log_severity_level = 4
         return so
 
     def session(self, model: onnx.ModelProto | str | os.PathLike[str]) -> Any:

@@ -105,7 +105,37 @@ def _parse_file(p: Path) -> onnx.ModelProto:
         proto.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ModelError(f"{p} is not a valid ONNX model (protobuf parse failed: {_short(e)})") from None
+    check_text(proto, str(p))
     return proto
+
+
+def check_text(proto: onnx.ModelProto, where: str = "model") -> None:
+    """Refuse (:class:`ModelError`) a string field that is not UTF-8. protobuf parses such a
+    field without complaint and hands it back as ``bytes``, which then fails wherever it is
+    used (a path join, an export of the name). Bytes fields (tensor data) are not read."""
+    bad = _undecodable(proto, "")
+    if bad is not None:
+        raise ModelError(f"{where} is not a valid ONNX model: {bad or 'a string'} is not valid UTF-8 text")
+
+
+def _undecodable(msg, path: str) -> str | None:  # type: ignore[no-untyped-def]
+    for fd in msg.DESCRIPTOR.fields:
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        if fd.type == fd.TYPE_STRING:
+            value = getattr(msg, fd.name)
+            for i, v in enumerate(value if repeated else [value]):
+                if isinstance(v, bytes):
+                    return f"{path}{fd.name}" + (f"[{i}]" if repeated else "")
+        elif fd.type == fd.TYPE_MESSAGE:
+            if repeated:
+                subs = list(enumerate(getattr(msg, fd.name)))
+            else:
+                subs = [(None, getattr(msg, fd.name))] if msg.HasField(fd.name) else []
+            for i, sub in subs:
+                found = _undecodable(sub, f"{path}{fd.name}{'' if i is None else f'[{i}]'}.")
+                if found is not None:
+                    return found
+    return None
 
 
 def check_proto(proto: onnx.ModelProto, where: str = "model", path: Path | None = None) -> bool:
@@ -130,6 +160,7 @@ def check_proto(proto: onnx.ModelProto, where: str = "model", path: Path | None 
                 raise ModelError(f"{where} imports opset {imp.version} of the default domain (supported: 1..{max_opset})")
     if not seen_default and any(n.domain in ("", "ai.onnx") for n in proto.graph.node):
         raise ModelError(f"{where} uses standard ops but imports no opset of the default domain")
+    _check_data_types(proto, where)
     try:
         # With external data the checker must resolve files against the model's folder.
         if path is not None and any(is_external(t) for t in iter_tensors(proto)):
@@ -289,6 +320,24 @@ def _type_name(t: onnx.TypeProto) -> str:
     return "?"
 
 
+_DATA_TYPES = frozenset(onnx.TensorProto.DataType.values())
+
+
+def _check_data_types(proto: onnx.ModelProto, where: str) -> None:
+    """Tensor and value element types must be ones onnx knows (the checker lets e.g. -1 or
+    65535 through, and reading such a tensor then fails)."""
+    for t in iter_tensors(proto):
+        if t.data_type not in _DATA_TYPES or t.data_type == onnx.TensorProto.UNDEFINED:
+            raise ModelError(f"{where} is not a valid ONNX model: tensor {t.name!r} has unknown data type {t.data_type}")
+    for g in graph_protos(proto.graph):
+        for vi in itertools.chain(g.input, g.output, g.value_info):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type not in _DATA_TYPES:
+                raise ModelError(
+                    f"{where} is not a valid ONNX model: value {vi.name!r} has unknown element type "
+                    f"{vi.type.tensor_type.elem_type}"
+                )
+
+
 def load(
     model: str | os.PathLike[str] | onnx.ModelProto | Model, *, check: bool = True
 ) -> LoadedModel:
@@ -303,6 +352,8 @@ def load(
     if isinstance(model, onnx.ModelProto):
         proto = model
         where = "model"
+        if check:
+            check_text(proto, where)  # read_proto does it for files
     elif isinstance(model, (str, os.PathLike)):
         path = Path(model)
         proto = read_proto(path)
@@ -331,7 +382,11 @@ def load(
     if recheck:  # the graph was out of order: check the sorted version
         log.info("%s: nodes were not in topological order; sorted them", where)
         sorted_proto = to_proto(ir_model)
-        check_proto(sorted_proto, where, None if uses_external else path)
+        if not check_proto(sorted_proto, where, None if uses_external else path):
+            # Only graphs are sorted: a function body out of order (or cyclic) stays so, and
+            # would be written out invalid.
+            raise ModelError(f"{where} is not a valid ONNX model: nodes are not in topological order even "
+                             "after sorting the graphs (a cycle, or a function body out of order)")
         check_types(sorted_proto, where)
     ir_model.reset_version()
     return LoadedModel(ir_model, path, uses_external)
@@ -379,7 +434,7 @@ def _files_of(proto: onnx.ModelProto, path: Path) -> tuple[Path, ...]:
     for t in iter_tensors(proto):
         if is_external(t):
             loc = external_info(t).get("location")
-            if loc:
+            if loc and "\0" not in loc:  # a NUL names no file (and the loader refuses it)
                 files.setdefault(_real(path.parent / loc), None)
     return tuple(files)
 

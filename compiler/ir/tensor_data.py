@@ -45,6 +45,8 @@ class TensorStore:
         loc = info.get("location", "")
         if not loc:
             raise ModelError(f"tensor {t.name!r} is marked external but names no location")
+        if "\0" in loc:
+            raise ModelError(f"tensor {t.name!r}: external data path {loc!r} contains a NUL character")
         if self.base_dir is None:
             raise ModelError(
                 f"tensor {t.name!r} uses external data {loc!r} but the model was not loaded from a file"

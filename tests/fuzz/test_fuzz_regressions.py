@@ -1,0 +1,150 @@
+"""Defects the bad-input fuzzer (``make fuzz``) found, rebuilt in code: each mutated model is
+refused by ``compile`` and ``analyze`` with one ``onnxforge: error:`` line (no traceback, no
+``internal error``, no output file, the input untouched)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from builders import if_with_capture, mlp
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxforge.cli import main
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def assert_refused(model: Path, capfd: pytest.CaptureFixture[str], *needles: str, extra: tuple[str, ...] = ()) -> None:
+    """compile and analyze both exit 1 with one clean error line containing ``needles``."""
+    before = _digest(model.parent)
+    out = model.parent.parent / "out"
+    out.mkdir(exist_ok=True)
+    for argv in (["compile", str(model), "-o", str(out / "o.onnx"), *extra], ["analyze", str(model)]):
+        code = main(argv)
+        err = capfd.readouterr().err  # capfd: onnxruntime's own log lines come from C++
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 1, (argv[0], code, err)
+        assert len(lines) == 1 and lines[0].startswith("onnxforge: error:"), (argv[0], err)
+        assert "internal error" not in err and "Traceback" not in err, err
+        for needle in needles:
+            assert needle in lines[0], (needle, lines[0])
+        assert list(out.iterdir()) == [], "output written by a failed run"
+        assert _digest(model.parent) == before, "input modified"
+
+
+def _save(tmp_path: Path, m: onnx.ModelProto | bytes, name: str = "m.onnx") -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_bytes(m if isinstance(m, bytes) else m.SerializeToString())
+    return path
+
+
+def _external_mlp(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir(exist_ok=True)
+    path = folder / "m.onnx"
+    onnx.save_model(mlp(), path, save_as_external_data=True, location="weights.bin", size_threshold=0)
+    return path
+
+
+@pytest.mark.parametrize("data_type", [-1, 255, 65535, -(2**31)])
+def test_initializer_of_an_unknown_data_type(tmp_path, capfd, data_type):
+    """Was: KeyError in numpy_helper.to_array (the checker lets unknown data types through)."""
+    m = mlp()
+    m.graph.initializer[0].data_type = data_type
+    assert_refused(_save(tmp_path, m), capfd, "unknown data type", str(data_type))
+
+
+def test_value_of_an_unknown_element_type(tmp_path, capfd):
+    m = mlp()
+    m.graph.input[0].type.tensor_type.elem_type = 99
+    assert_refused(_save(tmp_path, m), capfd, "99")
+
+
+def test_constant_attribute_tensor_of_an_unknown_data_type(tmp_path, capfd):
+    m = if_with_capture()
+    value = numpy_helper.from_array(np.array([1.0, 2.0, 3.0], dtype=np.float32), "v")
+    value.data_type = 65535
+    m.graph.node.insert(0, helper.make_node("Constant", [], ["k"], value=value))
+    m.graph.output.append(helper.make_tensor_value_info("k", TensorProto.FLOAT, [3]))
+    assert_refused(_save(tmp_path, m), capfd, "unknown data type 65535")
+
+
+def _with_bytes_replaced(m: onnx.ModelProto, old: bytes, new: bytes) -> bytes:
+    data = m.SerializeToString()
+    assert data.count(old) == 1 and len(old) == len(new)
+    return data.replace(old, new)
+
+
+def test_node_name_that_is_not_utf8(tmp_path, capfd):
+    """Was: UnicodeDecodeError when the name was exported (compile) or probed (analyze):
+    protobuf parses invalid UTF-8 into a ``bytes`` name without complaint."""
+    m = mlp()
+    m.graph.node[1].name = "NAMEXYZ"
+    bad = _with_bytes_replaced(m, b"NAMEXYZ", b"NAM\xf5XYZ")
+    assert_refused(_save(tmp_path, bad), capfd, "graph.node[1].name is not valid UTF-8")
+
+
+def test_external_location_that_is_not_utf8(tmp_path, capfd):
+    """Was: TypeError (Path / bytes) in the output-path check, before any loading."""
+    path = _external_mlp(tmp_path)
+    m = onnx.load(path, load_external_data=False)
+    for e in m.graph.initializer[0].external_data:
+        if e.key == "location":
+            e.value = "weightsQ.bin"
+    path.write_bytes(_with_bytes_replaced(m, b"weightsQ.bin", b"weights\xc3.bin"))
+    assert_refused(path, capfd, "is not valid UTF-8")
+
+
+def test_external_location_with_a_nul_character(tmp_path, capfd):
+    """Was: ValueError: embedded null byte, from os.path.realpath."""
+    path = _external_mlp(tmp_path)
+    m = onnx.load(path, load_external_data=False)
+    for e in m.graph.initializer[0].external_data:
+        if e.key == "location":
+            e.value = "\0weights.bin"
+    onnx.save(m, path)
+    assert_refused(path, capfd, "NUL")
+
+
+@pytest.mark.parametrize("form", ["cycle", "out_of_order"])
+def test_function_body_that_is_not_sorted(tmp_path, capfd, form):
+    """Was: compiled (exit 0) into a model the onnx checker refuses: the loader sorted the
+    graphs, ignored the second check's verdict, and function bodies stay as they are."""
+    m = if_with_capture()
+    body = m.functions[0]
+    if form == "cycle":  # b = Add(a, b)
+        body.node[0].input[1] = body.output[0]
+    else:
+        body.node[0].output[0] = "t"
+        body.node.append(helper.make_node("Identity", ["t"], [body.output[0]]))
+        body.node.insert(0, body.node.pop())  # reader before writer
+    assert_refused(_save(tmp_path, m), capfd, "topological order")
+
+
+def test_verify_when_onnxruntime_fails_to_run_the_model_is_one_line(tmp_path, capfd):
+    """Was: onnxruntime printed the kernel error as a log line of its own (with colour codes)
+    before onnxforge's error line."""
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["x", "idx"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(np.array([7], dtype=np.int64), "idx")],  # out of range
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = _save(tmp_path, m)
+    out = tmp_path / "o.onnx"
+    code = main(["compile", str(path), "-o", str(out), "--verify", "--pipeline", "lossless", "-q"])
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("onnxforge: error:"), err
+    assert "onnxruntime" not in lines[0].split(":")[0] and not out.exists()
