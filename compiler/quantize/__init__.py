@@ -6,6 +6,8 @@
 * :mod:`~onnxforge.quantize.histogram` / :mod:`~onnxforge.quantize.ranges`: the accumulators and
   the range-selection methods (minmax, percentile, entropy, mse), scale and zero point.
 * :mod:`~onnxforge.quantize.sqnr`: SQNR and cosine similarity for per-layer error reports.
+* :mod:`~onnxforge.quantize.budget`: the accuracy budget, its held-out data, and the error a
+  budget that cannot be met raises.
 * :mod:`~onnxforge.quantize.progress`: a stderr progress bar for the CLI.
 """
 
