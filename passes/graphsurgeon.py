@@ -39,7 +39,7 @@ class GraphSurgeonOptions(PassOptions):
     verify: bool = False
 
 
-class GraphSurgeonPass(Pass):
+class GraphSurgeonPass(Pass[GraphSurgeonOptions]):
     """Runs ``fn(graph)`` on the model as an onnx-graphsurgeon Graph.
 
     ``name`` (default ``graphsurgeon-<fn name>``) is what reports, ``disable=`` and errors use.
@@ -50,7 +50,9 @@ class GraphSurgeonPass(Pass):
     name = "graphsurgeon"
     summary = "Runs a user's onnx-graphsurgeon function as a pass (refuses what gs cannot represent)."
     Options = GraphSurgeonOptions
-    #: Scripts are not lossless unless their author says so (``lossless=True``).
+    #: Scripts are not lossless unless their author says so (``lossless=True``): ``compile(...,
+    #: verify=True)`` then holds the pipeline to the lossless allclose check instead of the
+    #: lossy budget it gives undeclared passes.
     lossless = False
 
     def __init__(
@@ -71,7 +73,7 @@ class GraphSurgeonPass(Pass):
             # it names dump files (--dump-dir) and is matched by disable=
             raise UsageError(f"GraphSurgeonPass name {pass_name!r}: use letters, digits, '_', '.' and '-' only")
         self.name = pass_name  # type: ignore[misc]
-        self.lossless = lossless  # type: ignore[misc]
+        self.lossless = lossless
 
     def __repr__(self) -> str:
         return f"GraphSurgeonPass({getattr(self.fn, '__qualname__', self.fn)!r}, name={self.name!r}, {self.options})"
@@ -80,7 +82,6 @@ class GraphSurgeonPass(Pass):
         from onnxforge.ir import graphsurgeon as bridge
 
         opts = self.options
-        assert isinstance(opts, GraphSurgeonOptions)
         before = to_proto(model, value_info=True)
         graph = bridge.to_gs(model)
         returned = self.fn(graph)

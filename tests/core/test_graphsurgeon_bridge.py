@@ -346,6 +346,13 @@ def test_lossless_is_declared_and_verify_checks_the_claim():
     assert GraphSurgeonPass(remove_identity, lossless=True, verify=True)(from_proto(chain_model())).modified
 
 
+def test_compile_verify_holds_a_declared_lossless_script_to_the_exact_check():
+    lossless = onnxforge.compile(chain_model(), [GraphSurgeonPass(remove_identity, lossless=True)], verify=True)
+    assert lossless.report.verified and lossless.report.verification.startswith("lossless")
+    undeclared = onnxforge.compile(chain_model(), [GraphSurgeonPass(remove_identity)], verify=True)
+    assert undeclared.report.verified and undeclared.report.verification.startswith("lossy")
+
+
 def test_bad_scripts_fail_with_the_pass_named():
     with pytest.raises(PassError, match=r"pass 'graphsurgeon-bad' failed: TypeError: the script returned int"):
         GraphSurgeonPass(lambda g: 3, name="graphsurgeon-bad")(from_proto(chain_model()))
