@@ -16,8 +16,9 @@ The engine (:class:`RewritePass`) then applies the replacement in one step, afte
 (:class:`RewriteError` otherwise, with the graph untouched): every matched output that is still
 read (or is a graph output) is replaced; the new nodes read only values in scope (this graph's,
 an enclosing graph's, or built by the builder), never a value the rewrite replaces or a value
-of a matched node it removes; a rewrite that raises, or a match or rewrite that edits the graph,
-leaves nothing behind. Applying it inserts the new nodes with the rule's name as provenance
+of a matched node it removes, and no value that no node of the graph computes is replaced. A
+rewrite that raises leaves the graph untouched (the builder never touched it); a match or rewrite
+that edits the graph anyway is a :class:`RewriteError`. Applying it inserts the new nodes with the rule's name as provenance
 (``metadata_props["onnxforge.rule"]``), imports their domains, redirects every reader (graph
 outputs keep their names and types) and removes the matched nodes.
 
@@ -412,10 +413,10 @@ class RewritePass(Pass):
                     break  # removed by an earlier rewrite
                 label = node.name or f"<{node.op_type}>"
                 version = rc.model.version
-                rb = RewriteBuilder(rule.name, rc)
                 try:
                     m = rule.match(node, rc)
                     _check_isolated(m)
+                    rb = RewriteBuilder(rule.name, rc)
                     replacement = rule.rewrite(m, rb)
                 except MatchFailed as e:
                     trace.misses.setdefault(label, {})[rule.name] = e.reason
