@@ -107,9 +107,9 @@ def test_int8_pipeline_keeps_digits_accuracy(digits, tmp_path):
     rep = result.report.quantization
     assert len(rep.quantized) == 3 and min(rep.output_cosine.values()) > 0.999
 
-    def accuracy(m: onnx.ModelProto) -> float:
+    def accuracy(m: onnx.ModelProto) -> float:  # on the digits it was not calibrated on
         s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        return float((s.run(None, {inp: x})[0].argmax(1) == y).mean())
+        return float((s.run(None, {inp: x[64:]})[0].argmax(1) == y[64:]).mean())
 
     drop = (accuracy(proto) - accuracy(result.model)) * 100
     assert drop <= 0.3, drop
