@@ -18,7 +18,7 @@ def _passes() -> Any:
 
 #: Compilation targets: onnxruntime's CPU and CUDA providers, and TensorRT. ``cpu-native`` is
 #: ``cpu`` plus lowering to onnxruntime's NCHWc layout for this machine's SIMD width (the model
-#: then needs a CPU with the same width; see onnxforge.passes.lowering.nchwc).
+#: then needs a CPU with the same width; see onnxforge.passes.lowering.cpu.nchwc).
 TARGETS = ("cpu", "cpu-native", "cuda", "tensorrt")
 #: Targets that run on onnxruntime and take its contrib ops.
 ORT_TARGETS = ("cpu", "cpu-native", "cuda")

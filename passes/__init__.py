@@ -9,20 +9,20 @@ from __future__ import annotations
 import difflib
 
 from onnxforge.errors import UsageError
-from onnxforge.passes.constant_folding import ConstantFolding
-from onnxforge.passes.constants import NormalizeConstants
-from onnxforge.passes.cse import CommonSubexpressionElimination
-from onnxforge.passes.dead_code import DeadCodeElimination
-from onnxforge.passes.dedup_initializers import DeduplicateInitializers
+from onnxforge.passes.cleanup.constant_folding import ConstantFolding
+from onnxforge.passes.cleanup.constants import NormalizeConstants
+from onnxforge.passes.cleanup.cse import CommonSubexpressionElimination
+from onnxforge.passes.cleanup.dead_code import DeadCodeElimination
+from onnxforge.passes.cleanup.dedup_initializers import DeduplicateInitializers
+from onnxforge.passes.cleanup.noop_elimination import NoOpElimination
+from onnxforge.passes.cleanup.opset_upgrade import RaiseOpset
+from onnxforge.passes.cleanup.shape_inference import ShapeInference
+from onnxforge.passes.cleanup.toposort import TopologicalSort
 from onnxforge.passes.fusion import FuseOnnxRuntime, FusePortable
 from onnxforge.passes.graphsurgeon import GraphSurgeonPass
-from onnxforge.passes.lowering.nchwc import LowerNchwc
-from onnxforge.passes.noop_elimination import NoOpElimination
-from onnxforge.passes.opset_upgrade import RaiseOpset
+from onnxforge.passes.lowering.cpu.nchwc import LowerNchwc
 from onnxforge.passes.quantization.fp16 import ConvertFloat16
 from onnxforge.passes.quantization.int4 import QuantizeWeightsInt4
-from onnxforge.passes.shape_inference import ShapeInference
-from onnxforge.passes.toposort import TopologicalSort
 from onnxforge.passmanager import Pass
 
 #: Every pass, in the order a lossless pipeline would run them.

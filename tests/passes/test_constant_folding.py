@@ -11,12 +11,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import onnxforge.passes.constant_folding as cf
+import onnxforge.passes.cleanup.constant_folding as cf
 from onnxforge import modelio
 from onnxforge.equivalence import assert_equivalent
 from onnxforge.errors import UsageError
 from onnxforge.ir import Model, Value, from_proto, to_proto, verify
-from onnxforge.passes.constant_folding import ConstantFolding, ConstantFoldingOptions
+from onnxforge.passes.cleanup.constant_folding import ConstantFolding, ConstantFoldingOptions
 from onnxforge.passmanager import PassContext, PassResult, VerifyInstrument
 
 F = TensorProto.FLOAT

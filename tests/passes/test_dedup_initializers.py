@@ -9,7 +9,7 @@ from pass_helpers import apply, const, make_model, ops, subgraph, vi
 from onnxforge import modelio
 from onnxforge.equivalence import assert_equivalent
 from onnxforge.passes import DeduplicateInitializers as Dedup
-from onnxforge.passes.dedup_initializers import tensor_digest
+from onnxforge.passes.cleanup.dedup_initializers import tensor_digest
 
 
 def _sum_model(inits, out_shape=(3,), x_shape=(3,), ir_version=8, extra_inputs=()):

@@ -13,7 +13,7 @@ from pass_helpers import apply, const, make_model, vi
 import onnxforge
 from onnxforge import modelio
 from onnxforge.passes import RaiseOpset
-from onnxforge.passes.opset_upgrade import blocking_ops
+from onnxforge.passes.cleanup.opset_upgrade import blocking_ops
 
 F = TensorProto.FLOAT
 
@@ -56,7 +56,7 @@ def test_raises_when_every_op_keeps_its_meaning():
 def _roi_align(opset: int, in_function: bool) -> onnx.ModelProto:
     # RoiAlign-16 changed the default coordinate_transformation_mode to half_pixel.
     roi = helper.make_node("RoiAlign", ["x", "rois", "idx"], ["y"], output_height=2, output_width=2, sampling_ratio=2)
-    inits = [const("rois", np.array([[0.3, 0.7, 5.1, 6.2]])), const("idx", np.array([0], dtype=np.int64))]
+    inits = [const("rois", np.array([[0.3, 0.7, 5.1, 6.2]])), const("idx", [0], dtype=np.int64)]
     io = ([vi("x", F, [1, 1, 8, 8])], [vi("y", F, [1, 1, 2, 2])])
     if not in_function:
         return make_model([roi], *io, inits, opset=opset)

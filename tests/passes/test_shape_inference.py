@@ -13,7 +13,7 @@ from pass_helpers import apply, const, make_model, vi
 from onnxforge import modelio
 from onnxforge.ir import verify
 from onnxforge.passes import ShapeInference
-from onnxforge.passes.shape_inference import merge_types
+from onnxforge.passes.cleanup.shape_inference import merge_types
 
 
 def _dims(v):
@@ -152,7 +152,7 @@ def test_inference_failure_changes_nothing(monkeypatch, caplog):
         raise onnx.shape_inference.InferenceError("synthetic failure")
 
     monkeypatch.setattr(onnx.shape_inference, "infer_shapes", boom)
-    with caplog.at_level(logging.WARNING, logger="onnxforge.passes.shape_inference"):
+    with caplog.at_level(logging.WARNING, logger="onnxforge.passes.cleanup.shape_inference"):
         r = ShapeInference()(model)
     assert r.modified is False
     assert model.version == 0

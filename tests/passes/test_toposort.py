@@ -10,7 +10,7 @@ from onnxforge import modelio
 from onnxforge.equivalence import assert_equivalent
 from onnxforge.ir import replace_all_uses_with, to_proto, verify
 from onnxforge.passes import TopologicalSort
-from onnxforge.passes.toposort import topological_order
+from onnxforge.passes.cleanup.toposort import topological_order
 
 
 def _chain():

@@ -36,7 +36,7 @@ from onnx import helper
 
 from onnxforge.ir import Model, Node, Value, bypass
 from onnxforge.ir.constants import constant_value
-from onnxforge.passes.toposort import topological_order
+from onnxforge.passes.cleanup.toposort import topological_order
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
 
 

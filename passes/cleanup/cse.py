@@ -5,8 +5,8 @@ from __future__ import annotations
 import onnx
 
 from onnxforge.ir import Model, Node, replace_all_uses_with
-from onnxforge.passes.noop_elimination import dropout_is_inference, needs_identity
-from onnxforge.passes.toposort import topological_order
+from onnxforge.passes.cleanup.noop_elimination import dropout_is_inference, needs_identity
+from onnxforge.passes.cleanup.toposort import topological_order
 from onnxforge.passmanager import Pass, PassContext, PassResult
 
 #: Standard ops whose result is not a function of their inputs and attributes.

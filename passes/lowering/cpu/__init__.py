@@ -1,0 +1,1 @@
+"""Lowering for onnxruntime's CPU execution provider (``--target cpu-native``): NCHWc layout."""
