@@ -32,8 +32,8 @@ import onnx
 import onnxruntime as ort
 
 from benchmarks.latency import interleaved_medians, session, write_markdown
-from onnxforge.quantize.data import FeedReader
-from onnxforge.quantize.sqnr import cosine, worst
+from onnxforge.calibration.data import FeedReader
+from onnxforge.calibration.sqnr import cosine, worst
 
 log = logging.getLogger("benchmarks.quantization")
 

@@ -13,19 +13,25 @@ from typing import Any
 import onnx
 
 from onnxforge import modelio
+from onnxforge.calibration.budget import Budget
+from onnxforge.calibration.sqnr import worst
+from onnxforge.cost import analyze
 from onnxforge.cost.analysis import CostTotals
 from onnxforge.equivalence import assert_equivalent, check_lossy
-from onnxforge.errors import VerificationError
+from onnxforge.errors import UsageError, VerificationError
 from onnxforge.ir import Model, to_proto
+from onnxforge.passes.compression.int8 import REPORT_KEY as INT8_REPORT
+from onnxforge.passes.compression.int8 import Int8Options, QuantizeInt8
 from onnxforge.passmanager import (
     DumpInstrument,
     Instrument,
     Pass,
     PassContext,
+    Sequential,
     TimingInstrument,
     VerifyInstrument,
 )
-from onnxforge.pipelines import ORT_TARGETS, Verification, from_pass_names, get_pipeline, verification_for
+from onnxforge.pipelines import Verification, from_pass_names, get_pipeline, verification_for
 from onnxforge.report import ModelStats, Report
 
 log = logging.getLogger(__name__)
@@ -97,7 +103,7 @@ def compile(
     symbolic ``verify_dims``, on the ``cost_target`` profile). The ``int8`` pipeline runs
     ``optimize`` and then static int8 quantization configured by ``quantization`` (calibration
     data is required; see :class:`QuantizationOptions`); a budget it cannot meet raises
-    :class:`~onnxforge.quantize.budget.BudgetError` (a VerificationError) unless
+    :class:`~onnxforge.calibration.budget.BudgetError` (a VerificationError) unless
     ``allow_budget_miss``; its ``verify`` checks the figures measured on the model returned, on
     samples that were not calibrated on, against the user's ``min_cosine``/``min_sqnr`` (0.99
     when neither is set). A ModelProto passed in is never modified.
@@ -109,11 +115,9 @@ def compile(
     before = ModelStats.of(ir)
     cost_before = _cost(ir, shapes, verify_dims, cost_target) if cost else None
 
-    int8 = pipeline == "int8" and not passes
-    if int8:
-        pipe = get_pipeline("optimize", options, None if target in ORT_TARGETS else target)
-        pipe_name = "int8" if target is None else f"int8 (target {target})"
-    elif passes:
+    if quantization is not None:
+        options = {**(options or {}), QuantizeInt8.name: quantization}
+    if passes:
         pipe = from_pass_names(passes, options)
         pipe_name = "custom: " + ",".join(passes)
     elif isinstance(pipeline, str):
@@ -122,8 +126,6 @@ def compile(
     elif isinstance(pipeline, Pass):
         pipe, pipe_name = pipeline, pipeline.name
     else:
-        from onnxforge.passmanager import Sequential
-
         pipe = Sequential(list(pipeline), name="custom")
         pipe_name = "custom"
 
@@ -136,11 +138,8 @@ def compile(
         inst.append(DumpInstrument(dump_dir))
     ctx = PassContext(instruments=inst, disabled=disable)
     log.info("running pipeline %s on %d nodes", pipe_name, before.nodes)
-    ctx.run(pipe, ir)
-
-    qreport = None
-    if int8:
-        ir, qreport = _quantize(ir, quantization or QuantizationOptions(), target)
+    ir = ctx.run(pipe, ir).output(ir)
+    qreport = ctx.records.get(INT8_REPORT)
     report = Report(pipe_name, before, ModelStats.of(ir), list(timing.per_pass.values()))
     report.rule_trace = ctx.records.get("rules")
     report.quantization = qreport
@@ -152,7 +151,7 @@ def compile(
         report.notes.append("cost estimate unavailable for this model (see the log)")
     result = CompileResult(ir, report, loaded.path)
     if verify and qreport is not None:
-        _verify_int8(report, qreport, quantization or QuantizationOptions(), spec)
+        _verify_int8(report, qreport, quantization or Int8Options(), spec)
     elif verify:
         assert original is not None
         base = loaded.path.parent if loaded.path is not None else None
@@ -193,18 +192,14 @@ def compile(
 
 
 def _worst_figures(cosine: Mapping[str, float], sqnr: Mapping[str, float]) -> str:
-    from onnxforge.quantize.sqnr import worst
-
     if not cosine:
         return ""
     return f": worst cosine {worst(cosine.values()):.5f}, worst SQNR {worst(sqnr.values()):.1f} dB"
 
 
-def _verify_int8(report: Report, qreport: Any, q: QuantizationOptions, spec: Verification) -> None:
+def _verify_int8(report: Report, qreport: Any, q: Int8Options, spec: Verification) -> None:
     """int8's --verify: the figures measured on the model returned, on data that was not
     calibrated on, against the user's bounds (the pipeline's declared cosine when none)."""
-    from onnxforge.quantize.budget import Budget
-
     user = q.min_cosine is not None or q.min_sqnr is not None
     bounds = Budget(q.min_cosine, q.min_sqnr) if user else Budget(spec.min_cosine, spec.min_sqnr)
     source = "--min-cosine/--min-sqnr" if user else "the int8 pipeline's default"
@@ -223,9 +218,6 @@ def _cost(
 ) -> CostTotals | None:
     """Cost totals for the report; None (with a warning) when the estimate itself fails, since
     a report extra must not fail a compilation. Bad shape specs still raise UsageError."""
-    from onnxforge.cost import analyze
-    from onnxforge.errors import UsageError
-
     log.info("estimating cost (%s profile)", target)
     try:
         return analyze(ir, shapes=shapes, dims=dims, target=target, reorder=False).totals
@@ -236,98 +228,6 @@ def _cost(
         return None
 
 
-@dataclass
-class QuantizationOptions:
-    """Settings of the ``int8`` pipeline.
-
-    ``calibration``: a ``.npz`` (arrays keyed by input name, samples along axis 0), a folder of
-    ``.npz`` files, an onnxruntime ``CalibrationDataReader``, a list of feed dicts (input name
-    -> array, one batch each), a :class:`~onnxforge.quantize.data.CalibrationSource`, or ``"synthetic"`` to calibrate on
-    seeded random data (explicitly only; the report says so). ``method``: minmax, percentile,
-    entropy or mse. ``exclude``: node names kept in float. ``min_sqnr`` (dB, every output) and
-    ``max_accuracy_drop`` (points, with ``eval_data``: a ``.npz`` of inputs plus ``labels``)
-    keep the most harmful layers in float until the budget holds; ``min_cosine`` (default 0.99,
-    None to disable) does the same for every output's cosine similarity to the float model. The
-    budget is measured on ``eval_inputs`` (model inputs, in any form ``calibration`` takes; a
-    ``labels`` array is ignored) when given, else on every fifth calibration sample from the
-    second, held out of calibration; accuracy on the ``eval_data`` rows that were not
-    calibrated on. At most ``max_fallback`` layers go back to float for accuracy; when the budget
-    still does not hold the compile fails (:class:`~onnxforge.quantize.budget.BudgetError`)
-    unless ``allow_budget_miss``, which returns that model and says by how much it misses.
-    ``activation_products``: also quantize MatMuls of two activations
-    (attention scores and context; little speed, real accuracy cost). ``speed_guard``: time
-    fp32 and int8 on this machine and keep layers in float while int8 is not faster.
-    ``smooth_alpha``: SmoothQuant migration strength for MatMul inputs (None: off). ``min_macs``: smaller layers
-    stay float (int8 does not pay for them). ``padding_mask``: the input that marks padding
-    (``"auto"``: an ``attention_mask`` input; None: off); errors of ``[batch, sequence, ...]``
-    tensors are then measured on real positions only.
-    """
-
-    calibration: Any = None
-    method: str = "minmax"
-    per_channel: bool = True
-    exclude: Sequence[str] = ()
-    min_sqnr: float | None = None
-    min_cosine: float | None = 0.99
-    max_accuracy_drop: float | None = None
-    eval_data: str | os.PathLike[str] | None = None
-    eval_inputs: Any = None
-    allow_budget_miss: bool = False
-    max_fallback: int = 32
-    activation_products: bool = False
-    speed_guard: bool = True
-    smooth_alpha: float | None = 0.7
-    padding_mask: str | None = "auto"
-    min_macs: int = 16384
-    progress: Any = None
-    dims: Mapping[str, int] | None = None
-
-
-def _quantize(ir: Model, q: QuantizationOptions, target: str | None) -> tuple[Model, Any]:
-    from onnxforge.errors import UsageError
-    from onnxforge.quantize.data import model_inputs, open_calibration
-    from onnxforge.quantize.static import LabelledData, quantize_static
-
-    synthetic = isinstance(q.calibration, str) and q.calibration == "synthetic"
-    source = open_calibration(
-        None if synthetic else q.calibration, inputs=model_inputs(ir), allow_synthetic=synthetic, dims=q.dims
-    )
-    eval_source = None
-    if q.eval_inputs is not None:
-        eval_source = open_calibration(q.eval_inputs, inputs=model_inputs(ir), dims=q.dims)
-    labelled = None
-    if q.eval_data is not None:
-        import numpy as np
-
-        try:
-            with np.load(q.eval_data) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read evaluation data {q.eval_data}: {e}") from None
-        labels = arrays.pop("labels", None)
-        if labels is None:
-            raise UsageError(f"evaluation data {q.eval_data} has no 'labels' array")
-        labelled = LabelledData(arrays, labels)
-    elif q.max_accuracy_drop is not None:
-        raise UsageError("--max-accuracy-drop needs labelled evaluation data (--eval-data); use --min-sqnr without labels")
-    return quantize_static(
-        ir,
-        source,
-        method=q.method,
-        target=target,
-        per_channel=q.per_channel,
-        exclude=q.exclude,
-        min_macs=q.min_macs,
-        min_sqnr=q.min_sqnr,
-        min_cosine=q.min_cosine,
-        max_accuracy_drop=q.max_accuracy_drop,
-        activation_products=q.activation_products,
-        speed_guard=q.speed_guard,
-        smooth_alpha=q.smooth_alpha,
-        padding_mask=q.padding_mask,
-        eval_data=labelled,
-        eval_source=eval_source,
-        allow_budget_miss=q.allow_budget_miss,
-        max_fallback=q.max_fallback,
-        progress=q.progress,
-    )
+#: The ``int8`` pipeline's settings (:class:`~onnxforge.passes.compression.int8.Int8Options`,
+#: the options of the ``quantize-int8`` pass), under the name the library has always used.
+QuantizationOptions = Int8Options

@@ -276,7 +276,7 @@ def _quantization_options(args: argparse.Namespace) -> Any:
         return None
     progress = None
     if not args.quiet:
-        from onnxforge.quantize.progress import ProgressBar
+        from onnxforge.calibration.progress import ProgressBar
 
         progress = ProgressBar("calibrating")
     return QuantizationOptions(
@@ -335,7 +335,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_passes(args: argparse.Namespace) -> int:
     from onnxforge.passes import ALL_PASSES
     from onnxforge.pipelines import PIPELINES
-    from onnxforge.report import format_table
+    from onnxforge.tables import format_table
 
     if args.json:
         data = {

@@ -267,7 +267,7 @@ def check_lossy(
     and raise :class:`VerificationError` when a float output's cosine similarity (worst feed)
     is below ``min_cosine`` or its SQNR (feeds pooled) below ``min_sqnr`` dB, when an output is
     NaN or Inf where the original's is finite, or when a non-float output differs at all."""
-    from onnxforge.quantize.sqnr import ErrorPairs, below
+    from onnxforge.calibration.sqnr import ErrorPairs, below
 
     runner = OrtRunner()
     pairs = ErrorPairs()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class OnnxForgeError(Exception):
     """Base class of every error onnxforge raises on purpose. ``str(err)`` is one line."""
@@ -41,6 +43,18 @@ class PassError(OnnxForgeError):
 
 class VerificationError(OnnxForgeError):
     """The compiled model's outputs differ from the original's."""
+
+
+class BudgetError(VerificationError):
+    """A lossy pass cannot meet its accuracy budget even after backing off as far as it may.
+    ``report`` is the pass's report, ``model`` the best model it found (the pass's
+    ``allow_budget_miss`` option returns that model instead). The pass context passes it on
+    as is: it is the pass's verdict on the user's budget, not a failure of the pass."""
+
+    def __init__(self, message: str, report: Any = None, model: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+        self.model = model
 
 
 def _one_line(text: str, limit: int = 300) -> str:

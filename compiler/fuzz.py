@@ -1452,7 +1452,7 @@ def _confirm_cold(case: CaseResult, problem: Problem, timeout: float, memory: in
 
 
 def summary(stats: Stats, seed: int) -> list[str]:
-    from onnxforge.report import format_table
+    from onnxforge.tables import format_table
 
     rate = stats.mutants / stats.seconds if stats.seconds else 0.0
     lines = [

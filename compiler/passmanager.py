@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from onnxforge.errors import OnnxForgeError, PassError, UsageError
+from onnxforge.errors import BudgetError, OnnxForgeError, PassError, UsageError
 from onnxforge.ir import Model, verify
 
 log = logging.getLogger(__name__)
@@ -322,8 +322,8 @@ class PassContext:
             if leaf:
                 p.requires(model, self)
             result = p.run(model, self)
-        except PassError:
-            raise
+        except (PassError, BudgetError, UsageError):
+            raise  # a budget the pass cannot meet and a bad option or input are the user's to fix
         except Exception as e:
             raise PassError(p.name, self.history, e) from e
         if not isinstance(result, PassResult):

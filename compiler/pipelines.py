@@ -6,34 +6,28 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import onnxforge.passes as p
 from onnxforge.errors import UsageError
-from onnxforge.passmanager import FixedPoint, Pass, Sequential
+from onnxforge.passes.compression.int8 import Int8Options, QuantizeInt8
+from onnxforge.passmanager import CompositePass, FixedPoint, Pass, PassOptions, Sequential
+from onnxforge.runtime.choices import skip_layer_norm_pays
+from onnxforge.runtime.target import Target, get_target
 
 
-def _passes() -> Any:
-    import onnxforge.passes as p
-
-    return p
+def _target(target: str | Target | None) -> Target | None:
+    return get_target(target)
 
 
-#: Compilation targets: onnxruntime's CPU and CUDA providers, and TensorRT. ``cpu-native`` is
-#: ``cpu`` plus lowering to onnxruntime's NCHWc layout for this machine's SIMD width (the model
-#: then needs a CPU with the same width; see onnxforge.passes.lowering.cpu.nchwc).
-TARGETS = ("cpu", "cpu-native", "cuda", "tensorrt")
-#: Targets that run on onnxruntime and take its contrib ops.
-ORT_TARGETS = ("cpu", "cpu-native", "cuda")
-
-
-def _portable_or(target: str | None) -> str | None:
-    """The target the standard-op part of a pipeline is built for (None for onnxruntime)."""
-    return None if target in ORT_TARGETS else target
+def _portable(target: Target | None) -> Target | None:
+    """The target the standard-op part of a pipeline is built for: None (portable) for targets
+    that take onnxruntime's contrib ops, whose fusions run after the lossy step."""
+    return None if target is None or target.contrib_ops else target
 
 
 def lossless(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
     """Cleanup that keeps every output: constants normalized and shapes inferred, then folding,
     no-op elimination, CSE, initializer dedup and dead-code elimination repeated to a fixed
     point, then a topological sort and a shape-inference refresh."""
-    p = _passes()
     make = _maker(options)
     return Sequential(
         [
@@ -59,7 +53,6 @@ def lossless(options: Mapping[str, Mapping[str, Any]] | None = None, target: str
 
 
 def _cleanup(make: Callable[[type[Pass]], Pass]) -> list[Pass]:
-    p = _passes()
     return [
         make(p.ConstantFolding),
         make(p.NoOpElimination),
@@ -69,20 +62,21 @@ def _cleanup(make: Callable[[type[Pass]], Pass]) -> list[Pass]:
     ]
 
 
-def optimize(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
+def optimize(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | Target | None = None) -> Pass:
     """The lossless pipeline, then layer fusion to a fixed point: standard ONNX ops for every
     target (BN folding, Gemm, LayerNormalization, Gelu, ...), plus onnxruntime contrib ops
-    (FusedConv, SkipLayerNormalization, Attention, ...) for --target cpu or cuda; --target
-    cpu-native then lowers convolution regions to onnxruntime's NCHWc layout for this CPU."""
-    p = _passes()
+    (FusedConv, SkipLayerNormalization, Attention, ...) for targets that take them (cpu,
+    cpu-native, cuda); cpu-native then lowers convolution regions to onnxruntime's NCHWc layout
+    for this CPU."""
+    t = _target(target)
     make = _maker(options)
     fusions: list[Pass] = [make(p.FusePortable)]
-    if target in ORT_TARGETS:
-        fusions.append(p.FuseOnnxRuntime(**_ort_fusion_options(options, target)))
+    if t is not None and t.contrib_ops:
+        fusions.append(p.FuseOnnxRuntime(**_ort_fusion_options(options, t)))
     steps: list[Pass] = [lossless(options)]
-    if target in ORT_TARGETS:
+    if t is not None and t.raise_opset_to is not None:
         # onnxruntime runs opset 17: LayerNormalization can then be fused in older exports.
-        steps.append(make(p.RaiseOpset))
+        steps.append(p.RaiseOpset(**{"target": t.raise_opset_to, **dict((options or {}).get(p.RaiseOpset.name, {}))}))
     steps += [
         FixedPoint(
             [*fusions, make(p.ShapeInference), *_cleanup(make)],
@@ -92,57 +86,59 @@ def optimize(options: Mapping[str, Mapping[str, Any]] | None = None, target: str
         make(p.TopologicalSort),
         make(p.ShapeInference),
     ]
-    if target == "cpu-native":
+    if t is not None and t.nchwc:
         steps.append(make(p.LowerNchwc))
     return Sequential(steps, name="optimize")
 
 
-def int8(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
+def int8(options: Mapping[str, Mapping[str, Any] | PassOptions] | None = None, target: str | Target | None = None) -> Pass:
     """The optimize pipeline with standard ops only, then static int8 QDQ quantization
     calibrated on real samples (--calibration): per-channel int8 weights, uint8 (cpu) or int8
-    (tensorrt) activations, per-layer SQNR, optional accuracy budget."""
-    return optimize(options, _portable_or(target))
+    (tensorrt) activations, per-layer SQNR, layers kept in float until the accuracy budget
+    holds on held-out data."""
+    t = _target(target)
+    given = (options or {}).get(QuantizeInt8.name)
+    opts = given if isinstance(given, Int8Options) else Int8Options(**dict(given or {}))
+    opts = opts.with_policy(t.qdq_policy if t is not None else "cpu")
+    rest = {k: v for k, v in (options or {}).items() if k != QuantizeInt8.name}
+    return Sequential([optimize(rest, _portable(t)), QuantizeInt8(opts)], name="int8")
 
 
-def int4(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
+def int4(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | Target | None = None) -> Pass:
     """The optimize pipeline, then int4 weight-only quantization of MatMul/Gemm weights
     (blocks of 32): com.microsoft MatMulNBits for onnxruntime (default, cpu, cuda), blockwise
     DequantizeLinear (opset >= 21) for tensorrt. No calibration data needed."""
-    p = _passes()
+    t = _target(target)
     opts = dict((options or {}).get(p.QuantizeWeightsInt4.name, {}))
-    opts.setdefault("target", "portable" if target == "tensorrt" else "onnxruntime")
+    opts.setdefault("target", "portable" if t is not None and not t.contrib_ops else "onnxruntime")
     make = _maker(options)
     return Sequential(
-        [optimize(options, _portable_or(target)), p.QuantizeWeightsInt4(**opts), make(p.DeadCodeElimination)],
+        [optimize(options, _portable(t)), p.QuantizeWeightsInt4(**opts), make(p.DeadCodeElimination)],
         name="int4",
     )
 
 
-def fp16(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
+def fp16(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | Target | None = None) -> Pass:
     """The optimize pipeline with standard ops, then float16 weights and activations (model
     inputs/outputs stay float32; ops that need float32 stay there behind Casts), then the
     onnxruntime contrib fusions for --target cuda/cpu. Meant for GPUs (cuda, tensorrt)."""
-    p = _passes()
+    t = _target(target)
     make = _maker(options)
-    steps: list[Pass] = [optimize(options, _portable_or(target)), make(p.ConvertFloat16)]
-    if target in ORT_TARGETS:
-        steps.append(p.FuseOnnxRuntime(**_ort_fusion_options(options, target)))
+    steps: list[Pass] = [optimize(options, _portable(t)), make(p.ConvertFloat16)]
+    if t is not None and t.contrib_ops:
+        steps.append(p.FuseOnnxRuntime(**_ort_fusion_options(options, t)))
     steps += [make(p.DeadCodeElimination), make(p.TopologicalSort)]
     return Sequential(steps, name="fp16")
 
 
-def _ort_fusion_options(options: Mapping[str, Mapping[str, Any]] | None, target: str) -> dict[str, Any]:
-    """fuse-onnxruntime's options: the user's, else SkipLayerNormalization on for cuda and, for
-    cpu, only where onnxruntime's kernel measured faster than Add + LayerNormalization here."""
-    p = _passes()
+def _ort_fusion_options(options: Mapping[str, Mapping[str, Any]] | None, target: Target) -> dict[str, Any]:
+    """fuse-onnxruntime's options: the user's, else the target's SkipLayerNormalization choice
+    (``"measure"``: only where onnxruntime's kernel measured faster than Add +
+    LayerNormalization here)."""
     opts = dict((options or {}).get(p.FuseOnnxRuntime.name, {}))
     if "skip_layer_norm" not in opts:
-        if target == "cuda":
-            opts["skip_layer_norm"] = True
-        else:
-            from onnxforge.runtime.choices import skip_layer_norm_pays
-
-            opts["skip_layer_norm"] = skip_layer_norm_pays()
+        choice = target.skip_layer_norm
+        opts["skip_layer_norm"] = skip_layer_norm_pays() if choice == "measure" else bool(choice)
     return opts
 
 
@@ -210,7 +206,7 @@ INT4 = Verification(lossless=False, min_cosine=0.95, min_sqnr=3.0)
 #: --eval), against --min-cosine (default 0.99) and --min-sqnr.
 INT8 = Verification(lossless=False, min_cosine=0.99, calibrated=True)
 #: What each lossy pass needs when it runs in a custom pass list (``--passes``).
-LOSSY_PASSES: dict[str, Verification] = {"fp16": FP16, "int4-weights": INT4}
+LOSSY_PASSES: dict[str, Verification] = {"fp16": FP16, "int4-weights": INT4, QuantizeInt8.name: INT8}
 
 
 @dataclass(frozen=True)
@@ -242,9 +238,8 @@ def get_pipeline(
     info = PIPELINES.get(name)
     if info is None:
         raise UsageError(f"unknown pipeline {name!r} (known: {', '.join(PIPELINES)})")
-    check_target(target)
     _check_option_targets(options)
-    return info.build(options, target)
+    return info.build(options, get_target(target))
 
 
 def verification_for(pipeline: str | Pass) -> Verification:
@@ -256,35 +251,29 @@ def verification_for(pipeline: str | Pass) -> Verification:
         if info is None:
             raise UsageError(f"unknown pipeline {pipeline!r} (known: {', '.join(PIPELINES)})")
         return info.verification
-    from onnxforge.passmanager import CompositePass
-
     leaves = pipeline.leaves() if isinstance(pipeline, CompositePass) else [pipeline]
     spec = LOSSLESS
-    for p in leaves:
-        if not p.lossless:
-            spec = spec.loosest(LOSSY_PASSES.get(p.name, INT4))
+    for leaf in leaves:
+        if not leaf.lossless:
+            spec = spec.loosest(LOSSY_PASSES.get(leaf.name, INT4))
     return spec
-
-
-def check_target(target: str | None) -> None:
-    if target is not None and target not in TARGETS:
-        raise UsageError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
 
 
 def from_pass_names(names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> Pass:
     """A pipeline that runs the named passes once each, in the given order."""
-    from onnxforge.passes import get_pass
-
     _check_option_targets(options)
     make = _maker(options)
-    return Sequential([make(get_pass(n)) for n in names], name="custom")
+    return Sequential([make(p.get_pass(n)) for n in names], name="custom")
 
 
-def _maker(options: Mapping[str, Mapping[str, Any]] | None) -> Callable[[type[Pass]], Pass]:
+def _maker(options: Mapping[str, Mapping[str, Any] | PassOptions] | None) -> Callable[[type[Pass]], Pass]:
     opts = options or {}
 
     def make(cls: type[Pass]) -> Pass:
-        return cls(**dict(opts.get(cls.name, {})))
+        given = opts.get(cls.name)
+        if isinstance(given, PassOptions):
+            return cls(given)
+        return cls(**dict(given or {}))
 
     return make
 
@@ -292,8 +281,6 @@ def _maker(options: Mapping[str, Mapping[str, Any]] | None) -> Callable[[type[Pa
 def _check_option_targets(options: Mapping[str, Mapping[str, Any]] | None) -> None:
     if not options:
         return
-    from onnxforge.passes import PASSES_BY_NAME
-
     for name in options:
-        if name not in PASSES_BY_NAME:
+        if name not in p.PASSES_BY_NAME:
             raise UsageError(f"option given for unknown pass {name!r} (see `onnxforge passes`)")

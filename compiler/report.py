@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxforge.ir import Model
 from onnxforge.passmanager import PassTiming
+from onnxforge.tables import format_table
 
 if TYPE_CHECKING:
     from onnxforge.cost.analysis import CostTotals
@@ -57,7 +58,7 @@ class Report:
     cost_target: str = ""
     #: The rewrite rules' trace (:class:`onnxforge.rules.RuleTrace`), when rules ran.
     rule_trace: Any = None
-    #: The int8 quantization report (:class:`onnxforge.quantize.static.QuantizationReport`).
+    #: The int8 quantization report (:class:`onnxforge.passes.compression.int8.flow.QuantizationReport`).
     quantization: Any = None
 
     def explain(self, node_name: str) -> list[str]:
@@ -185,16 +186,3 @@ def _delta(before: float, after: float) -> str:
     d = after - before
     pct = f" ({d / before * 100:+.1f}%)" if before else ""
     return f"{'+' if d > 0 else ''}{_fmt(d)}{pct}"
-
-
-def format_table(header: list[str], rows: list[list[str]], *, left: tuple[int, ...] = ()) -> list[str]:
-    """Plain-text table: the first column and those in ``left`` left-aligned, numbers right."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    left_cols = {0, *left}
-
-    def line(cells: list[str]) -> str:
-        parts = [str(c).ljust(widths[i]) if i in left_cols else str(c).rjust(widths[i]) for i, c in enumerate(cells)]
-        return "  ".join(parts).rstrip()
-
-    sep = "  ".join("-" * w for w in widths)
-    return [line(header), sep, *(line(r) for r in rows)]

@@ -18,11 +18,12 @@ from onnxforge.passes.cleanup.noop_elimination import NoOpElimination
 from onnxforge.passes.cleanup.opset_upgrade import RaiseOpset
 from onnxforge.passes.cleanup.shape_inference import ShapeInference
 from onnxforge.passes.cleanup.toposort import TopologicalSort
+from onnxforge.passes.compression.fp16 import ConvertFloat16
+from onnxforge.passes.compression.int4 import QuantizeWeightsInt4
+from onnxforge.passes.compression.int8 import QuantizeInt8
 from onnxforge.passes.fusion import FuseOnnxRuntime, FusePortable
 from onnxforge.passes.graphsurgeon import GraphSurgeonPass
 from onnxforge.passes.lowering.cpu.nchwc import LowerNchwc
-from onnxforge.passes.quantization.fp16 import ConvertFloat16
-from onnxforge.passes.quantization.int4 import QuantizeWeightsInt4
 from onnxforge.passmanager import Pass
 
 #: Every pass, in the order a lossless pipeline would run them.
@@ -38,6 +39,7 @@ ALL_PASSES: tuple[type[Pass], ...] = (
     RaiseOpset,
     FusePortable,
     FuseOnnxRuntime,
+    QuantizeInt8,
     QuantizeWeightsInt4,
     ConvertFloat16,
     LowerNchwc,
@@ -74,6 +76,7 @@ __all__ = [
     "LowerNchwc",
     "NoOpElimination",
     "NormalizeConstants",
+    "QuantizeInt8",
     "QuantizeWeightsInt4",
     "RaiseOpset",
     "ShapeInference",

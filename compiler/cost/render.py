@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from onnxforge.cost.analysis import CostReport, CostTotals
-from onnxforge.report import format_table
+from onnxforge.tables import format_table
 
 
 def human(n: float, unit: str = "") -> str:

@@ -155,3 +155,25 @@ def test_int8_eval_inputs_measure_the_budget(tmp_path, capsys):
     assert q["calibration_samples"] == 10 and q["budget"]["data"].startswith("3 --eval sample")
     assert "measured on 3 --eval sample" in capsys.readouterr().out
     assert main(["compile", str(src), "-o", str(out), "--eval", str(evals)]) == 2  # int8 only
+
+
+def test_int8_runs_in_the_pass_system(tmp_path, capsys):
+    """int8 is a pass of the int8 pipeline: --dump-ir, --check-ir, --disable and per-pass
+    timing apply to it like to any other pass."""
+    src, calib, _ = _conv_chain_files(tmp_path, 2)
+    out, report, dumps = tmp_path / "o.onnx", tmp_path / "r.json", tmp_path / "dumps"
+    args = ["compile", str(src), "-o", str(out), "--pipeline", "int8", "--calibration", str(calib)]
+    args += ["--no-speed-guard", "--no-cost", "-q", "--report", str(report)]
+    assert main([*args, "--dump-ir", str(dumps), "--check-ir"]) == 0
+    data = json.loads(report.read_text())
+    timing = {p["name"]: p for p in data["passes"]}
+    assert timing["quantize-int8"]["runs"] == 1 and timing["quantize-int8"]["seconds"] > 0
+    assert timing["quantize-int8"]["stats"]["quantized"] == 2
+    dumped = sorted(p.name for p in dumps.iterdir())
+    assert dumped[-1].endswith("_quantize-int8.onnx")  # the last change is the quantization
+    assert "DequantizeLinear" in {n.op_type for n in onnx.load(dumps / dumped[-1]).graph.node}
+    assert {n.op_type for n in onnx.load(out).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+    # Disabled by name: the int8 pipeline then only optimizes.
+    assert main([*args, "--disable", "quantize-int8"]) == 0
+    assert "DequantizeLinear" not in {n.op_type for n in onnx.load(out).graph.node}
+    assert "quantize-int8" not in {p["name"] for p in json.loads(report.read_text())["passes"]}

@@ -1,1 +1,0 @@
-"""Quantization passes: QDQ insertion (static int8) and the target policies behind it."""
