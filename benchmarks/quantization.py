@@ -33,7 +33,7 @@ import onnxruntime as ort
 
 from benchmarks.latency import interleaved_medians, session, write_markdown
 from onnxforge.calibration.data import FeedReader
-from onnxforge.calibration.sqnr import cosine, worst
+from onnxforge.metrics.sqnr import cosine, worst
 
 log = logging.getLogger("benchmarks.quantization")
 

@@ -14,12 +14,13 @@ import onnx
 
 from onnxforge import modelio
 from onnxforge.calibration.budget import Budget
-from onnxforge.calibration.sqnr import worst
 from onnxforge.cost import analyze
 from onnxforge.cost.analysis import CostTotals
-from onnxforge.equivalence import assert_equivalent, check_lossy
+from onnxforge.equivalence import assert_equivalent, check_lossy, check_runtime_loadable
 from onnxforge.errors import UsageError, VerificationError
 from onnxforge.ir import Model, to_proto
+from onnxforge.ir.tensor_data import TensorStore
+from onnxforge.metrics.sqnr import worst
 from onnxforge.passes.compression.int8 import REPORT_KEY as INT8_REPORT
 from onnxforge.passes.compression.int8 import Int8Options, QuantizeInt8
 from onnxforge.passmanager import (
@@ -60,10 +61,15 @@ class CompileResult:
         Never over the input model or a file it reads (:class:`~onnxforge.errors.UsageError`).
         With ``check_runtime`` (default) a model onnxruntime cannot load is not written when it
         can load the input (:class:`~onnxforge.errors.ModelError`); see
-        :func:`onnxforge.modelio.check_runtime_loadable` for what is skipped to stay cheap.
+        :func:`onnxforge.equivalence.check_runtime_loadable` for what is skipped to stay cheap.
         """
+        source = self.source
+
+        def loadable(proto: onnx.ModelProto, store: TensorStore | None) -> None:
+            check_runtime_loadable(proto, source, store)
+
         return modelio.save(
-            self.ir, path, source=self.source, external_data=external_data, check_runtime=check_runtime
+            self.ir, path, source=source, external_data=external_data, before_write=loadable if check_runtime else None
         )
 
 

@@ -19,8 +19,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from onnxforge import __version__
+from onnxforge import __version__, modelio
+from onnxforge.analysis.shapes import parse_dim_spec, parse_shape_spec
+from onnxforge.api import QuantizationOptions
+from onnxforge.api import compile as compile_model
+from onnxforge.calibration.progress import ProgressBar
+from onnxforge.cost import analyze
+from onnxforge.cost.render import render
+from onnxforge.cost.roofline import PROFILES, cpu_profile
 from onnxforge.errors import OnnxForgeError, UsageError
+from onnxforge.passes import ALL_PASSES, get_pass
+from onnxforge.passes.fusion import ONNXRUNTIME_RULES, PORTABLE_RULES
+from onnxforge.pipelines import PIPELINES
+from onnxforge.runtime.target import TARGETS
+from onnxforge.tables import format_table
 
 log = logging.getLogger("onnxforge")
 
@@ -44,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--target",
-        choices=["cpu", "cpu-native", "cuda", "tensorrt"],
+        choices=list(TARGETS),
         help="runtime the model is for: cpu/cuda add onnxruntime contrib fusions; cpu-native also lowers convolutions "
         "to onnxruntime's NCHWc layout for this CPU's SIMD width (runs only on CPUs with the same width); tensorrt keeps to standard ops",
     )
@@ -164,65 +176,39 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def _parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``PASS.NAME=VALUE`` items as typed options by pass (each pass's options class parses
+    its own values)."""
     out: dict[str, dict[str, Any]] = {}
-    if not items:
-        return out
-    from onnxforge.passes import get_pass
-
     for item in items:
         key, sep, raw = item.partition("=")
         pass_name, dot, opt = key.partition(".")
         if not sep or not dot or not pass_name or not opt:
             raise UsageError(f"--option expects PASS.NAME=VALUE, got {item!r}")
         cls = get_pass(pass_name)
-        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
-        if opt not in fields:
-            known = ", ".join(fields) or "none"
-            raise UsageError(f"pass {pass_name!r} has no option {opt!r} (options: {known})")
-        out.setdefault(pass_name, {})[opt] = _coerce(raw, fields[opt].type, item)
+        try:
+            out.setdefault(pass_name, {})[opt] = cls.Options.parse_value(opt, raw)
+        except KeyError:
+            known = ", ".join(f.name for f in dataclasses.fields(cls.Options)) or "none"
+            raise UsageError(f"pass {pass_name!r} has no option {opt!r} (options: {known})") from None
+        except ValueError as e:
+            raise UsageError(f"--option {item!r}: {e}") from None
     return out
 
 
-def _coerce(raw: str, typ: Any, item: str) -> Any:
-    t = str(typ)
-    try:
-        if t in ("bool", "<class 'bool'>"):
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if t in ("int", "<class 'int'>"):
-            return int(raw)
-        if t in ("float", "<class 'float'>"):
-            return float(raw)
-    except ValueError:
-        raise UsageError(f"--option {item!r}: {raw!r} is not a valid {t}") from None
-    return raw
-
-
 def _parse_dims(items: Sequence[str]) -> dict[str, int]:
-    from onnxforge.analysis.shapes import parse_dim_spec
-
     return dict(parse_dim_spec(item) for item in items)
 
 
 def _parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    from onnxforge.analysis.shapes import parse_shape_spec
-
     return dict(parse_shape_spec(item) for item in items)
 
 
 def _check_profile(name: str) -> None:
-    from onnxforge.cost.roofline import PROFILES
-
     if name not in PROFILES:
         raise UsageError(f"unknown cost profile {name!r} (choose from {', '.join(PROFILES)})")
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from onnxforge import modelio
-    from onnxforge.api import compile as compile_model
 
     src, out = Path(args.model), Path(args.output)
     ext = {"auto": None, "always": True, "never": False}[args.external_data]
@@ -267,8 +253,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _quantization_options(args: argparse.Namespace) -> Any:
-    from onnxforge.api import QuantizationOptions
-
     quant_flags = [args.calibration, args.min_sqnr, args.max_accuracy_drop, args.eval_data, args.eval] + list(args.exclude)
     if args.pipeline != "int8":
         if any(f is not None and f != [] for f in quant_flags) or args.per_tensor or args.allow_budget_miss:
@@ -276,8 +260,6 @@ def _quantization_options(args: argparse.Namespace) -> Any:
         return None
     progress = None
     if not args.quiet:
-        from onnxforge.calibration.progress import ProgressBar
-
         progress = ProgressBar("calibrating")
     return QuantizationOptions(
         calibration=args.calibration,
@@ -303,25 +285,17 @@ def _write_json_atomic(
 ) -> None:
     """Write the report like a model: atomically, through a symlink, with the usual new-file
     mode, never over one of ``inputs`` (the input's files) or ``taken`` (other outputs)."""
-    from onnxforge import modelio
-
     text = json.dumps(data, indent=2) + "\n"
     modelio.write_file_atomic(path, text.encode(), inputs=inputs, label="report", taken=taken)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from onnxforge import modelio
-    from onnxforge.cost import analyze
-    from onnxforge.cost.render import render
-
     shapes = _parse_shapes(args.shape)
     dims = _parse_dims(args.dim)
     _check_profile(args.target)
     if args.top < 0:
         raise UsageError("--top must be >= 0")
     if args.refresh_profile and args.target == "cpu":
-        from onnxforge.cost.roofline import cpu_profile
-
         cpu_profile(refresh=True)
     loaded = modelio.load(Path(args.model))
     report = analyze(loaded.model, shapes=shapes, dims=dims, target=args.target, probe=not args.no_probe)
@@ -333,10 +307,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_passes(args: argparse.Namespace) -> int:
-    from onnxforge.passes import ALL_PASSES
-    from onnxforge.pipelines import PIPELINES
-    from onnxforge.tables import format_table
-
     if args.json:
         data = {
             "pipelines": {name: info.summary for name, info in PIPELINES.items()},
@@ -374,8 +344,6 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 def _rule_sets() -> dict[str, Any]:
-    from onnxforge.passes.fusion import ONNXRUNTIME_RULES, PORTABLE_RULES
-
     return {"fuse": PORTABLE_RULES, "fuse-onnxruntime": ONNXRUNTIME_RULES}
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxforge.api import compile as compile_model
 from onnxforge.equivalence import OrtRunner, compare_outputs, random_feeds
 
 log = logging.getLogger(__name__)
@@ -127,10 +128,8 @@ def iter_cases(include_node: bool = True, model_sets: tuple[str, ...] = MODEL_SE
 def run_case(
     case: Case, pipeline: str = "optimize", rtol: float = 1e-5, atol: float = 1e-6, target: str | None = None
 ) -> Outcome:
-    """Compile one case (for ``target``, see :data:`onnxforge.pipelines.TARGETS`) and compare
+    """Compile one case (for ``target``, see :data:`onnxforge.runtime.target.TARGETS`) and compare
     onnxruntime outputs before/after."""
-    from onnxforge.api import compile as compile_model
-
     start = time.perf_counter()
     runner = OrtRunner()
     try:

@@ -7,6 +7,7 @@ name. Used by ``compile --verify``, by every pass test and by the conformance su
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -19,8 +20,14 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxforge.errors import VerificationError
-from onnxforge.ir.tensor_data import is_external, iter_tensors
+from onnxforge import modelio
+from onnxforge.errors import ModelError, VerificationError
+from onnxforge.ir.tensor_data import TensorStore, is_external, iter_tensors
+from onnxforge.metrics.sqnr import ErrorPairs, below
+from onnxforge.runtime.options import session_options
+from onnxforge.runtime.session import create_session
+
+log = logging.getLogger(__name__)
 
 #: Tolerances: exact rewrites and float-reordering rewrites (e.g. BatchNorm folding).
 EXACT = (1e-6, 1e-6)
@@ -74,19 +81,6 @@ def random_feeds(
     return feeds
 
 
-def cpu_session(model: bytes | str, options: Any) -> Any:
-    """An onnxruntime CPU session for a serialized model or a path; refuses (ModelError) a
-    ``--target cpu-native`` model lowered for another CPU's NCHWc block, which would run and
-    give wrong outputs."""
-    import onnxruntime as ort
-
-    from onnxforge.runtime.choices import check_nchwc_block
-
-    sess = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    check_nchwc_block(sess.get_modelmeta().custom_metadata_map)
-    return sess
-
-
 @dataclass
 class OrtRunner:
     """Runs a model on onnxruntime's CPU provider with optimizations off."""
@@ -95,23 +89,14 @@ class OrtRunner:
     threads: int = 1
 
     def options(self) -> Any:
-        """The onnxruntime SessionOptions this runner's sessions use."""
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = (
-            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if self.optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        )
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        # Fatal only: a failing run raises, and onnxforge reports that in one line; at level 3
-        # onnxruntime also printed the same error as a log line of its own on stderr.
-        so.log_severity_level = 4
-        return so
+        """The onnxruntime SessionOptions this runner's sessions use. Log level 4 (fatal only):
+        a failing run raises and onnxforge reports it in one line; at level 3 onnxruntime also
+        printed the same error as a log line of its own on stderr."""
+        return session_options(optimization="all" if self.optimize else "disable", threads=self.threads, log_level=4)
 
     def session(self, model: onnx.ModelProto | str | os.PathLike[str]) -> Any:
-        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-        return cpu_session(data, self.options())
+        """A CPU session (the runtime's factory: the cpu-native guard applies)."""
+        return create_session(model, options=self.options())
 
     def run(self, model: onnx.ModelProto | str | os.PathLike[str], feeds: Mapping[str, Any]) -> dict[str, Any]:
         sess = self.session(model)
@@ -267,8 +252,6 @@ def check_lossy(
     and raise :class:`VerificationError` when a float output's cosine similarity (worst feed)
     is below ``min_cosine`` or its SQNR (feeds pooled) below ``min_sqnr`` dB, when an output is
     NaN or Inf where the original's is finite, or when a non-float output differs at all."""
-    from onnxforge.calibration.sqnr import ErrorPairs, below
-
     runner = OrtRunner()
     pairs = ErrorPairs()
     problems: list[str] = []
@@ -316,3 +299,63 @@ def check_lossy(
 
 def _is_float_array(x: Any) -> bool:
     return isinstance(x, np.ndarray) and x.dtype.kind == "f"
+
+
+#: Compiled models up to this size (tensor bytes) are test-loaded in onnxruntime before writing.
+RUNTIME_CHECK_LIMIT = 512 * 2**20
+#: Operator domains onnxruntime's CPU build implements; models using others are not test-loaded.
+ORT_DOMAINS = frozenset(
+    {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "com.ms.internal.nhwc", "ai.onnx.preview.training"}
+)
+
+
+def check_runtime_loadable(
+    proto: onnx.ModelProto, source: str | os.PathLike[str] | None = None, store: TensorStore | None = None
+) -> None:
+    """Refuse (:class:`ModelError`) to let a compiled model out when onnxruntime (CPU, graph
+    optimizations off) cannot create a session for it but can for the input ``source``. When the
+    input fails too (or is not a file), log a warning and let it pass: onnxforge does not make
+    such a model worse. A kernel the CPU provider lacks (NOT_IMPLEMENTED: a CUDA-only contrib op
+    of ``--target cuda``) is not a verdict either. Skipped, to stay cheap, for models over
+    :data:`RUNTIME_CHECK_LIMIT` and for models using operator domains onnxruntime does not
+    implement (custom ops)."""
+    size = modelio.total_tensor_bytes(proto)
+    local = {f.domain for f in proto.functions}
+    foreign = sorted({imp.domain for imp in proto.opset_import} - ORT_DOMAINS - local)
+    if size > RUNTIME_CHECK_LIMIT or foreign:
+        why = f"{size / 2**20:.0f} MiB of tensors" if not foreign else f"domains {', '.join(foreign)}"
+        log.debug("onnxruntime load check skipped (%s)", why)
+        return
+    runner = OrtRunner()
+    with tempfile.TemporaryDirectory(prefix="onnxforge-check-") as tmp:
+        try:
+            runner.session(_materialize(proto, store.base_dir if store is not None else None, Path(tmp)))
+            return
+        except Exception as e:
+            problem = _short(e, 300)
+            if type(e).__name__ == "NotImplemented" or "NOT_IMPLEMENTED" in problem:
+                # A kernel the CPU provider lacks (e.g. a CUDA-only contrib op of --target cuda)
+                # says nothing about whether the model is valid.
+                log.info("onnxruntime load check inconclusive: %s", problem)
+                return
+    if source is None and store is not None and store.source_files:
+        source = store.source_files[0]
+    if source is None:
+        log.warning("onnxruntime cannot load the compiled model (%s); the input was not a file, so it is unknown "
+                    "whether it could", problem)
+        return
+    try:
+        runner.session(os.fspath(source))
+    except Exception as e:
+        log.warning("onnxruntime cannot load the input %s either (%s); writing the compiled model anyway",
+                    source, _short(e, 200))
+        return
+    raise ModelError(
+        f"onnxruntime cannot load the compiled model, though it loads the input: {problem}; nothing was "
+        "written (a pass produced an invalid model: please report it with the input)"
+    )
+
+
+def _short(e: BaseException, limit: int) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

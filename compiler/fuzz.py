@@ -662,6 +662,37 @@ def mutate_tensor_data(rng: np.random.Generator, m: onnx.ModelProto, parent: Par
     return f"tensor data of {t.name!r}: {action}"
 
 
+def mutate_values(rng: np.random.Generator, m: onnx.ModelProto, parent: Parent) -> str:
+    """A weight or constant keeps its type and shape but gets edge values: NaN, infinities,
+    zeros, huge or tiny floats; for integers (shapes, axes, indices) edge and negative values.
+    The model stays valid, so this reaches constant folding, fusions and shape arithmetic."""
+    tensors = [t for t in _tensors(m) if t.data_location != TensorProto.EXTERNAL and t.data_type not in
+               (TensorProto.STRING, TensorProto.UNDEFINED)]
+    t = _pick(rng, tensors)
+    try:
+        arr = np.array(numpy_helper.to_array(t))
+    except Exception as e:
+        raise NotApplicable(t.name) from e
+    if arr.size == 0 or arr.dtype.kind not in "fiub":
+        raise NotApplicable(t.name)
+    flat = arr.reshape(-1)
+    where = np.arange(flat.size) if rng.random() < 0.4 else rng.choice(flat.size, int(rng.integers(1, flat.size + 1)))
+    if arr.dtype.kind == "f":
+        value = _pick(rng, (np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 1e-40, 65504.0, 1.0))
+    elif arr.dtype.kind == "b":
+        value = bool(rng.integers(2))
+    else:
+        info = np.iinfo(arr.dtype)
+        value = min(max(int(_pick(rng, (*INTS, -2, -3, 4))), int(info.min)), int(info.max))
+    with np.errstate(all="ignore"):
+        flat[where] = value
+    new = numpy_helper.from_array(arr, t.name)
+    if t.data_type != new.data_type:
+        raise NotApplicable(t.name)
+    t.CopyFrom(new)
+    return f"values of {t.name!r}: {len(where)} of {flat.size} set to {value!r}"
+
+
 def mutate_external(rng: np.random.Generator, m: onnx.ModelProto, parent: Parent, files: dict[str, Any]) -> str:
     """External data references: offsets, lengths and locations that are negative, huge,
     unparsable, outside the folder, a folder, a link out, missing; the data file cut or empty."""
@@ -736,6 +767,7 @@ PROTO_MUTATORS: tuple[tuple[str, Callable[..., str], float], ...] = (
     ("structure", mutate_structure, 1.5),
     ("versions", mutate_versions, 0.7),
     ("tensor_data", mutate_tensor_data, 1.2),
+    ("values", mutate_values, 2.5),
     ("external", mutate_external, 2.0),
     ("metadata", mutate_metadata, 0.4),
 )

@@ -21,7 +21,7 @@ import re
 import secrets
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -648,7 +648,7 @@ def save(
     external_data: bool | None = None,
     store: TensorStore | None = None,
     label: str = "output",
-    check_runtime: bool = False,
+    before_write: Callable[[onnx.ModelProto, TensorStore | None], None] | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` atomically (``label`` names the file in errors).
 
@@ -658,8 +658,9 @@ def save(
     reads is refused, as is writing over any file the model's tensor store reads. A symlinked
     ``path`` is written through (its target is replaced); files get the usual new-file mode
     (0666 minus the umask). The model and its data file are replaced as a pair: if the model's
-    rename fails, the previous data file is put back. ``check_runtime``: first make sure
-    onnxruntime can load the model if it can load the source (:func:`check_runtime_loadable`).
+    rename fails, the previous data file is put back. ``before_write(proto, store)`` runs once
+    the paths are checked and before anything is written; it may refuse by raising (the
+    compiler passes :func:`onnxforge.equivalence.check_runtime_loadable`).
     """
     out = Path(path)
     if isinstance(model, Model):
@@ -674,8 +675,8 @@ def save(
     elif not external_data and size > EMBED_LIMIT:
         raise UsageError(f"model tensors take {size / 2**30:.2f} GiB: too large to embed; allow external data")
     data_target = _data_target(out, target, inputs, None, writing=True, label=label) if external_data else None
-    if check_runtime:
-        check_runtime_loadable(proto, source, store)
+    if before_write is not None:
+        before_write(proto, store)
     folder, mode = target.parent, _new_file_mode()
     tmp_files: list[Path] = []
     backup: Path | None = None
@@ -714,63 +715,6 @@ def save(
                 _unlink(t)
     log.info("wrote %s%s", out, f" (+ {data_target.name})" if data_target is not None else "")
     return out
-
-
-#: Compiled models up to this size (tensor bytes) are test-loaded in onnxruntime before writing.
-RUNTIME_CHECK_LIMIT = 512 * 2**20
-#: Operator domains onnxruntime's CPU build implements; models using others are not test-loaded.
-ORT_DOMAINS = frozenset(
-    {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "com.ms.internal.nhwc", "ai.onnx.preview.training"}
-)
-
-
-def check_runtime_loadable(
-    proto: onnx.ModelProto, source: str | os.PathLike[str] | None = None, store: TensorStore | None = None
-) -> None:
-    """Refuse (:class:`ModelError`) to let a compiled model out when onnxruntime (CPU, graph
-    optimizations off) cannot create a session for it but can for the input ``source``. When the
-    input fails too (or is not a file), log a warning and let it pass: onnxforge does not make
-    such a model worse. A kernel the CPU provider lacks (NOT_IMPLEMENTED: a CUDA-only contrib op
-    of ``--target cuda``) is not a verdict either. Skipped, to stay cheap, for models over
-    :data:`RUNTIME_CHECK_LIMIT` and for models using operator domains onnxruntime does not
-    implement (custom ops)."""
-    size = total_tensor_bytes(proto)
-    local = {f.domain for f in proto.functions}
-    foreign = sorted({imp.domain for imp in proto.opset_import} - ORT_DOMAINS - local)
-    if size > RUNTIME_CHECK_LIMIT or foreign:
-        why = f"{size / 2**20:.0f} MiB of tensors" if not foreign else f"domains {', '.join(foreign)}"
-        log.debug("onnxruntime load check skipped (%s)", why)
-        return
-    from onnxforge.equivalence import OrtRunner, _materialize
-
-    runner = OrtRunner()
-    with tempfile.TemporaryDirectory(prefix="onnxforge-check-") as tmp:
-        try:
-            runner.session(_materialize(proto, store.base_dir if store is not None else None, Path(tmp)))
-            return
-        except Exception as e:
-            problem = _short(e, 300)
-            if type(e).__name__ == "NotImplemented" or "NOT_IMPLEMENTED" in problem:
-                # A kernel the CPU provider lacks (e.g. a CUDA-only contrib op of --target cuda)
-                # says nothing about whether the model is valid.
-                log.info("onnxruntime load check inconclusive: %s", problem)
-                return
-    if source is None and store is not None and store.source_files:
-        source = store.source_files[0]
-    if source is None:
-        log.warning("onnxruntime cannot load the compiled model (%s); the input was not a file, so it is unknown "
-                    "whether it could", problem)
-        return
-    try:
-        runner.session(os.fspath(source))
-    except Exception as e:
-        log.warning("onnxruntime cannot load the input %s either (%s); writing the compiled model anyway",
-                    source, _short(e, 200))
-        return
-    raise ModelError(
-        f"onnxruntime cannot load the compiled model, though it loads the input: {problem}; nothing was "
-        "written (a pass produced an invalid model: please report it with the input)"
-    )
 
 
 def _keep_previous(path: Path) -> Path | None:

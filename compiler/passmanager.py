@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from onnxforge import modelio
 from onnxforge.errors import BudgetError, OnnxForgeError, PassError, UsageError
 from onnxforge.ir import Model, verify
 
@@ -275,9 +276,6 @@ class DumpInstrument(Instrument):
     def after_pass(self, p: Pass, model: Model, result: PassResult, ctx: PassContext) -> None:
         if not result.modified or isinstance(p, CompositePass):
             return
-        from onnxforge import modelio
-        from onnxforge.errors import UsageError
-
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -35,13 +35,7 @@ def lossless(options: Mapping[str, Mapping[str, Any]] | None = None, target: str
             # Static shapes of intermediate values let Shape/Size and no-op checks fold.
             make(p.ShapeInference),
             FixedPoint(
-                [
-                    make(p.ConstantFolding),
-                    make(p.NoOpElimination),
-                    make(p.CommonSubexpressionElimination),
-                    make(p.DeduplicateInitializers),
-                    make(p.DeadCodeElimination),
-                ],
+                _cleanup(make),
                 max_iterations=8,
                 name="cleanup-to-fixed-point",
             ),
@@ -53,6 +47,7 @@ def lossless(options: Mapping[str, Mapping[str, Any]] | None = None, target: str
 
 
 def _cleanup(make: Callable[[type[Pass]], Pass]) -> list[Pass]:
+    """The cleanup passes repeated to a fixed point, by lossless and after every fusion round."""
     return [
         make(p.ConstantFolding),
         make(p.NoOpElimination),

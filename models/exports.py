@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxforge.equivalence import OrtRunner
 from onnxforge.models.corpus import default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -570,7 +571,6 @@ def _wrap(spec: ExportSpec, model: Any) -> Any:
 def _export_one(spec: ExportSpec, dest: Path) -> dict[str, Any]:
     """Build, export and check one model, writing ``dest`` atomically. Returns its metadata."""
     import onnx
-    import onnxruntime as ort
     import torch
 
     started = time.perf_counter()
@@ -605,10 +605,8 @@ def _export_one(spec: ExportSpec, dest: Path) -> dict[str, Any]:
             )
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
-        got = session.run(list(spec.outputs), feeds)
+        ran = OrtRunner().run(tmp, feeds)
+        got = [ran[o] for o in spec.outputs]
         max_diff = max(float(np.max(np.abs(g - e))) for g, e in zip(got, expected, strict=True))
         scale = max(1.0, *(float(np.max(np.abs(e))) for e in expected))
         if not max_diff <= RTOL_VS_TORCH * scale:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxforge.models.glyphs import random_text, render_text
+
 
 @dataclass(frozen=True)
 class Wheel:
@@ -238,8 +240,6 @@ def _document(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """A page-like picture: light paper with lines of dark printed characters
     (:mod:`onnxforge.models.glyphs`), in [-1, 1] (PP-OCR's normalization), so a text detector
     sees text rather than noise."""
-    from onnxforge.models.glyphs import random_text, render_text
-
     h, w = shape[-2], shape[-1]
     page = rng.uniform(0.85, 1.0) + 0.03 * rng.standard_normal((h, w))
     y = float(rng.integers(2, 8))
@@ -256,8 +256,6 @@ def _document(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
 def _text_line(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """A cropped line of printed characters as a text recognizer gets it: dark text filling
     most of the crop's height on light paper, in [-1, 1]."""
-    from onnxforge.models.glyphs import random_text, render_text
-
     h, w = shape[-2], shape[-1]
     n = int(rng.integers(3, 9))
     gh = min(float(rng.uniform(0.5, 0.72)) * h, (w - 8) / (0.75 * n))

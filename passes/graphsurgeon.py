@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from onnxforge.equivalence import EXACT, REORDER, assert_equivalent
 from onnxforge.errors import UsageError
 from onnxforge.ir import Model, to_proto
 from onnxforge.ir.proto_walk import graph_protos
@@ -142,7 +143,5 @@ def _check_interface(before: Any, after: Any) -> None:
 
 
 def _check_outputs(before: Any, after: Any, *, lossless: bool) -> None:
-    from onnxforge.equivalence import EXACT, REORDER, assert_equivalent
-
     rtol, atol = EXACT if lossless else REORDER
     assert_equivalent(before, after, rtol=rtol, atol=atol)  # no external data: the bridge refuses it

@@ -5,7 +5,7 @@
 * :mod:`~onnxforge.calibration.collect`: streaming range collection with onnxruntime.
 * :mod:`~onnxforge.calibration.histogram` / :mod:`~onnxforge.calibration.ranges`: the accumulators and
   the range-selection methods (minmax, percentile, entropy, mse), scale and zero point.
-* :mod:`~onnxforge.calibration.sqnr`: SQNR and cosine similarity for per-layer error reports.
+* :mod:`~onnxforge.metrics.sqnr`: SQNR and cosine similarity for per-layer error reports.
 * :mod:`~onnxforge.calibration.budget`: the accuracy budget, its held-out data, and the error a
   budget that cannot be met raises.
 * :mod:`~onnxforge.calibration.progress`: a stderr progress bar for the CLI.
@@ -30,7 +30,7 @@ from onnxforge.calibration.data import (
 from onnxforge.calibration.histogram import Histogram, RunningMinMax, StreamingHistogram
 from onnxforge.calibration.progress import ProgressBar
 from onnxforge.calibration.ranges import METHODS, TensorRange, compute_range, scale_zero_point
-from onnxforge.calibration.sqnr import cosine, sqnr_db
+from onnxforge.metrics.sqnr import cosine, sqnr_db
 
 __all__ = [
     "METHODS",

@@ -24,8 +24,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from onnxforge.calibration.sqnr import below
 from onnxforge.errors import BudgetError, UsageError
+from onnxforge.metrics.sqnr import below
 
 __all__ = ["Backoff", "Budget", "BudgetError", "Holdout", "back_off", "row_keys"]
 

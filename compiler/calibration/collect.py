@@ -40,9 +40,10 @@ from onnxforge.calibration.data import CalibrationSource, DataReader, from_reade
 from onnxforge.calibration.histogram import RunningMinMax, StreamingHistogram
 from onnxforge.calibration.ranges import METHODS, TensorRange, compute_range
 from onnxforge.calibration.taps import tapped_model
-from onnxforge.equivalence import OrtRunner, cpu_session
+from onnxforge.equivalence import OrtRunner
 from onnxforge.errors import ModelError, UsageError
 from onnxforge.ir.proto_walk import graph_protos, subgraphs
+from onnxforge.runtime.session import create_session
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def _session(model: onnx.ModelProto, threads: int, model_dir: str | os.PathLike[
     except ValueError as e:  # protobuf's 2 GiB limit
         raise ModelError(f"cannot serialize the model for calibration: {' '.join(str(e).split())[:200]}") from None
     try:
-        return cpu_session(data, so)
+        return create_session(data, options=so)
     except ModelError:
         raise
     except Exception as e:  # onnxruntime raises its own exception types

@@ -19,8 +19,8 @@ import onnx
 
 from onnxforge.calibration.collect import ProgressCallback
 from onnxforge.calibration.shared_weights import SharedWeightSessions
-from onnxforge.calibration.sqnr import ErrorPairs, worst
 from onnxforge.ir import Model, to_proto
+from onnxforge.metrics.sqnr import ErrorPairs, worst
 
 log = logging.getLogger(__name__)
 

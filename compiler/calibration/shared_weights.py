@@ -17,6 +17,8 @@ from onnx import TensorProto, numpy_helper
 
 from onnxforge.equivalence import OrtRunner
 from onnxforge.ir.proto_walk import graph_protos
+from onnxforge.runtime.options import device_array
+from onnxforge.runtime.session import create_session
 
 #: Initializers at least this large are shared; small ones are cheaper to send.
 MIN_SHARED_BYTES = 1 << 16
@@ -27,9 +29,6 @@ class SharedWeightSessions:
     (optimizations off, one thread)."""
 
     def __init__(self, base: onnx.ModelProto, min_bytes: int = MIN_SHARED_BYTES) -> None:
-        import onnxruntime as ort
-
-        self._ort = ort
         self._raw: dict[str, bytes] = {}
         self._values: dict[str, Any] = {}
         #: Names passed by reference to the latest session (for tests and logs).
@@ -37,11 +36,10 @@ class SharedWeightSessions:
         for t in base.graph.initializer:
             if t.data_location != TensorProto.EXTERNAL and len(t.raw_data) >= min_bytes:
                 self._raw[t.name] = t.raw_data
-                self._values[t.name] = ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t))
+                self._values[t.name] = device_array(numpy_helper.to_array(t))
 
     def session(self, variant: onnx.ModelProto) -> Any:
         """A session for ``variant`` (not modified), its shared weights passed by reference."""
-        ort = self._ort
         used = _read_names(variant.graph)  # onnxruntime drops unread initializers before it looks for these
         shared = [
             t.name
@@ -53,7 +51,7 @@ class SharedWeightSessions:
         ]
         self.last_shared = shared
         model = variant
-        so = OrtRunner().options()
+        arrays = {}
         if shared:
             model = onnx.ModelProto()
             model.CopyFrom(variant)
@@ -71,8 +69,11 @@ class SharedWeightSessions:
                     ):
                         entry = t.external_data.add()
                         entry.key, entry.value = key, value
-            so.add_external_initializers(shared, [self._values[n] for n in shared])
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            arrays = {n: self._values[n] for n in shared}
+        so = OrtRunner().options()
+        if arrays:
+            so.add_external_initializers(list(arrays), list(arrays.values()))
+        return create_session(model, options=so)
 
 
 def _read_names(g: onnx.GraphProto) -> set[str]:

@@ -17,7 +17,7 @@ import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from onnxforge.ir import Graph, Node, Value
+from onnxforge.ir import Graph, Node, Value, captured_values
 from onnxforge.ir.constants import is_constant
 
 SizeFn = Callable[[Value], int]
@@ -39,8 +39,6 @@ def _is_activation(v: Value | None) -> bool:
 
 def _reads(node: Node) -> list[Value]:
     """Values of the node's own graph that it reads, directly or through its subgraphs."""
-    from onnxforge.ir import captured_values
-
     seen: dict[Value, None] = {}
     for v in node.inputs:
         if v is not None:

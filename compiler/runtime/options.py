@@ -52,8 +52,13 @@ def session_options(
         so.optimized_model_filepath = os.fspath(optimized_model_path)
     if external_initializers:
         names = list(external_initializers)
-        so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(external_initializers[n]) for n in names])
+        so.add_external_initializers(names, [device_array(external_initializers[n]) for n in names])
     return so
+
+
+def device_array(array: np.ndarray) -> ort.OrtValue:
+    """``array`` as an onnxruntime value (CPU), e.g. to hand one weight to many sessions."""
+    return ort.OrtValue.ortvalue_from_numpy(array)
 
 
 def open_session(

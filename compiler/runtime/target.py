@@ -74,7 +74,7 @@ class Target:
         return dataclasses.replace(self, provider_options=merged)
 
     def provider_list(self) -> list[tuple[str, dict[str, str]]]:
-        """``(provider, options)`` pairs as ``onnxruntime.InferenceSession(providers=...)`` takes them."""
+        """``(provider, options)`` pairs, in the form onnxruntime sessions take as ``providers``."""
         return [(p, {k: str(v) for k, v in self.provider_options.get(p, {}).items()}) for p in self.providers]
 
     def missing_providers(self, available: list[str] | None = None) -> list[str]:

@@ -9,7 +9,7 @@ uint4, a zero point). Two ways to express the result:
   zero point have the weight's shape with the K axis ceil-divided by ``block_size``). The
   MatMul/Gemm itself is unchanged. Needs default-domain opset >= 21: the pass refuses models
   below that (use ``target="onnxruntime"``, or raise the opset first with
-  :func:`onnxforge.passes.compression.int8.opset.raise_opset`, which checks the conversion on samples).
+  :func:`onnxforge.passes.cleanup.opset_upgrade.raise_opset`, which checks the conversion on samples).
 * ``target="onnxruntime"``: the node becomes ``com.microsoft::MatMulNBits`` (``K``, ``N``,
   ``bits=4``, ``block_size``). Layout, as in the schema registered by onnxruntime 1.32 and its
   own quantizer (``matmul_nbits_quantizer.py``, ``QuantFormat.QOperator``):
@@ -358,7 +358,7 @@ class QuantizeWeightsInt4(Pass):
                     f"target 'portable' emits blockwise DequantizeLinear with int4/uint4 data, which needs "
                     f"default-domain opset >= {PORTABLE_MIN_OPSET}; this model has opset {opset} "
                     f"({len(sites)} node(s) eligible). Use target='onnxruntime' (com.microsoft MatMulNBits), "
-                    f"or raise the opset first (onnxforge.passes.compression.int8.opset.raise_opset checks the conversion)"
+                    f"or raise the opset first (onnxforge.passes.cleanup.opset_upgrade.raise_opset checks the conversion)"
                 )
             model.ir_version = max(model.ir_version, INT4_MIN_IR_VERSION)
         else:

@@ -14,10 +14,10 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxforge
 from onnxforge.api import QuantizationOptions
 from onnxforge.calibration.data import from_feeds
-from onnxforge.calibration.sqnr import cosine
 from onnxforge.equivalence import OrtRunner
 from onnxforge.errors import UsageError, VerificationError
 from onnxforge.ir import from_proto, to_proto
+from onnxforge.metrics.sqnr import cosine
 from onnxforge.models.digits import train_digits_cnn
 
 

@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxforge
 from onnxforge.api import QuantizationOptions
-from onnxforge.calibration.sqnr import cosine
 from onnxforge.equivalence import OrtRunner
+from onnxforge.metrics.sqnr import cosine
 
 RNG = np.random.default_rng(0)
 

@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxforge.calibration.padding import find_padding_mask, valid_positions
 from onnxforge.errors import UsageError
+from onnxforge.metrics.padding import find_padding_mask, valid_positions
 from onnxforge.passes.compression.int8.flow import measure
 from onnxforge.passes.compression.int8.qdq import QdqPlan
 

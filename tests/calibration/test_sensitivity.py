@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxforge.calibration.sqnr import sqnr_db
 from onnxforge.ir import from_proto
+from onnxforge.metrics.sqnr import sqnr_db
 from onnxforge.passes.compression.int8.flow import sensitivity_ranking
 
 

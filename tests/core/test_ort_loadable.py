@@ -12,7 +12,8 @@ from builders import mlp
 from onnx import TensorProto, helper
 
 import onnxforge
-from onnxforge import modelio
+import onnxforge.cli
+from onnxforge import equivalence, modelio
 from onnxforge.cli import main
 from onnxforge.errors import ModelError
 from onnxforge.passmanager import Pass, PassContext, PassResult
@@ -55,7 +56,7 @@ def test_cli_refuses_a_model_onnxruntime_cannot_load(tmp_path, capsys, monkeypat
     def breaking_compile(model, pipeline, **kw):  # type: ignore[no-untyped-def]
         return real_compile(model, BreakForOrt(), **kw)
 
-    monkeypatch.setattr(onnxforge.api, "compile", breaking_compile)
+    monkeypatch.setattr(onnxforge.cli, "compile_model", breaking_compile)
     code = main(["compile", str(src), "-o", str(tmp_path / "o.onnx"), "-q", "--no-cost"])
     err = capsys.readouterr().err
     assert code == 1, err
@@ -85,7 +86,7 @@ def test_input_that_onnxruntime_cannot_load_is_a_warning_not_an_error(tmp_path, 
 def test_large_models_skip_the_check(tmp_path, monkeypatch):
     src = tmp_path / "m.onnx"
     onnx.save(mlp(), src)
-    monkeypatch.setattr(modelio, "RUNTIME_CHECK_LIMIT", 10)
+    monkeypatch.setattr(equivalence, "RUNTIME_CHECK_LIMIT", 10)
     result = onnxforge.compile(src, BreakForOrt())
     result.save(tmp_path / "o.onnx")  # too big to test-load cheaply: written unchecked
     assert (tmp_path / "o.onnx").exists()
@@ -109,6 +110,8 @@ def test_a_kernel_missing_on_cpu_is_not_a_verdict(tmp_path):
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     m.ir_version = 8
-    modelio.check_runtime_loadable(m, src)  # no error
-    modelio.save(m, tmp_path / "o.onnx", source=src, check_runtime=True)
+    equivalence.check_runtime_loadable(m, src)  # no error
+    modelio.save(
+        m, tmp_path / "o.onnx", source=src, before_write=lambda p, store: equivalence.check_runtime_loadable(p, src, store)
+    )
     assert (tmp_path / "o.onnx").exists()

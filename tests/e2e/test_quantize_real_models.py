@@ -10,9 +10,9 @@ from corpus_required import corpus_model
 
 import onnxforge
 from onnxforge.api import QuantizationOptions
-from onnxforge.calibration.sqnr import cosine
 from onnxforge.equivalence import OrtRunner
 from onnxforge.ir.proto_walk import graph_protos
+from onnxforge.metrics.sqnr import cosine
 from onnxforge.models.corpus import feeds_for, list_corpus
 from onnxforge.models.real_models import MODELS
 

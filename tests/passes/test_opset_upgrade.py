@@ -13,7 +13,7 @@ from pass_helpers import apply, const, make_model, vi
 import onnxforge
 from onnxforge import modelio
 from onnxforge.passes import RaiseOpset
-from onnxforge.passes.cleanup.opset_upgrade import blocking_ops
+from onnxforge.passes.cleanup.opset_upgrade import blocking_ops, raise_opset
 
 F = TensorProto.FLOAT
 
@@ -115,3 +115,25 @@ def test_onnxruntime_targets_fuse_layernorm_in_an_opset_13_export():
     assert portable.model.opset_import[0].version == 13  # portable output keeps the user's opset
     ops = Counter(n.op_type for n in cpu.model.graph.node)
     assert ops["LayerNormalization"] == 1 and sum(ops.values()) == 3  # Gemm, LayerNorm, Relu
+
+
+def test_checked_raise_converts_only_where_an_op_changes_meaning():
+    """raise_opset (what int8 uses for per-channel weights) shares raise-opset's rule: with no
+    operator changing meaning it raises the number only; otherwise onnx's converter runs and
+    its result must reproduce the outputs on the samples."""
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(2)]
+    plain = modelio.load(_layernorm_mlp(13)).model
+    raised, note = raise_opset(plain, 17, feeds)
+    assert raised is not None and raised is not plain and "no operator changes meaning" in note
+    assert raised.opset("") == 17 and plain.opset("") == 13
+    old = make_model(
+        [helper.make_node("Split", ["x"], ["a", "b"], axis=1), helper.make_node("Add", ["a", "b"], ["y"])],
+        [vi("x", F, [4, 16])],
+        [vi("y", F, [4, 8])],
+        opset=11,
+    )
+    converted, note = raise_opset(modelio.load(old).model, 13, feeds)
+    assert converted is not None and converted.opset("") == 13 and "raised from 11 to 13" in note
+    none, why = raise_opset(modelio.load(old).model, 13, [])
+    assert none is None and "no samples" in why

@@ -3,7 +3,7 @@
 0. MatMul inputs are smoothed (SmoothQuant, :mod:`onnxforge.passes.compression.int8.smoothing`): per-channel
    outliers move into the weights, exactly in float.
 1. Per-channel weights need opset 13: a lower opset is raised and the conversion checked on
-   real samples (:mod:`onnxforge.passes.compression.int8.opset`); if that fails, weights are per tensor.
+   real samples (:mod:`onnxforge.passes.cleanup.opset_upgrade`); if that fails, weights are per tensor.
 2. :func:`onnxforge.passes.compression.int8.qdq.plan_qdq` picks nodes and tensors for the target;
    :func:`~onnxforge.calibration.collect.collect_ranges` calibrates those tensors, streaming.
 3. :func:`~onnxforge.passes.compression.int8.qdq.apply_qdq` inserts Q/DQ into a copy of the model.
@@ -14,7 +14,7 @@
    (plus cosine), and, given labelled data or an evaluation function, accuracy (labelled rows
    that were calibrated on are left out). Non-finite outputs fail every bound. Where the model takes a padding mask
    (``attention_mask``), tensors shaped ``[batch, sequence, ...]`` are compared on the real
-   positions only (:mod:`onnxforge.calibration.padding`).
+   positions only (:mod:`onnxforge.metrics.padding`).
 5. With ``min_sqnr`` (dB, on the model outputs), ``min_cosine`` or ``max_accuracy_drop``
    (points, with an evaluation function), layers go back to float one at a time, most
    sensitive first, until the budget holds or nothing is left; the report names them. A
@@ -49,18 +49,18 @@ import onnx
 from onnxforge.calibration.budget import Budget, BudgetError, Holdout, back_off, row_keys
 from onnxforge.calibration.collect import ProgressCallback, collect_ranges
 from onnxforge.calibration.data import CalibrationSource
-from onnxforge.calibration.padding import find_padding_mask
 from onnxforge.calibration.sensitivity import sensitivity_ranking
-from onnxforge.calibration.sqnr import ErrorPairs
 from onnxforge.calibration.taps import tapped_model
 from onnxforge.cost import analyze
 from onnxforge.cost.roofline import H100
 from onnxforge.equivalence import OrtRunner
 from onnxforge.errors import UsageError
 from onnxforge.ir import Model, from_proto, to_proto
+from onnxforge.metrics.padding import find_padding_mask
+from onnxforge.metrics.sqnr import ErrorPairs
 from onnxforge.passes.cleanup.dead_code import DeadCodeElimination
+from onnxforge.passes.cleanup.opset_upgrade import raise_opset
 from onnxforge.passes.cleanup.toposort import TopologicalSort
-from onnxforge.passes.compression.int8.opset import raise_opset
 from onnxforge.passes.compression.int8.policy import TargetPolicy, policy_for
 from onnxforge.passes.compression.int8.qdq import QdqPlan, apply_qdq, plan_qdq
 from onnxforge.passes.compression.int8.smoothing import smooth_activations

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxforge.calibration.ranges import scale_zero_point
+
 _TINY = np.float32(1e-12)
 
 
@@ -72,14 +74,9 @@ def quantize_bias(b: np.ndarray, input_scale: float, weight_scale: np.ndarray) -
 
 def activation_params(lo: float, hi: float, qtype: str) -> QuantParams:
     """(scale, zero point) covering [lo, hi] (widened to include 0) for ``uint8`` (asymmetric)
-    or ``int8`` (symmetric)."""
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    if qtype == "int8":
-        amax = max(abs(lo), abs(hi))
-        scale = np.float32(max(amax / 127.0, 1e-12))
-        return QuantParams(np.asarray(scale, np.float32), np.asarray(0, np.int8))
-    if qtype != "uint8":
+    or ``int8`` (symmetric), by the one rule calibration uses
+    (:func:`onnxforge.calibration.ranges.scale_zero_point`)."""
+    if qtype not in ("int8", "uint8"):
         raise ValueError(f"unknown activation type {qtype!r}")
-    scale = np.float32(max((hi - lo) / 255.0, 1e-12))
-    zp = int(np.clip(np.rint(-lo / scale), 0, 255))
-    return QuantParams(np.asarray(scale, np.float32), np.asarray(zp, np.uint8))
+    scale, zp = scale_zero_point(lo, hi, qtype, symmetric=qtype == "int8")  # type: ignore[arg-type]
+    return QuantParams(np.asarray(scale, np.float32), np.asarray(zp, np.int8 if qtype == "int8" else np.uint8))

@@ -8,7 +8,7 @@ Used by the per-layer error reports of the quantizer (in the spirit of onnxrunti
   well-ranged uniform quantizer (8 bits on a uniform signal: ~48 dB).
 * :func:`cosine`: cosine similarity of the flattened tensors, 1 for identical directions.
 * :class:`ErrorPairs`: both over many samples, per tensor name, on real positions only when a
-  padding mask is given (see :mod:`onnxforge.calibration.padding`).
+  padding mask is given (see :mod:`onnxforge.metrics.padding`).
 
 Both compute in float64, so float16 inputs do not overflow. A non-finite value (NaN, +-Inf) in
 one tensor where the other does not hold the very same value gives NaN: there is no error
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from numpy.typing import ArrayLike
 
-from onnxforge.calibration.padding import valid_positions
+from onnxforge.metrics.padding import valid_positions
 
 
 def _pair(reference: ArrayLike, actual: ArrayLike) -> tuple[np.ndarray, np.ndarray] | None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from onnxforge.calibration.sqnr import cosine, sqnr_db
+from onnxforge.metrics.sqnr import cosine, sqnr_db
 
 
 def test_sqnr_equal_is_infinite() -> None:
@@ -50,7 +50,7 @@ def test_cosine() -> None:
 
 
 def test_error_pairs_pool_samples_skip_empty_taps_and_mask_padding() -> None:
-    from onnxforge.calibration.sqnr import ErrorPairs
+    from onnxforge.metrics.sqnr import ErrorPairs
 
     ref = np.arange(1, 7, dtype=np.float32).reshape(1, 3, 2)
     noisy = ref.copy()
@@ -73,7 +73,7 @@ def test_error_pairs_pool_samples_skip_empty_taps_and_mask_padding() -> None:
 def test_inf_or_nan_in_the_quantized_tensor_is_a_failed_measure() -> None:
     """A quantized tensor with Inf or NaN where the float one is finite has no SQNR or cosine:
     NaN, which every bound treats as failing (no math domain error, no accidental pass)."""
-    from onnxforge.calibration.sqnr import below, worst
+    from onnxforge.metrics.sqnr import below, worst
 
     ref = np.array([1.0, 2.0, 3.0])
     for bad in (np.array([1.0, np.inf, 3.0]), np.array([1.0, np.nan, 3.0]), np.array([-np.inf, 2.0, 3.0])):
@@ -88,7 +88,7 @@ def test_inf_or_nan_in_the_quantized_tensor_is_a_failed_measure() -> None:
 
 
 def test_worst_cosine_is_nan_when_any_sample_is_not_finite() -> None:
-    from onnxforge.calibration.sqnr import ErrorPairs
+    from onnxforge.metrics.sqnr import ErrorPairs
 
     ref = np.ones((1, 4), np.float32)
     for order in ((ref, ref * np.nan), (ref * np.nan, ref)):
