@@ -56,7 +56,11 @@ def random_feeds(
 ) -> dict[str, np.ndarray]:
     """Seeded random inputs for every graph input that has no initializer default.
 
-    ``dims`` fixes symbolic dimensions by name, ``shapes`` whole input shapes.
+    ``dims`` fixes symbolic dimensions by name, ``shapes`` whole input shapes. Integer inputs
+    get values 0..2 (valid token ids, indices and flags for most models), except attention-style
+    masks (an integer input whose name contains ``mask``): those are 1 on a random-length prefix
+    of the last axis and 0 after it, the only values a mask takes (fused Attention reads any
+    nonzero as "keep", a decomposed mask would scale by the value).
     """
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
@@ -73,6 +77,9 @@ def random_feeds(
             arr = rng.integers(0, 2, size=shape).astype(bool)
         elif elem == onnx.TensorProto.STRING:
             arr = np.array(rng.choice(["a", "bc", "def"], size=shape), dtype=object)
+        elif np.issubdtype(dtype, np.integer) and "mask" in vi.name.lower() and shape:
+            keep = rng.integers(1, max(shape[-1], 1) + 1, size=shape[:-1] + [1])
+            arr = (np.arange(shape[-1]) < keep).astype(dtype)
         elif np.issubdtype(dtype, np.integer):
             arr = rng.integers(0, 3, size=shape).astype(dtype)
         else:

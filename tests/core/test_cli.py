@@ -177,3 +177,16 @@ def test_int8_runs_in_the_pass_system(tmp_path, capsys):
     assert main([*args, "--disable", "quantize-int8"]) == 0
     assert "DequantizeLinear" not in {n.op_type for n in onnx.load(out).graph.node}
     assert "quantize-int8" not in {p["name"] for p in json.loads(report.read_text())["passes"]}
+
+
+def test_verify_with_onnxruntime_fusions_on_a_masked_transformer(tmp_path, capsys):
+    """--target cpu fuses Attention, which reads the mask as keep/drop; --verify's random feeds
+    give an attention mask the values a mask takes (0/1), so the lossless check holds."""
+    from onnxforge.models.cnn import transformer_block
+
+    model, _ = transformer_block()
+    src, out = tmp_path / "block.onnx", tmp_path / "o.onnx"
+    onnx.save(model, src)
+    code = main(["compile", str(src), "-o", str(out), "--target", "cpu", "--verify", "--no-cost", "--report", str(tmp_path / "r.json")])
+    assert code == 0, capsys.readouterr().err
+    assert "Attention" in {n.op_type for n in onnx.load(out).graph.node}
