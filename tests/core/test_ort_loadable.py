@@ -12,7 +12,7 @@ from builders import mlp
 from onnx import TensorProto, helper
 
 import onnxforge
-import onnxforge.cli
+import onnxforge.commands.compile
 from onnxforge import equivalence, modelio
 from onnxforge.cli import main
 from onnxforge.errors import ModelError
@@ -56,7 +56,7 @@ def test_cli_refuses_a_model_onnxruntime_cannot_load(tmp_path, capsys, monkeypat
     def breaking_compile(model, pipeline, **kw):  # type: ignore[no-untyped-def]
         return real_compile(model, BreakForOrt(), **kw)
 
-    monkeypatch.setattr(onnxforge.cli, "compile_model", breaking_compile)
+    monkeypatch.setattr(onnxforge.commands.compile, "compile_model", breaking_compile)
     code = main(["compile", str(src), "-o", str(tmp_path / "o.onnx"), "-q", "--no-cost"])
     err = capsys.readouterr().err
     assert code == 1, err

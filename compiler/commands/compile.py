@@ -1,0 +1,211 @@
+"""``onnxforge compile``: run a pipeline over a model and write the result."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from onnxforge import modelio
+from onnxforge.api import QuantizationOptions
+from onnxforge.api import compile as compile_model
+from onnxforge.calibration.progress import ProgressBar
+from onnxforge.commands.common import (
+    add_verbosity,
+    check_profile,
+    parse_dims,
+    parse_shapes,
+    write_json_atomic,
+)
+from onnxforge.errors import UsageError
+from onnxforge.passes import get_pass
+from onnxforge.runtime.target import TARGETS
+
+NAME = "compile"
+HELP = "optimize a model with a pipeline of passes"
+
+
+def add_arguments(c: argparse.ArgumentParser) -> None:
+    c.add_argument("model", help="input .onnx file (never modified)")
+    c.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
+    c.add_argument(
+        "--pipeline", default="optimize", help="named pipeline (default: optimize = lossless + fusion; see `onnxforge passes`)"
+    )
+    c.add_argument(
+        "--target",
+        choices=list(TARGETS),
+        help="runtime the model is for: cpu/cuda add onnxruntime contrib fusions; cpu-native also lowers convolutions "
+        "to onnxruntime's NCHWc layout for this CPU's SIMD width (runs only on CPUs with the same width); tensorrt keeps to standard ops",
+    )
+    c.add_argument(
+        "--explain", action="append", default=[], metavar="NODE", help="say which rules fired on NODE and why others did not"
+    )
+    q = c.add_argument_group("int8 quantization (--pipeline int8)")
+    q.add_argument(
+        "--calibration", metavar="DATA", help="calibration samples: a .npz (inputs by name, samples on axis 0), a folder of .npz, or 'synthetic'"
+    )
+    q.add_argument("--calibration-method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"])
+    q.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per output channel")
+    q.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep NODE in float (repeatable)")
+    q.add_argument("--min-sqnr", type=float, metavar="DB", help="keep layers in float until every output's SQNR reaches DB")
+    q.add_argument(
+        "--min-cosine", type=float, default=0.99, metavar="C", help="keep layers in float until every output's cosine reaches C (0: off)"
+    )
+    q.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="accuracy budget in points (needs --eval-data)")
+    q.add_argument(
+        "--eval",
+        metavar="DATA",
+        help="inputs the cosine/SQNR budget is measured on (like --calibration); default: every fifth calibration "
+        "sample, held out of calibration",
+    )
+    q.add_argument(
+        "--eval-data",
+        metavar="NPZ",
+        help="labelled evaluation data for --max-accuracy-drop: model inputs plus a 'labels' array (rows that are "
+        "also calibration samples are left out)",
+    )
+    q.add_argument(
+        "--allow-budget-miss",
+        action="store_true",
+        help="when the budget cannot be met, write the model anyway and say by how much it misses (default: fail)",
+    )
+    q.add_argument("--no-speed-guard", action="store_true", help="quantize even layers that make the model slower here")
+    q.add_argument(
+        "--smooth-alpha", type=float, default=0.7, metavar="A", help="SmoothQuant strength for MatMul inputs (0 turns it off)"
+    )
+    q.add_argument(
+        "--padding-mask",
+        default="auto",
+        metavar="INPUT",
+        help="input marking padding (1 = real token); errors are measured on real positions only "
+        "(default auto: an attention_mask input; none: off)",
+    )
+    c.add_argument("--passes", help="comma-separated pass names to run once each, instead of --pipeline")
+    c.add_argument("--disable", action="append", default=[], metavar="PASS", help="skip this pass (repeatable)")
+    c.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="PASS.NAME=VALUE",
+        help="set a pass option, e.g. constant-folding.size_limit=1048576 (repeatable)",
+    )
+    c.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare onnxruntime outputs before/after as the pipeline declares (lossless: allclose; fp16/int4: "
+        "cosine and SQNR budget; int8: --min-cosine/--min-sqnr on held-out data); fail if they differ",
+    )
+    c.add_argument(
+        "--dim", action="append", default=[], metavar="NAME=N", help="value of a symbolic dim (for --verify and the cost estimate)"
+    )
+    c.add_argument(
+        "--shape", action="append", default=[], metavar="INPUT=1x3x224x224", help="input shape for the cost estimate (repeatable)"
+    )
+    c.add_argument("--cost-target", default="cpu", metavar="PROFILE", help="cost profile: cpu (measured), h100, a100")
+    c.add_argument("--no-cost", action="store_true", help="skip the before/after cost estimate")
+    c.add_argument("--report", metavar="FILE.json", help="write a JSON report (per-pass time, sizes before/after)")
+    c.add_argument("--dump-ir", metavar="DIR", help="save the model after every pass that changed it")
+    c.add_argument("--check-ir", action="store_true", help="verify IR invariants after every pass (slower)")
+    c.add_argument(
+        "--external-data",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="write weights to OUTPUT.data (auto: when the input used it or the model exceeds 2 GB)",
+    )
+    add_verbosity(c)
+
+
+def parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``PASS.NAME=VALUE`` items as typed options by pass (each pass's options class parses
+    its own values)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        pass_name, dot, opt = key.partition(".")
+        if not sep or not dot or not pass_name or not opt:
+            raise UsageError(f"--option expects PASS.NAME=VALUE, got {item!r}")
+        cls = get_pass(pass_name)
+        try:
+            out.setdefault(pass_name, {})[opt] = cls.Options.parse_value(opt, raw)
+        except KeyError:
+            known = ", ".join(f.name for f in dataclasses.fields(cls.Options)) or "none"
+            raise UsageError(f"pass {pass_name!r} has no option {opt!r} (options: {known})") from None
+        except ValueError as e:
+            raise UsageError(f"--option {item!r}: {e}") from None
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+
+    src, out = Path(args.model), Path(args.output)
+    ext = {"auto": None, "always": True, "never": False}[args.external_data]
+    report = Path(args.report) if args.report else None
+    # Before any work: no output (model, data file, report, dumps) may replace a file the input
+    # reads, or another output.
+    inputs = modelio.check_output_paths(src, out, external_data=ext, report=report, dump_dir=args.dump_ir)
+    options = parse_options(args.option)
+    shapes = parse_shapes(args.shape)
+    qopts = _quantization_options(args)
+    check_profile(args.cost_target)
+    passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
+    result = compile_model(
+        src,
+        args.pipeline,
+        target=args.target,
+        passes=passes,
+        options=options,
+        disable=args.disable,
+        verify=args.verify,
+        verify_dims=parse_dims(args.dim),
+        check_ir=args.check_ir,
+        dump_dir=args.dump_ir,
+        cost=not args.no_cost,
+        cost_target=args.cost_target,
+        shapes=shapes,
+        quantization=qopts,
+    )
+    if qopts is not None and qopts.progress is not None:
+        qopts.progress.close()
+    result.save(out, external_data=ext)
+    if report is not None:
+        write_json_atomic(report, result.report.to_dict(), inputs, taken={modelio.output_target(out): "output model"})
+    if not args.quiet:
+        print(result.report.summary())
+        for node in args.explain:
+            print(f"\nrules on node {node!r}:")
+            for line in result.report.explain(node):
+                print(f"  {line}")
+        print(f"\nwrote {out}")
+    return 0
+
+
+def _quantization_options(args: argparse.Namespace) -> Any:
+    quant_flags = [args.calibration, args.min_sqnr, args.max_accuracy_drop, args.eval_data, args.eval] + list(args.exclude)
+    if args.pipeline != "int8":
+        if any(f is not None and f != [] for f in quant_flags) or args.per_tensor or args.allow_budget_miss:
+            raise UsageError("quantization flags (--calibration, --min-sqnr, ...) need --pipeline int8")
+        return None
+    progress = None
+    if not args.quiet:
+        progress = ProgressBar("calibrating")
+    return QuantizationOptions(
+        calibration=args.calibration,
+        method=args.calibration_method,
+        per_channel=not args.per_tensor,
+        exclude=tuple(args.exclude),
+        min_sqnr=args.min_sqnr,
+        min_cosine=args.min_cosine or None,
+        max_accuracy_drop=args.max_accuracy_drop,
+        eval_data=args.eval_data,
+        eval_inputs=args.eval,
+        allow_budget_miss=args.allow_budget_miss,
+        speed_guard=not args.no_speed_guard,
+        smooth_alpha=args.smooth_alpha or None,
+        padding_mask=args.padding_mask,
+        progress=progress,
+        dims=parse_dims(args.dim),
+    )
+
+
