@@ -23,13 +23,17 @@ from onnx import helper
 from onnxforge.equivalence import random_feeds
 from onnxforge.ir import Model, to_proto
 from onnxforge.ir.tensor_data import is_external, iter_tensors
-from onnxforge.runtime.session import create_session
+from onnxforge.runtime.session import create_session, run_session
 
 log = logging.getLogger(__name__)
 
 #: Models with more initializer bytes than this are not probed (the run would be costly).
 MAX_PROBE_BYTES = 1 << 30
 _MAX_DEPTH = 4
+#: Seconds one probe run may take: a valid model can loop for hours (a Loop with a trip count of
+#: 2**31 - 1 ran until onnxruntime aborted out of memory, gigabytes a second); the graph is then
+#: left to static inference like any graph that fails to run.
+PROBE_SECONDS = 5.0
 
 
 def probe_types(
@@ -137,8 +141,7 @@ def _run(
     try:
         # log_level 4: failures are expected (the branch not taken) and handled
         sess = create_session(m, log_level=4)
-        names = [o.name for o in sess.get_outputs()]
-        out = dict(zip(names, sess.run(names, {k: feeds[k] for k in inputs})))
+        out = run_session(sess, {k: feeds[k] for k in inputs}, seconds=PROBE_SECONDS)
     except Exception as e:
         log.debug("shape probe of graph %r failed: %s", graph.name, str(e).splitlines()[0][:200])
         return None

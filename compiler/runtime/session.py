@@ -8,15 +8,18 @@ another CPU's NCHWc block would run and compute garbage, so it is refused with a
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import onnx
 import onnxruntime as ort
 
+from onnxforge.runtime.availability import check_session
 from onnxforge.runtime.choices import check_nchwc_block
-from onnxforge.runtime.options import open_session, session_options
-from onnxforge.runtime.target import TARGETS, Target
+from onnxforge.runtime.machine import cache_dir
+from onnxforge.runtime.options import deployment_options, open_session, session_options
+from onnxforge.runtime.target import TARGETS, TENSORRT_EP, Target
 
 ModelSource = bytes | str | os.PathLike[str] | onnx.ModelProto
 
@@ -51,7 +54,70 @@ def create_session(
     return sess
 
 
-def run_session(sess: ort.InferenceSession, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run ``sess`` and return its outputs by name."""
+def deployment_providers(target: Target) -> list[tuple[str, dict[str, str]]]:
+    """``target``'s providers and options as a deployment session gets them: TensorRT's engine
+    and timing caches, when on without a folder, go to ``$ONNXFORGE_CACHE/tensorrt`` (not the
+    current folder, where onnxruntime would put them)."""
+    providers = target.provider_list()
+    for name, opts in providers:
+        if name != TENSORRT_EP:
+            continue
+        for flag, path in (("trt_engine_cache_enable", "trt_engine_cache_path"), ("trt_timing_cache_enable", "trt_timing_cache_path")):
+            if opts.get(flag, "").lower() in ("true", "1") and not opts.get(path):
+                folder = cache_dir() / "tensorrt"
+                folder.mkdir(parents=True, exist_ok=True)
+                opts[path] = str(folder)
+    return providers
+
+
+def deployment_session(
+    model: ModelSource,
+    target: Target,
+    *,
+    strict: bool = True,
+    guard: bool = True,
+    config_entries: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> ort.InferenceSession:
+    """A session that runs ``model`` as ``target`` deploys it: its providers and provider
+    options, its :class:`~onnxforge.runtime.target.SessionConfig` (threads, optimization level,
+    execution mode) and its session config entries (EPContext export), plus ``config_entries``
+    and ``extra`` keywords of :func:`~onnxforge.runtime.options.session_options`. Check that
+    the target can run here first (:func:`onnxforge.runtime.availability.resolve`); afterwards
+    a provider that onnxruntime dropped is an error with ``strict``, else a warning."""
+    entries = {**target.session_config_entries(), **dict(config_entries or {})}
+    options = deployment_options(target.session, config_entries=entries, **extra)
+    if isinstance(model, onnx.ModelProto):
+        data: bytes | str = model.SerializeToString()
+    elif isinstance(model, bytes):
+        data = model
+    else:
+        data = os.fspath(model)
+    sess = open_session(data, options, deployment_providers(target))
+    check_session(target, sess.get_providers(), strict=strict)
+    if guard:
+        check_nchwc_block(sess.get_modelmeta().custom_metadata_map)
+    return sess
+
+
+def run_session(
+    sess: ort.InferenceSession,
+    feeds: Mapping[str, Any],
+    outputs: Sequence[str] | None = None,
+    *,
+    seconds: float | None = None,
+) -> dict[str, Any]:
+    """Run ``sess`` and return its outputs by name. With ``seconds`` onnxruntime is told to stop
+    after that long (it then raises): a valid model can loop for hours, e.g. a Loop whose trip
+    count is 2**63 - 1, growing memory at every iteration."""
     names = list(outputs) if outputs is not None else [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, dict(feeds))))
+    if seconds is None:
+        return dict(zip(names, sess.run(names, dict(feeds))))
+    run_options = ort.RunOptions()
+    timer = threading.Timer(seconds, setattr, (run_options, "terminate", True))
+    timer.daemon = True
+    timer.start()
+    try:
+        return dict(zip(names, sess.run(names, dict(feeds), run_options)))
+    finally:
+        timer.cancel()

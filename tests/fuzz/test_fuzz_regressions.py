@@ -148,3 +148,55 @@ def test_verify_when_onnxruntime_fails_to_run_the_model_is_one_line(tmp_path, ca
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 1 and len(lines) == 1 and lines[0].startswith("onnxforge: error:"), err
     assert "onnxruntime" not in lines[0].split(":")[0] and not out.exists()
+
+
+def _endless_loop(trip: int) -> onnx.ModelProto:
+    """A valid model whose Loop runs ``trip`` times and stacks a value per iteration."""
+    f = TensorProto.FLOAT
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "x"], ["acc_out"]),
+            helper.make_node("Identity", ["acc_out"], ["scan_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", f, [3]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", f, [3]),
+            helper.make_tensor_value_info("scan_out", f, [3]),
+        ],
+    )
+    g = helper.make_graph(
+        [helper.make_node("Loop", ["trip", "", "x"], ["acc", "scans"], body=body)],
+        "g",
+        [helper.make_tensor_value_info("x", f, [3])],
+        [helper.make_tensor_value_info("acc", f, [3]), helper.make_tensor_value_info("scans", f, ["n", 3])],
+        [numpy_helper.from_array(np.array(trip, dtype=np.int64), "trip")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("command", ["analyze", "compile"])
+def test_a_loop_of_2_to_the_31_iterations_does_not_run_away(tmp_path, capfd, monkeypatch, command):
+    """Was: the shape probe of ``analyze`` (and of compile's cost estimate) ran the Loop until
+    onnxruntime aborted (SIGABRT) out of memory, after growing it by gigabytes a second. The
+    probe now stops a run after PROBE_SECONDS and falls back to static shapes."""
+    import time
+
+    from onnxforge.cost import probe
+
+    monkeypatch.setattr(probe, "PROBE_SECONDS", 0.5)
+    path = _save(tmp_path, _endless_loop(2**31 - 1))
+    argv = ["analyze", str(path)] if command == "analyze" else ["compile", str(path), "-o", str(tmp_path / "o.onnx")]
+    start = time.monotonic()
+    code = main(argv)
+    err = capfd.readouterr().err
+    assert code == 0 and "Traceback" not in err, err
+    assert time.monotonic() - start < 30
