@@ -502,7 +502,9 @@ def mutate_attribute(rng: np.random.Generator, m: onnx.ModelProto, parent: Paren
 
 
 def _empty_attr(attr: Any) -> onnx.AttributeProto:
-    a = onnx.AttributeProto(name=attr.name, type=int(attr.type))
+    """An attribute of the schema's name and type with no value set."""
+    a = onnx.AttributeProto(name=attr.name)
+    a.type = attr.type
     return a
 
 
