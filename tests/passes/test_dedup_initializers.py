@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 from pass_helpers import apply, const, make_model, ops, subgraph, vi
 
@@ -25,7 +26,7 @@ def test_identical_initializers_merge():
     m = _sum_model([const("a", w), const("b", w), const("c", w * 2)])
     a = apply(m, Dedup())
     assert a.result.modified is True
-    assert a.stats == {"removed_initializers": 1, "saved_bytes": 12}
+    assert a.stats == {"removed_initializers": 1, "removed_constant_nodes": 0, "shared_transposed": 0, "saved_bytes": 12}
     assert [t.name for t in a.after.graph.initializer] == ["a", "c"]
     assert list(a.after.graph.node[0].input) == ["x", "a", "a", "c"]
     assert Dedup()(a.model).modified is False
@@ -122,7 +123,7 @@ def test_external_data_is_streamed_and_merged(tmp_path):
     # (onnxruntime >= 1.2x refuses the symlinked external data that assert_equivalent sets up
     # for external models, so compare an embedded copy of the result instead.)
     a = apply(proto, Dedup(), path=str(path), equivalent=False)
-    assert a.stats == {"removed_initializers": 1, "saved_bytes": 4096}
+    assert a.stats["removed_initializers"] == 1 and a.stats["saved_bytes"] == 4096
     assert [t.name for t in a.after.graph.initializer] == ["a", "c"]
     embedded = modelio.save(a.model, tmp_path / "after.onnx", external_data=False)
     assert_equivalent(m, modelio.read_proto(embedded))
@@ -136,3 +137,96 @@ def test_digest_is_canonical_across_storage_forms():
     s1 = helper.make_tensor("s1", TensorProto.STRING, [2], [b"ab", b"c"])
     s2 = helper.make_tensor("s2", TensorProto.STRING, [2], [b"a", b"bc"])
     assert tensor_digest(s1, None) != tensor_digest(s2, None)
+
+
+def _constant(name: str, arr: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], name=f"{name}_node", value=numpy_helper.from_array(arr))
+
+
+def test_constant_tensors_merge_with_initializers_and_each_other():
+    w = np.array([1.0, 2.0, 3.0], np.float32)
+    nodes = [
+        _constant("k1", w),
+        _constant("k2", w),
+        helper.make_node("Constant", [], ["k3"], value_floats=[1.0, 2.0, 3.0]),  # another spelling
+        helper.make_node("Sum", ["x", "k1", "k2", "k3", "a"], ["y"]),
+    ]
+    m = make_model(nodes, [vi("x", shape=[3])], [vi("y", shape=[3])], [const("a", w)])
+    a = apply(m, Dedup())
+    assert a.stats["removed_constant_nodes"] == 3 and a.stats["removed_initializers"] == 0
+    assert ops(a.after) == ["Sum"]
+    assert list(a.after.graph.node[0].input) == ["x", "a", "a", "a", "a"]  # the initializer is kept
+    assert Dedup()(a.model).modified is False
+    off = apply(m, Dedup(constant_nodes=False))
+    assert off.result.modified is False
+
+
+def test_constant_nodes_keep_the_first_in_graph_order():
+    w = np.array([2.0, 5.0], np.float32)
+    nodes = [
+        _constant("k1", w),
+        helper.make_node("Add", ["x", "k1"], ["t"]),
+        _constant("k2", w),
+        helper.make_node("Mul", ["t", "k2"], ["y"]),
+    ]
+    m = make_model(nodes, [vi("x", shape=[2])], [vi("y", shape=[2])])
+    a = apply(m, Dedup())
+    assert ops(a.after) == ["Constant", "Add", "Mul"]
+    assert list(a.after.graph.node[2].input) == ["t", "k1"]
+
+
+def test_transposed_duplicates_are_shared_through_gemm_or_a_transpose():
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((40, 32)).astype(np.float32)  # an "embedding" [vocab, hidden]
+    nodes = [
+        helper.make_node("Gather", ["e", "ids"], ["emb"], axis=0),
+        helper.make_node("Gemm", ["x", "et"], ["g"]),  # reads e^T as a separate tensor
+        helper.make_node("MatMul", ["x", "et2"], ["h"]),  # and again, through a MatMul
+    ]
+    inits = [const("e", e), const("et", e.T.copy()), const("et2", e.T.copy() + 0)]
+    m = make_model(
+        nodes,
+        [vi("ids", TensorProto.INT64, [3]), vi("x", shape=[2, 32])],
+        [vi("emb", shape=[3, 32]), vi("g", shape=[2, 40]), vi("h", shape=[2, 40])],
+        inits,
+    )
+    feeds = {"ids": np.array([0, 5, 39], np.int64), "x": rng.standard_normal((2, 32)).astype(np.float32)}
+    plain = apply(m, Dedup(), feeds=feeds)
+    assert plain.stats["removed_initializers"] == 1 and plain.stats["shared_transposed"] == 0  # et2 -> et
+    a = apply(m, Dedup(transposed=True, min_transposed_bytes=0), feeds=feeds)
+    assert a.stats["shared_transposed"] == 1 and a.stats["removed_initializers"] == 1
+    assert len(a.after.graph.initializer) == 1
+    assert sorted(ops(a.after)) == ["Gather", "Gemm", "MatMul", "Transpose"]
+    # A tensor read only by Gemms is the one dropped: the Gemm flips transB, no Transpose.
+    only_gemm = make_model(
+        [helper.make_node("Gather", ["e", "ids"], ["emb"], axis=0), helper.make_node("Gemm", ["x", "et"], ["g"])],
+        [vi("ids", TensorProto.INT64, [3]), vi("x", shape=[2, 32])],
+        [vi("emb", shape=[3, 32]), vi("g", shape=[2, 40])],
+        inits[:2],
+    )
+    b = apply(only_gemm, Dedup(transposed=True, min_transposed_bytes=0), feeds=feeds)
+    assert [t.name for t in b.after.graph.initializer] == ["e"] and ops(b.after) == ["Gather", "Gemm"]
+    gemm = b.after.graph.node[1]
+    assert list(gemm.input) == ["x", "e"] and helper.get_attribute_value(gemm.attribute[0]) == 1  # transB
+    assert Dedup(transposed=True, min_transposed_bytes=0)(a.model).modified is False
+
+
+def test_transposed_sharing_skips_small_and_symmetric_tensors():
+    s = np.array([[1.0, 2.0], [2.0, 1.0]], np.float32)  # its own transpose
+    nodes = [helper.make_node("MatMul", ["x", "s"], ["y"])]
+    m = make_model(nodes, [vi("x", shape=[1, 2])], [vi("y", shape=[1, 2])], [const("s", s)])
+    assert apply(m, Dedup(transposed=True, min_transposed_bytes=0)).result.modified is False
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    nodes = [helper.make_node("MatMul", ["x", "a"], ["y"]), helper.make_node("MatMul", ["y", "at"], ["z"])]
+    m = make_model(nodes, [vi("x", shape=[1, 2])], [vi("z", shape=[1, 2])], [const("a", a), const("at", a.T.copy())])
+    assert apply(m, Dedup(transposed=True)).result.modified is False  # below min_transposed_bytes
+    assert apply(m, Dedup(transposed=True, min_transposed_bytes=0)).stats["shared_transposed"] == 1
+
+
+def test_byte_compare_backs_the_digest():
+    from onnxforge.passes.cleanup.dedup_initializers import tensor_bytes_equal
+
+    a = const("a", np.array([1.0, 2.0], np.float32))
+    b = helper.make_tensor("b", TensorProto.FLOAT, [2], [1.0, 2.0])
+    c = const("c", np.array([1.0, 3.0], np.float32))
+    assert tensor_bytes_equal(a, b, None) and not tensor_bytes_equal(a, c, None)
