@@ -13,12 +13,17 @@ import os
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-GraphOptimization = Literal["disable", "basic", "extended", "all"]
+from onnxforge.runtime.target import ExecutionMode, GraphOptimization, SessionConfig
+
+_MODES = {
+    "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "parallel": ort.ExecutionMode.ORT_PARALLEL,
+}
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -38,22 +43,49 @@ def session_options(
     log_level: int = 3,
     optimized_model_path: str | os.PathLike[str] | None = None,
     external_initializers: Mapping[str, np.ndarray] | None = None,
+    execution_mode: ExecutionMode = "sequential",
+    config_entries: Mapping[str, str] | None = None,
+    profile_prefix: str | os.PathLike[str] | None = None,
 ) -> ort.SessionOptions:
     """onnxruntime ``SessionOptions``. Graph optimizations are off by default: comparisons of
     our rewrites must not be hidden by onnxruntime's own fusions. ``threads`` 0 lets
     onnxruntime choose. ``external_initializers`` are arrays the session uses in place of the
-    model's initializers of the same names (no copy into the model)."""
+    model's initializers of the same names (no copy into the model). ``config_entries`` are
+    onnxruntime session config entries (``session.*``, ``ep.*``); ``profile_prefix`` turns
+    onnxruntime's profiler on, writing ``PREFIX_<time>.json``. A deployment session's options
+    come from its target's :class:`~onnxforge.runtime.target.SessionConfig`
+    (:func:`deployment_options`)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = _LEVELS[optimization]
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = inter_threads
+    so.execution_mode = _MODES[execution_mode]
     so.log_severity_level = log_level
     if optimized_model_path is not None:
         so.optimized_model_filepath = os.fspath(optimized_model_path)
+    for key, value in (config_entries or {}).items():
+        so.add_session_config_entry(key, str(value))
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = os.fspath(profile_prefix)
     if external_initializers:
         names = list(external_initializers)
         so.add_external_initializers(names, [device_array(external_initializers[n]) for n in names])
     return so
+
+
+def deployment_options(config: SessionConfig, *, log_level: int = 3, **extra: Any) -> ort.SessionOptions:
+    """The options of a session that runs a model as its target deploys it: ``config``'s
+    threads, optimization level and execution mode (``extra``: other
+    :func:`session_options` keywords, e.g. ``config_entries``, ``profile_prefix``)."""
+    return session_options(
+        optimization=config.optimization,
+        threads=config.threads,
+        inter_threads=config.inter_threads if config.execution_mode == "parallel" else 1,
+        execution_mode=config.execution_mode,
+        log_level=log_level,
+        **extra,
+    )
 
 
 def device_array(array: np.ndarray) -> ort.OrtValue:
