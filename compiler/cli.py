@@ -37,10 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped: a model's names and op types are arbitrary
+    strings, and one holding a newline must not split an error or a log line in two."""
+    return text.translate(_CONTROL)
+
+
+class _OneLineFormatter(logging.Formatter):
+    """``LEVEL name: message`` with the message on one line (a traceback logged with it follows)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{record.levelname} {record.name}: {one_line(record.getMessage())}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_OneLineFormatter())
     root = logging.getLogger("onnxforge")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -60,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OnnxForgeError as e:
         if args.verbose:
             traceback.print_exc()
-        print(f"onnxforge: error: {e}", file=sys.stderr)
+        print(f"onnxforge: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("onnxforge: interrupted", file=sys.stderr)

@@ -200,3 +200,21 @@ def test_a_loop_of_2_to_the_31_iterations_does_not_run_away(tmp_path, capfd, mon
     err = capfd.readouterr().err
     assert code == 0 and "Traceback" not in err, err
     assert time.monotonic() - start < 30
+
+
+def test_a_newline_in_an_op_type_does_not_split_the_error_line(tmp_path, capfd):
+    """Was: a byte edit put a newline into ``DequantizeLinear``; the refusal quoted the op type
+    as it was, in two lines. Control characters are escaped in errors and log lines."""
+    m = mlp()
+    m.graph.node[1].input[1] = "ghost"  # refused: reads an undefined value, naming the op
+    m.graph.node[1].op_type = "Ad\nd"
+    assert_refused(_save(tmp_path, m), capfd, "Ad\\nd")
+
+
+def test_log_lines_are_one_line():
+    import logging
+
+    from onnxforge.cli import _OneLineFormatter
+
+    record = logging.LogRecord("onnxforge.x", logging.WARNING, __file__, 1, "value %r of op %s", ("a\nb", "C\rD"), None)
+    assert _OneLineFormatter().format(record) == "WARNING onnxforge.x: value 'a\\nb' of op C\\rD"
