@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -51,6 +52,14 @@ import numpy as np
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from onnx import TensorProto, helper, numpy_helper
+
+import onnxforge.cli  # noqa: F401  (the zygote forks children with it imported)
+from onnxforge.models.attention_blocks import attention_block
+from onnxforge.models.cnn import small_cnn, transformer_block
+from onnxforge.models.corpus import list_corpus
+from onnxforge.models.synthetic import residual_mlp_chain
+from onnxforge.runtime.choices import NCHWC_METADATA_KEY
+from onnxforge.tables import format_table
 
 MODEL = "model.onnx"
 DATA = "weights.bin"
@@ -166,8 +175,6 @@ def _qdq_model() -> onnx.ModelProto:
 
 
 def _external_parent() -> Parent:
-    from onnxforge.models.synthetic import residual_mlp_chain
-
     m = residual_mlp_chain(14, width=16)
     with tempfile.TemporaryDirectory(prefix="onnxforge-fuzz-") as tmp:
         path = Path(tmp) / MODEL
@@ -179,10 +186,6 @@ def _external_parent() -> Parent:
 
 def builtin_parents() -> list[Parent]:
     """The built-in models every run mutates (seeded, a few KiB each)."""
-    from onnxforge.models.attention_blocks import attention_block
-    from onnxforge.models.cnn import small_cnn, transformer_block
-    from onnxforge.models.synthetic import residual_mlp_chain
-
     return [
         Parent("small_cnn", small_cnn(seed=0)[0]),
         Parent("mlp_chain", residual_mlp_chain(8, width=8)),
@@ -196,8 +199,6 @@ def builtin_parents() -> list[Parent]:
 
 def corpus_parents(names: Sequence[str], max_bytes: int = 4 << 20) -> list[Parent]:
     """The named corpus models that are present and at most ``max_bytes`` (no network)."""
-    from onnxforge.models.corpus import list_corpus
-
     present = list_corpus()
     out = []
     for name in names:
@@ -749,8 +750,6 @@ def mutate_external(rng: np.random.Generator, m: onnx.ModelProto, parent: Parent
 
 def mutate_metadata(rng: np.random.Generator, m: onnx.ModelProto, parent: Parent) -> str:
     """Model metadata the compiler reads (the NCHWc block key) or carries along."""
-    from onnxforge.runtime.choices import NCHWC_METADATA_KEY
-
     value = str(_pick(rng, ("8", "16", "0", "-1", "abc", "", " 8 ", "1e3", "99999999999999999999")))
     key = NCHWC_METADATA_KEY if rng.random() < 0.7 else str(_pick(rng, ("", "author", "x" * 200)))
     m.metadata_props.add(key=key, value=value)
@@ -927,8 +926,6 @@ def _limit(memory: int) -> None:
 
 def _entry(spec: str) -> Callable[[list[str]], int]:
     module, _, fn = spec.partition(":")
-    import importlib
-
     return getattr(importlib.import_module(module), fn)  # type: ignore[no-any-return]
 
 
@@ -954,10 +951,6 @@ def _zygote() -> None:
     """Serve run requests (JSON lines on stdin) by forking; replies on the original stdout."""
     proto_out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything printed while importing goes to stderr, not into the protocol
-    import importlib
-
-    import onnxforge.cli  # noqa: F401
-
     for line in sys.stdin:
         req = json.loads(line)
         if "preload" in req:
@@ -1339,6 +1332,7 @@ class Stats:
     seconds: float = 0.0
     run_seconds: float = 0.0
     max_rss_kib: int = 0
+    harness_errors: int = 0
 
 
 def _save_case(out: Path, case: CaseResult, problem: Problem, seed: int, confirmed: bool | None) -> Path:
@@ -1371,8 +1365,6 @@ def _save_case(out: Path, case: CaseResult, problem: Problem, seed: int, confirm
 def _warm_up(runner: Runner, root: Path) -> None:
     """Run one good compile and analyze in a child (filling the on-disk caches: CPU profile,
     onnxruntime choices), then import in the zygote every module those runs imported."""
-    from onnxforge.models.cnn import small_cnn
-
     folder = root / "warmup"
     folder.mkdir(parents=True)
     onnx.save(small_cnn(seed=0)[0], folder / MODEL)
@@ -1430,6 +1422,7 @@ def fuzz(
                     free.append(runner)
 
         index = 0
+        failing = 0  # harness errors in a row (mutant generation, file writes): not CLI defects
         pending: set[Future[CaseResult]] = set()
         with ThreadPoolExecutor(max_workers=workers) as pool:
             while True:
@@ -1441,7 +1434,17 @@ def fuzz(
                     break
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    _record(fut.result(), stats, out, seed, per_signature, log, timeout, memory)
+                    try:
+                        case = fut.result()
+                    except Exception as e:
+                        stats.harness_errors += 1
+                        failing += 1
+                        log(f"  harness error (not a CLI defect): {type(e).__name__}: {e}")
+                        if failing >= 20:
+                            raise
+                        continue
+                    failing = 0
+                    _record(case, stats, out, seed, per_signature, log, timeout, memory)
         stats.seconds = time.monotonic() - start
     finally:
         for r in runners:
@@ -1486,8 +1489,6 @@ def _confirm_cold(case: CaseResult, problem: Problem, timeout: float, memory: in
 
 
 def summary(stats: Stats, seed: int) -> list[str]:
-    from onnxforge.tables import format_table
-
     rate = stats.mutants / stats.seconds if stats.seconds else 0.0
     lines = [
         f"fuzz: seed {seed}, {stats.mutants} mutants, {stats.runs} runs in {stats.seconds:.1f} s "
@@ -1495,6 +1496,8 @@ def summary(stats: Stats, seed: int) -> list[str]:
         f"peak child memory {stats.max_rss_kib / 1024:.0f} MiB)",
         "outcomes: " + ", ".join(f"{k} x{v}" for k, v in sorted(stats.outcomes.items())),
     ]
+    if stats.harness_errors:
+        lines.append(f"harness errors (mutants not run): {stats.harness_errors}")
     if stats.notes:
         lines.append("not defects, but a Python error behind a clean message (count, first mutant):")
         lines += [f"  {n:>5}  {stats.note_first[k]:>6}  {k[:120]}" for k, n in stats.notes.most_common(15)]
@@ -1547,8 +1550,6 @@ def _misbehave(argv: list[str]) -> int:
         print("onnxforge: error: clean refusal", file=sys.stderr)
         return 1
     if out is not None:  # ok
-        from onnxforge.models.cnn import small_cnn
-
         onnx.save(small_cnn()[0], out)
     return 0
 
