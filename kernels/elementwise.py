@@ -333,6 +333,8 @@ _CASTABLE = PLAIN
 def cast_array(call: KernelCall, x: np.ndarray, target: np.dtype) -> np.ndarray:
     """ONNX Cast between numpy-builtin numeric/bool types, refusing implementation-defined cases
     (float to integer out of range, NaN or infinity to integer)."""
+    if x.dtype.name in ("int4", "uint4"):  # ml_dtypes' 4-bit integers: exact in int8
+        x = x.astype(np.int8)
     require_dtype(call, x, _CASTABLE)
     if target not in _CASTABLE:
         raise Unsupported(f"{call.op_type}: cast to {target} not supported")

@@ -21,6 +21,7 @@ from onnxforge.passes.cleanup.toposort import TopologicalSort
 from onnxforge.passes.compression.fp16 import ConvertFloat16
 from onnxforge.passes.compression.int4 import QuantizeWeightsInt4
 from onnxforge.passes.compression.int8 import QuantizeInt8
+from onnxforge.passes.compression.weight_sharing import ShareWeights
 from onnxforge.passes.fusion import FuseOnnxRuntime, FusePortable
 from onnxforge.passes.graphsurgeon import GraphSurgeonPass
 from onnxforge.passes.lowering.cpu.nchwc import LowerNchwc
@@ -42,6 +43,7 @@ ALL_PASSES: tuple[type[Pass], ...] = (
     QuantizeInt8,
     QuantizeWeightsInt4,
     ConvertFloat16,
+    ShareWeights,
     LowerNchwc,
 )
 
@@ -80,6 +82,7 @@ __all__ = [
     "QuantizeWeightsInt4",
     "RaiseOpset",
     "ShapeInference",
+    "ShareWeights",
     "TopologicalSort",
     "get_pass",
 ]

@@ -13,7 +13,9 @@ What is folded
 What is never folded
     Nodes of custom domains, nodes calling model-local functions, nodes with subgraphs
     (If/Loop/Scan), random and other operators without a kernel (``RandomNormal``, ``Dropout``,
-    ``DequantizeLinear``, ... : folding DequantizeLinear would destroy QDQ quantization), and any
+    ``DequantizeLinear``, ... : folding DequantizeLinear would destroy QDQ quantization), the
+    ``Cast``/``Gather`` that decode a codebook-shared weight (folding them would turn its
+    compact indices back into a dense weight, :mod:`onnxforge.passes.compression.codebook`), and any
     evaluation the kernel refuses because its result is implementation-defined or the runtime
     would raise (integer division by zero, out-of-range casts or indices, ...).
 
@@ -54,6 +56,7 @@ from onnxforge.kernels.registry import (
     evaluate,
     get_kernel,
 )
+from onnxforge.passes.compression.codebook import is_decode_node
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
 
 log = logging.getLogger(__name__)
@@ -160,6 +163,8 @@ def _fold(node: Node, opts: ConstantFoldingOptions, stats: _Stats) -> bool:
     """Fold ``node`` if possible; returns True when the model changed."""
     graph = node.graph
     assert graph is not None and graph.model is not None
+    if is_decode_node(node):
+        return False
     kernel = _kernel_for(node, graph.model)
     use_reference = kernel is None and opts.reference_fallback and _reference_allowed(node, graph.model)
     if kernel is None and not use_reference:

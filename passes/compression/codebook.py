@@ -1,0 +1,410 @@
+"""Codebook-shared weights: per-tensor k-means codebooks, and how they are written in standard ONNX.
+
+Numerics
+    :func:`fit_codebook` replaces a float weight by ``centroids[indices]``: ``2^bits`` centroids
+    (``bits`` from 2 to 8) found by one-dimensional k-means with linear initialization (evenly
+    spaced between the smallest and the largest weight, as Deep Compression found best for the
+    large weights that matter most). Exact zeros (pruned weights) keep an exact 0 centroid of
+    their own (index 0) and take no part in the clustering. Optional ``importance`` weights each
+    element in the k-means objective (the weighted objective ``sum h * (w - c)^2``; the weight
+    sharing pass passes the second moment of the input channel each weight multiplies, so that
+    the clustering minimizes layer-output error rather than weight error). One-dimensional
+    k-means is exact and fast on sorted values: each Lloyd step is a ``searchsorted`` of the
+    cluster boundaries and two prefix sums; tensors above ``sample`` elements are clustered on
+    a seeded sample and every element is then assigned to its nearest centroid.
+
+    :func:`refine_centroids` then moves the centroids, assignments fixed, to minimize the
+    layer-output error on calibration data, ``tr((W0 - W)^T G (W0 - W))`` with ``G = X^T X``
+    the Gram matrix of the layer's inputs: a linear least-squares problem in the centroids,
+    solved by conjugate gradients (one ``G @ D`` product per step); the zero centroid stays 0.
+
+Standard ONNX form
+    ``indices`` (uint8, or uint4 packed two per byte when the opset is 21 or newer and
+    ``bits <= 4``) and ``codebook`` (float, ``[2^bits]``) initializers decoded by::
+
+        Cast(indices, to=INT32) → Gather(codebook, ·, axis=0) → weight
+
+    onnxruntime constant-folds this subgraph when it creates a session (graph optimizations
+    on), so the model runs on the dense weight: disk is saved, memory and speed are those of
+    fp32. An embedding read by ``Gather(W, ids)`` is rewritten to gather the indices first,
+    ``Gather(codebook, Cast(Gather(indices, ids)))``, which no runtime folds: the table stays in
+    memory as uint8 indices. :func:`is_decode_node` recognizes both forms, so that constant
+    folding leaves them alone, and :func:`read_codebook` reads them back (lowering, tests).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxforge.ir import Graph, Node, Value
+from onnxforge.ir.constants import add_constant, constant_value
+
+#: Provenance of the nodes that decode codebook weights.
+PROVENANCE = "weight-sharing"
+MIN_BITS, MAX_BITS = 2, 8
+#: Opset of the default domain from which Cast reads uint4 (packed 4-bit indices).
+UINT4_MIN_OPSET = 21
+#: IR version that introduced the uint4 element type.
+UINT4_MIN_IR_VERSION = 10
+_INDEX_TYPES = (onnx.TensorProto.UINT8, onnx.TensorProto.UINT4)
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+
+
+# --------------------------------------------------------------------------------------------
+# Numerics
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Codebook:
+    """A weight as ``centroids[indices]``.
+
+    ``centroids``: float32 ``[2^bits]`` (sorted, except that an exact zero centroid, when
+    present, is entry ``zero_index`` = 0). ``indices``: uint8 in the weight's shape."""
+
+    centroids: np.ndarray
+    indices: np.ndarray
+    bits: int
+    zero_index: int | None = None
+
+    def decode(self) -> np.ndarray:
+        """The float32 weight this codebook stands for."""
+        return self.centroids[self.indices]
+
+    @property
+    def used(self) -> int:
+        """Centroids that some element points at."""
+        return int(np.unique(self.indices).size)
+
+
+def kmeans_1d(
+    values: np.ndarray,
+    k: int,
+    *,
+    weights: np.ndarray | None = None,
+    iters: int = 60,
+    sample: int = 1 << 20,
+    seed: int = 0,
+) -> np.ndarray:
+    """``k`` centroids (sorted float64) of ``values`` by weighted Lloyd iterations from a linear
+    initialization; an empty cluster keeps its centroid. At most ``sample`` values (seeded
+    choice) are clustered. With ``weights``, Lloyd also starts from a linear initialization over
+    the range that holds all but 0.1% of the weight mass (the full range can leave every
+    important value in one cluster), and the better of the two results is kept."""
+    x = np.asarray(values, np.float64).ravel()
+    w = None if weights is None else np.asarray(weights, np.float64).ravel()
+    if x.size == 0:
+        return np.zeros(k)
+    if x.size > sample:
+        pick = np.random.default_rng(seed).choice(x.size, sample, replace=False)
+        x = x[pick]
+        w = None if w is None else w[pick]
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    ws = np.ones_like(xs) if w is None else np.maximum(w[order], 0.0) + 1e-30
+    cw = np.concatenate([[0.0], np.cumsum(ws)])
+    cwx = np.concatenate([[0.0], np.cumsum(ws * xs)])
+    cwxx = np.concatenate([[0.0], np.cumsum(ws * xs * xs)])
+
+    def edges_of(c: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0], np.searchsorted(xs, (c[1:] + c[:-1]) / 2), [xs.size]])
+
+    def lloyd(c: np.ndarray) -> np.ndarray:
+        for _ in range(iters):
+            e = edges_of(c)
+            mass = cw[e[1:]] - cw[e[:-1]]
+            moment = cwx[e[1:]] - cwx[e[:-1]]
+            new = np.where(mass > 0, moment / np.where(mass > 0, mass, 1.0), c)
+            new.sort()
+            if np.allclose(new, c, rtol=0, atol=1e-12 * max(1.0, float(np.abs(xs).max()))):
+                return new
+            c = new
+        return c
+
+    def cost(c: np.ndarray) -> float:
+        e = edges_of(c)
+        mass = cw[e[1:]] - cw[e[:-1]]
+        moment = cwx[e[1:]] - cwx[e[:-1]]
+        square = cwxx[e[1:]] - cwxx[e[:-1]]
+        return float((square - 2 * c * moment + c * c * mass).sum())
+
+    best = lloyd(np.linspace(xs[0], xs[-1], k))
+    if w is not None:
+        lo, hi = np.searchsorted(cw, [cw[-1] * 0.0005, cw[-1] * 0.9995])
+        lo, hi = int(min(max(lo - 1, 0), xs.size - 1)), int(min(max(hi - 1, 0), xs.size - 1))
+        if xs[hi] > xs[lo]:
+            other = lloyd(np.linspace(xs[lo], xs[hi], k))
+            if cost(other) < cost(best):
+                best = other
+    return best
+
+
+def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest of the sorted ``centroids`` for every value (int64, same shape)."""
+    c = np.asarray(centroids, np.float64)
+    mid = (c[1:] + c[:-1]) / 2
+    return np.searchsorted(mid, np.asarray(values, np.float64), side="left").astype(np.int64)
+
+
+def fit_codebook(
+    w: np.ndarray,
+    bits: int,
+    *,
+    keep_zero: bool = True,
+    importance: np.ndarray | None = None,
+    seed: int = 0,
+) -> Codebook:
+    """Cluster ``w`` into ``2^bits`` shared values (see the module docstring). ``importance``
+    (broadcastable to ``w``) weights the k-means objective per element."""
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be between {MIN_BITS} and {MAX_BITS}, got {bits}")
+    k = 1 << bits
+    x = np.asarray(w, np.float32)
+    imp = None if importance is None else np.broadcast_to(np.asarray(importance, np.float64), x.shape)
+    zeros = x == 0
+    zero_index: int | None = None
+    indices = np.zeros(x.shape, np.uint8)
+    if keep_zero and zeros.any():
+        zero_index = 0
+        nz = ~zeros
+        vals = x[nz]
+        c = kmeans_1d(vals, k - 1, weights=None if imp is None else imp[nz], seed=seed) if vals.size else np.zeros(k - 1)
+        centroids = np.concatenate([[0.0], c]).astype(np.float32)
+        if vals.size:
+            indices[nz] = (assign(vals, c) + 1).astype(np.uint8)
+    else:
+        c = kmeans_1d(x, k, weights=imp, seed=seed)
+        centroids = c.astype(np.float32)
+        indices[...] = assign(x, c).astype(np.uint8)
+    return Codebook(centroids, indices, bits, zero_index)
+
+
+def refine_centroids(cb: Codebook, w0: np.ndarray, gram: np.ndarray, *, axis: int = 0, iters: int = 16) -> Codebook:
+    """Centroids minimizing ``tr((W0 - W)^T G (W0 - W))`` for the fixed assignment, where the
+    weight's ``axis`` is the input-channel axis ``G`` (``[K, K]``) is over; the zero centroid
+    stays exactly 0. Conjugate gradients from the k-means centroids (never worse than them)."""
+    w0m = np.moveaxis(np.asarray(w0, np.float64), axis, 0).reshape(gram.shape[0], -1)
+    idx = np.moveaxis(cb.indices, axis, 0).reshape(gram.shape[0], -1).astype(np.int64)
+    k = cb.centroids.size
+    free = np.ones(k, bool)
+    if cb.zero_index is not None:
+        free[cb.zero_index] = False
+    g = np.asarray(gram, np.float64)
+    mu = cb.centroids.astype(np.float64)
+
+    def objective(m: np.ndarray) -> float:
+        e = w0m - m[idx]
+        return float(np.einsum("ij,ij->", e, g @ e))
+
+    start = objective(mu)
+    r_w = g @ (w0m - mu[idx])  # G (W0 - W): minus half the gradient in weight space
+    r = np.bincount(idx.ravel(), weights=r_w.ravel(), minlength=k) * free
+    d = r.copy()
+    rr = float(r @ r)
+    best = mu.copy()
+    for _ in range(iters):
+        if rr <= 1e-30:
+            break
+        gd = g @ d[idx]
+        q = np.bincount(idx.ravel(), weights=gd.ravel(), minlength=k) * free  # A d
+        dq = float(d @ q)
+        if dq <= 0:
+            break
+        alpha = rr / dq
+        mu = mu + alpha * d
+        r = r - alpha * q
+        rr_new = float(r @ r)
+        d = r + (rr_new / rr) * d
+        rr = rr_new
+        best = mu
+    if objective(best) > start:  # numerical trouble: keep the k-means centroids
+        return cb
+    centroids = best.astype(np.float32)
+    if cb.zero_index is not None:
+        centroids[cb.zero_index] = 0.0
+    return Codebook(centroids, cb.indices, cb.bits, cb.zero_index)
+
+
+def weight_sqnr(w: np.ndarray, cb: Codebook) -> float:
+    """SQNR (dB) of the codebook weight against the float weight."""
+    ref = np.asarray(w, np.float64)
+    err = float(np.square(ref - cb.decode()).sum())
+    sig = float(np.square(ref).sum())
+    if err == 0:
+        return math.inf
+    return 10 * math.log10(sig / err) if sig > 0 else -math.inf
+
+
+# --------------------------------------------------------------------------------------------
+# The standard ONNX form
+# --------------------------------------------------------------------------------------------
+def packed_uint4(indices: np.ndarray) -> onnx.TensorProto:
+    """A uint4 tensor of ``indices`` (values < 16), two per byte, the first in the low nibble."""
+    flat = np.ascontiguousarray(indices, np.uint8).reshape(-1)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    raw = (flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)
+    return helper.make_tensor("", onnx.TensorProto.UINT4, list(indices.shape), raw.astype(np.uint8).tobytes(), raw=True)
+
+
+def can_pack_4bit(graph: Graph) -> bool:
+    """Whether the model's opset lets Cast read uint4 indices."""
+    model = graph.model
+    return model is not None and (model.opset("") or 0) >= UINT4_MIN_OPSET
+
+
+@dataclass
+class StoredCodebook:
+    """The initializers that hold one codebook weight."""
+
+    indices: Value
+    codebook: Value
+
+    @property
+    def nbytes(self) -> int:
+        return self.indices.const_nbytes() + self.codebook.const_nbytes()
+
+
+def store_codebook(graph: Graph, cb: Codebook, name: str, dtype: np.dtype, *, pack: bool) -> StoredCodebook:
+    """Add the indices (uint8, or packed uint4 when ``pack`` and ``bits <= 4``) and the codebook
+    (in ``dtype``) of ``cb`` as constants of ``graph``."""
+    if pack and cb.bits <= 4:
+        model = graph.model
+        assert model is not None
+        model.ir_version = max(model.ir_version, UINT4_MIN_IR_VERSION)
+        idx = add_constant(graph, packed_uint4(cb.indices), f"{name}_codebook_indices")
+    else:
+        idx = add_constant(graph, np.ascontiguousarray(cb.indices, np.uint8), f"{name}_codebook_indices")
+    book = add_constant(graph, cb.centroids.astype(dtype), f"{name}_codebook")
+    return StoredCodebook(idx, book)
+
+
+def emit_decode(graph: Graph, stored: StoredCodebook, name: str, type_: onnx.TypeProto | None) -> Value:
+    """``Gather(codebook, Cast(indices))``: the dense weight, in ``graph``."""
+    cast = graph.add_node(
+        "Cast",
+        [stored.indices],
+        attrs={"to": onnx.TensorProto.INT32},
+        name=f"{name}_codebook_cast",
+        output_names=[f"{name}_codebook_idx32"],
+        provenance=PROVENANCE,
+    )
+    gather = graph.add_node(
+        "Gather",
+        [stored.codebook, cast.output(0)],
+        attrs={"axis": 0},
+        name=f"{name}_codebook_decode",
+        output_names=[f"{name}_decoded"],
+        provenance=PROVENANCE,
+    )
+    out = gather.output(0)
+    assert out is not None
+    if type_ is not None:
+        out.type = type_
+    return out
+
+
+def emit_gather_decode(graph: Graph, stored: StoredCodebook, node: Node) -> None:
+    """Rewrite an embedding lookup ``Gather(W, ids, axis=0)`` to gather the indices first:
+    ``Gather(codebook, Cast(Gather(indices, ids)))``; the node's output keeps its value."""
+    ids = node.input(1)
+    out = node.output(0)
+    assert ids is not None and out is not None
+    base = node.name or out.name
+    rows = graph.add_node(
+        "Gather",
+        [stored.indices, ids],
+        attrs={"axis": 0},
+        name=f"{base}_codebook_rows",
+        output_names=[f"{out.name}_codebook_rows"],
+        provenance=PROVENANCE,
+    )
+    cast = graph.add_node(
+        "Cast",
+        [rows.output(0)],
+        attrs={"to": onnx.TensorProto.INT32},
+        name=f"{base}_codebook_cast",
+        output_names=[f"{out.name}_codebook_idx32"],
+        provenance=PROVENANCE,
+    )
+    node.set_input(0, stored.codebook)
+    node.set_input(1, cast.output(0))
+
+
+def _codebook_const(v: Value | None) -> np.ndarray | None:
+    if v is None or not v.is_constant():
+        return None
+    t = v.const
+    if t is None or t.data_type not in _FLOATS or len(t.dims) != 1 or not 0 < t.dims[0] <= 1 << MAX_BITS:
+        return None
+    return constant_value(v)
+
+
+def _is_index_cast(node: Node) -> bool:
+    """Cast of small unsigned integer codes to int32/int64 (a codebook's indices)."""
+    if node.op_type != "Cast" or not node.is_standard_domain():
+        return False
+    if int(node.attr("to", 0)) not in (onnx.TensorProto.INT32, onnx.TensorProto.INT64):
+        return False
+    src = node.input(0)
+    if src is None:
+        return False
+    if src.is_constant():
+        t = src.const
+        return t is not None and t.data_type in _INDEX_TYPES
+    p = src.producer  # indices gathered first (an embedding)
+    return (
+        p is not None
+        and p.op_type == "Gather"
+        and p.input(0) is not None
+        and p.input(0).is_constant()  # type: ignore[union-attr]
+        and p.input(0).const.data_type in _INDEX_TYPES  # type: ignore[union-attr]
+    )
+
+
+def is_decode_node(node: Node) -> bool:
+    """True for the nodes of a codebook decode (the Cast of the indices and the Gather of the
+    codebook): folding them would turn the compact indices back into a dense weight."""
+    if not node.is_standard_domain():
+        return False
+    if node.op_type == "Cast":
+        return _is_index_cast(node) and all(
+            u.op_type == "Gather" and i == 1 and _codebook_const(u.input(0)) is not None for u, i in node.output(0).uses()  # type: ignore[union-attr]
+        )
+    if node.op_type == "Gather":
+        idx = node.input(1)
+        p = idx.producer if idx is not None else None
+        if _codebook_const(node.input(0)) is not None and p is not None and _is_index_cast(p):
+            return True
+        # the first Gather of an embedding lookup: indices table, gathered by ids
+        data = node.input(0)
+        out = node.output(0)
+        return (
+            data is not None
+            and data.is_constant()
+            and data.const.data_type in _INDEX_TYPES  # type: ignore[union-attr]
+            and out is not None
+            and any(_is_index_cast(u) for u in out.consumers())
+        )
+    return False
+
+
+def read_codebook(v: Value | None) -> tuple[np.ndarray, Value, Node] | None:
+    """For a value computed by ``Gather(codebook, Cast(indices))``: (codebook, the indices
+    value, the Gather); None for anything else."""
+    if v is None:
+        return None
+    g = v.producer
+    if g is None or g.op_type != "Gather" or not g.is_standard_domain() or int(g.attr("axis", 0)) != 0:
+        return None
+    book = _codebook_const(g.input(0))
+    cast = g.input(1).producer if g.input(1) is not None else None  # type: ignore[union-attr]
+    if book is None or cast is None or not _is_index_cast(cast):
+        return None
+    idx = cast.input(0)
+    if idx is None or not idx.is_constant():
+        return None
+    return book, idx, g

@@ -1,0 +1,625 @@
+"""Weight sharing by k-means codebooks (Deep Compression's second stage) as a pass: :class:`ShareWeights`.
+
+Every weight large enough (a constant float tensor read as the weight of a ``MatMul``, ``Gemm``,
+``Conv``, ``ConvTranspose`` or as the table of an axis-0 ``Gather``) gets its own codebook of
+``2^bits`` centroids (:mod:`onnxforge.passes.compression.codebook`); a weight read by several
+nodes (tied weights) gets one codebook that every reader decodes, so it stays one tensor.
+
+With calibration data the clustering is data-aware: each weight counts in the k-means
+objective by the second moment of the input channel it multiplies (measured on the
+calibration samples), and with ``refine`` the centroids of MatMul/Gemm weights are then moved
+to minimize the layer-output error on those samples (least squares over the centroids, the
+post-training stand-in for the paper's retraining).
+
+Bits per layer: every weight starts at ``bits``; while the model misses its budget
+(``min_cosine``, ``min_sqnr`` on every output, ``max_accuracy_drop`` with labelled
+``eval_data``), the weight the outputs are most sensitive to
+(:func:`~onnxforge.calibration.sensitivity.sensitivity_ranking`) gets one more bit, up to 8
+and then float (:func:`~onnxforge.calibration.budget.back_off`). The budget is measured on
+every fifth calibration sample from the second, held out of calibration, or on seeded random
+inputs when no calibration data is given (the report says which). Its report, one row per
+weight, is ``ctx.records["weight-sharing"]``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxforge.calibration.budget import Budget, BudgetError, Holdout, back_off
+from onnxforge.calibration.data import model_inputs, open_calibration, synthetic
+from onnxforge.calibration.sensitivity import sensitivity_ranking
+from onnxforge.calibration.taps import tapped_model
+from onnxforge.equivalence import OrtRunner
+from onnxforge.errors import UsageError
+from onnxforge.ir import Graph, Model, Value, from_proto, to_proto
+from onnxforge.ir.constants import constant_value
+from onnxforge.metrics.padding import find_padding_mask, valid_positions
+from onnxforge.metrics.sqnr import ErrorPairs, worst
+from onnxforge.passes.cleanup.dead_code import DeadCodeElimination
+from onnxforge.passes.compression.codebook import (
+    MAX_BITS,
+    MIN_BITS,
+    Codebook,
+    can_pack_4bit,
+    emit_decode,
+    emit_gather_decode,
+    fit_codebook,
+    refine_centroids,
+    store_codebook,
+    weight_sqnr,
+)
+from onnxforge.passes.compression.int8.flow import LabelledData, classification_accuracy
+from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
+from onnxforge.tables import format_table
+
+log = logging.getLogger(__name__)
+
+#: Key of ``PassContext.records`` holding the :class:`WeightSharingReport`.
+REPORT_KEY = "weight-sharing"
+#: Readers whose weight input a codebook may replace: op -> input index of the weight.
+WEIGHT_INPUTS = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1, "Gather": 0}
+_FLOAT = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
+
+
+@dataclass(frozen=True)
+class WeightSharingOptions(PassOptions):
+    """Options of :class:`ShareWeights`.
+
+    ``bits``: codebook size ``2^bits`` every weight starts at (2..8). ``keep_zero``: exact zeros
+    (pruned weights) keep an exact 0 centroid. ``min_elements``: smaller weights stay float.
+    ``calibration``: model inputs, as for int8 (a ``.npz``, a folder of ``.npz``, a list of
+    feeds, a reader); None measures the budget on seeded random inputs and clusters by weight
+    error alone. ``importance``/``refine``: the data-aware clustering and the centroid
+    refinement (both need calibration data). ``min_cosine``/``min_sqnr``/``max_accuracy_drop``
+    (with ``eval_data``: inputs plus ``labels``): the budget; None everywhere: no budget, every
+    weight at ``bits``. ``max_steps``: bits added at most. ``allow_budget_miss``: return the best
+    model when the budget cannot be met instead of failing. ``pack_4bit``: uint4 indices where
+    the opset allows (21+). ``samples``: calibration samples read at most. ``padding_mask``: as
+    for int8. ``dims``: symbolic dims for random inputs.
+    """
+
+    bits: int = 4
+    keep_zero: bool = True
+    min_elements: int = 1024
+    calibration: Any = None
+    importance: bool = True
+    refine: bool = True
+    min_cosine: float | None = None
+    min_sqnr: float | None = None
+    max_accuracy_drop: float | None = None
+    eval_data: Any = None
+    max_steps: int = 64
+    allow_budget_miss: bool = False
+    pack_4bit: bool = True
+    samples: int = 64
+    padding_mask: str | None = "auto"
+    dims: Mapping[str, int] | None = None
+
+    def validate(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS:
+            raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {self.bits!r}")
+        if self.min_elements < 1 or self.max_steps < 0 or self.samples < 1:
+            raise ValueError("min_elements and samples must be >= 1, max_steps >= 0")
+        Budget(self.min_cosine, self.min_sqnr, self.max_accuracy_drop)  # range checks
+
+
+@dataclass
+class SharedLayer:
+    """One weight in the report: its readers, the bits it ended at (None: kept float), the
+    centroids in use, the weight's SQNR against float, and bytes before and after."""
+
+    name: str
+    readers: str
+    shape: tuple[int, ...]
+    bits: int | None
+    centroids: int = 0
+    zeros: int = 0
+    weight_sqnr_db: float = math.inf
+    bytes_before: int = 0
+    bytes_after: int = 0
+    refined: bool = False
+
+
+@dataclass
+class WeightSharingReport:
+    """What weight sharing did and what it cost in accuracy."""
+
+    bits: int
+    data: str
+    budget: str = "none"
+    budget_data: str = ""
+    layers: list[SharedLayer] = field(default_factory=list)
+    output_cosine: dict[str, float] = field(default_factory=dict)
+    output_sqnr: dict[str, float] = field(default_factory=dict)
+    accuracy: tuple[float, float] | None = None
+    stepped: list[str] = field(default_factory=list)
+    sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    budget_missed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(layer.bytes_before for layer in self.layers)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(layer.bytes_after for layer in self.layers)
+
+    @property
+    def mean_bits(self) -> float:
+        """Index bits per weight element over the shared weights (float weights count 32)."""
+        total = sum(math.prod(layer.shape) for layer in self.layers)
+        bits = sum(math.prod(layer.shape) * (layer.bits if layer.bits is not None else 32) for layer in self.layers)
+        return bits / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bits": self.bits,
+            "data": self.data,
+            "budget": self.budget,
+            "budget_data": self.budget_data,
+            "budget_missed": self.budget_missed,
+            "layers": [
+                {
+                    "name": layer.name,
+                    "readers": layer.readers,
+                    "shape": list(layer.shape),
+                    "bits": layer.bits,
+                    "centroids": layer.centroids,
+                    "zeros": layer.zeros,
+                    "weight_sqnr_db": _finite(layer.weight_sqnr_db),
+                    "bytes_before": layer.bytes_before,
+                    "bytes_after": layer.bytes_after,
+                    "refined": layer.refined,
+                }
+                for layer in self.layers
+            ],
+            "output_cosine": {k: _finite(v) for k, v in self.output_cosine.items()},
+            "output_sqnr": {k: _finite(v) for k, v in self.output_sqnr.items()},
+            "accuracy": list(self.accuracy) if self.accuracy is not None else None,
+            "stepped": self.stepped,
+            "notes": self.notes,
+        }
+
+    def lines(self) -> list[str]:
+        """The per-layer table and the figures, for the command line."""
+        rows = [
+            [
+                layer.name,
+                layer.readers,
+                "x".join(map(str, layer.shape)),
+                "float" if layer.bits is None else str(layer.bits),
+                str(layer.centroids),
+                f"{layer.weight_sqnr_db:.1f}",
+                f"{layer.bytes_before}",
+                f"{layer.bytes_after}",
+            ]
+            for layer in self.layers
+        ]
+        out = [f"weight sharing: {self.bits}-bit codebooks, budget {self.budget}" + (f" on {self.budget_data}" if self.budget_data else "")]
+        out += format_table(["weight", "read by", "shape", "bits", "centroids", "SQNR dB", "bytes", "after"], rows, left=(1,))
+        out.append(
+            f"weights: {self.bytes_before} -> {self.bytes_after} bytes ({self.mean_bits:.2f} bits per weight), "
+            f"{len(self.stepped)} bit(s) added by the budget"
+        )
+        if self.output_cosine:
+            out.append(
+                "outputs: worst cosine "
+                f"{worst(self.output_cosine.values()):.5f}, worst SQNR {worst(self.output_sqnr.values()):.1f} dB"
+            )
+        if self.accuracy is not None:
+            out.append(f"accuracy: {self.accuracy[0] * 100:.2f}% -> {self.accuracy[1] * 100:.2f}%")
+        out += [f"note: {n}" for n in self.notes]
+        return out
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) or math.isinf(x) else round(x, 6)
+
+
+# --------------------------------------------------------------------------------------------
+# Which weights, and what the calibration data says about them
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Weight:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    readers: list[str]
+    #: The activation multiplied by this weight, and how the weight's elements map to its
+    #: channels: ("matmul", axis of K in the weight), ("conv", groups), or None.
+    activation: str | None = None
+    layout: tuple[str, int] | None = None
+
+
+def find_weights(model: Model, min_elements: int) -> list[_Weight]:
+    """The weights of ``model`` (main graph) a codebook may replace, in graph order."""
+    out: dict[str, _Weight] = {}
+    graph = model.graph
+    for node in graph.topological_order():
+        idx = WEIGHT_INPUTS.get(node.op_type)
+        if idx is None or not node.is_standard_domain():
+            continue
+        if node.op_type == "Gather" and int(node.attr("axis", 0)) != 0:
+            continue
+        if node.op_type == "Gemm" and int(node.attr("transA", 0)):
+            continue
+        v = node.input(idx)
+        if v is None or v.graph is not graph or not v.is_constant() or v.is_graph_output():
+            continue
+        t = v.const
+        if t is None or t.data_type not in _FLOAT or math.prod(t.dims) < min_elements:
+            continue
+        w = out.get(v.name)
+        if w is None:
+            w = out[v.name] = _Weight(v.name, tuple(t.dims), np.dtype(_FLOAT[t.data_type]), [])
+        w.readers.append(node.name or node.op_type)
+        if w.activation is None and node.op_type != "Gather" and node.input(0) is not None:
+            act = node.input(0)
+            assert act is not None
+            if node.op_type in ("MatMul", "Gemm") and len(w.shape) == 2:
+                k_axis = 1 if node.op_type == "Gemm" and int(node.attr("transB", 0)) else 0
+                w.activation, w.layout = act.name, ("matmul", k_axis)
+            elif node.op_type == "Conv" and len(w.shape) >= 3:
+                w.activation, w.layout = act.name, ("conv", int(node.attr("group", 1)))
+    return list(out.values())
+
+
+@dataclass
+class _Stats:
+    """Per activation: sum of x x^T over rows (matmul) or of x^2 per channel (conv), and rows."""
+
+    gram: dict[str, np.ndarray] = field(default_factory=dict)
+    channel: dict[str, np.ndarray] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+def collect_stats(
+    proto: onnx.ModelProto, weights: Sequence[_Weight], feeds: Sequence[Mapping[str, np.ndarray]], mask: str | None
+) -> _Stats:
+    """Second moments of every weight's input activation over ``feeds`` (padding left out)."""
+    wanted: dict[str, str] = {}
+    for w in weights:
+        if w.activation is not None and w.layout is not None:
+            wanted.setdefault(w.activation, w.layout[0])
+    stats = _Stats()
+    if not wanted or not feeds:
+        return stats
+    tapped, taps = tapped_model(proto, list(wanted))
+    names = [n for n in wanted if n in taps]
+    sess = OrtRunner().session(tapped)
+    for feed in feeds:
+        values = sess.run([taps[n] for n in names], dict(feed))
+        m = np.asarray(feed[mask]) if mask is not None and mask in feed else None
+        for name, x in zip(names, values):
+            x = np.asarray(x)
+            if not x.size or x.dtype.kind != "f":
+                continue
+            if wanted[name] == "matmul":
+                k = x.shape[-1]
+                rows = x.reshape(-1, k) if m is None else valid_positions(x, m).reshape(-1, k)
+                r64 = rows.astype(np.float64)
+                g = stats.gram.get(name)
+                stats.gram[name] = r64.T @ r64 if g is None else g + r64.T @ r64
+                stats.rows[name] = stats.rows.get(name, 0) + len(rows)
+            elif x.ndim >= 3:
+                c = x.shape[1]
+                sq = np.square(np.moveaxis(x, 1, -1).reshape(-1, c).astype(np.float64)).sum(axis=0)
+                prev = stats.channel.get(name)
+                stats.channel[name] = sq if prev is None else prev + sq
+                stats.rows[name] = stats.rows.get(name, 0) + x.size // c
+    return stats
+
+
+def _importance(w: _Weight, stats: _Stats) -> np.ndarray | None:
+    """Per-element weights of the k-means objective (broadcastable to the weight), or None."""
+    if w.activation is None or w.layout is None:
+        return None
+    kind, arg = w.layout
+    rows = stats.rows.get(w.activation, 0)
+    if not rows:
+        return None
+    if kind == "matmul":
+        g = stats.gram.get(w.activation)
+        if g is None or g.shape[0] != w.shape[arg]:
+            return None
+        h = np.diag(g) / rows
+        return h[:, None] if arg == 0 else h[None, :]
+    ch = stats.channel.get(w.activation)
+    if ch is None:
+        return None
+    h = ch / rows
+    out_ch, per_group = w.shape[0], w.shape[1]
+    groups = max(arg, 1)
+    if per_group * groups != h.size or out_ch % groups:
+        return None
+    idx = (np.arange(out_ch) // (out_ch // groups))[:, None] * per_group + np.arange(per_group)[None, :]
+    return h[idx].reshape(out_ch, per_group, *([1] * (len(w.shape) - 2)))
+
+
+# --------------------------------------------------------------------------------------------
+# Building a candidate
+# --------------------------------------------------------------------------------------------
+class _Codebooks:
+    """Codebooks by (weight, bits), fitted once."""
+
+    def __init__(self, float_model: Model, weights: Sequence[_Weight], stats: _Stats, opts: WeightSharingOptions) -> None:
+        self._model = float_model
+        self._weights = {w.name: w for w in weights}
+        self._stats = stats
+        self._opts = opts
+        self._cache: dict[tuple[str, int], tuple[Codebook, bool]] = {}
+
+    def array(self, name: str) -> np.ndarray:
+        v = self._model.graph.initializers.get(name)
+        arr = constant_value(v)
+        assert arr is not None
+        return arr
+
+    def get(self, name: str, bits: int) -> tuple[Codebook, bool]:
+        """The codebook of weight ``name`` at ``bits``, and whether its centroids were refined."""
+        key = (name, bits)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        w = self._weights[name]
+        arr = self.array(name)
+        imp = _importance(w, self._stats) if self._opts.importance else None
+        cb = fit_codebook(arr, bits, keep_zero=self._opts.keep_zero, importance=imp)
+        refined = False
+        if self._opts.refine and w.layout is not None and w.layout[0] == "matmul" and w.activation is not None:
+            g = self._stats.gram.get(w.activation)
+            if g is not None and g.shape[0] == w.shape[w.layout[1]]:
+                cb = refine_centroids(cb, arr, g / max(self._stats.rows[w.activation], 1), axis=w.layout[1])
+                refined = True
+        self._cache[key] = (cb, refined)
+        return cb, refined
+
+
+def apply_codebooks(model: Model, chosen: Mapping[str, Codebook], pack: bool) -> dict[str, int]:
+    """Replace each weight named in ``chosen`` (main-graph constants) by its codebook in
+    ``model``, in place; returns the bytes each one takes now."""
+    graph = model.graph
+    sizes: dict[str, int] = {}
+    for name, cb in chosen.items():
+        v = graph.initializers.get(name)
+        if v is None or v.const is None:
+            continue
+        dtype = np.dtype(_FLOAT.get(v.const.data_type, np.float32))
+        stored = store_codebook(graph, cb, name, dtype, pack=pack and can_pack_4bit(graph))
+        sizes[name] = stored.nbytes
+        decoded: Value | None = None
+        for node, i in list(v.uses()):
+            if node.op_type == "Gather" and i == 0 and node.is_standard_domain() and int(node.attr("axis", 0)) == 0:
+                emit_gather_decode(node.graph or graph, stored, node)
+                continue
+            if decoded is None:
+                decoded = emit_decode(graph, stored, name, helper.make_tensor_type_proto(v.const.data_type, list(v.const.dims)))
+            node.set_input(i, decoded)
+        if not v.num_uses() and not v.is_graph_output():
+            graph.remove_initializer(v)
+    return sizes
+
+
+def _finish(model: Model) -> None:
+    for g in model.graph.all_graphs():
+        g.toposort()
+    DeadCodeElimination()(model)
+
+
+# --------------------------------------------------------------------------------------------
+# The pass
+# --------------------------------------------------------------------------------------------
+class ShareWeights(Pass[WeightSharingOptions]):
+    """Per-weight k-means codebooks in standard ONNX, bits per layer within an accuracy budget."""
+
+    name = "weight-sharing"
+    summary = "k-means codebooks (2^bits shared values per weight, uint8/uint4 indices + Gather decode), bits per layer within the budget."
+    lossless = False
+    in_place = False
+    Options = WeightSharingOptions
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        opts = self.options
+        weights = find_weights(model, opts.min_elements)
+        float_proto = to_proto(model)
+        data = _Data.open(model, opts)
+        report = WeightSharingReport(opts.bits, data.description)
+        report.notes.extend(data.notes)
+        ctx.records[REPORT_KEY] = report
+        if not weights:
+            report.notes.append(f"no weight of {opts.min_elements} elements or more is read by {', '.join(WEIGHT_INPUTS)}")
+            return PassResult(False, {"shared_weights": 0})
+        stats = collect_stats(float_proto, weights, data.calibration, data.mask) if data.real else _Stats()
+        books = _Codebooks(model, weights, stats, opts)
+        budget = Budget(opts.min_cosine, opts.min_sqnr, opts.max_accuracy_drop if data.labelled is not None else None)
+        if opts.max_accuracy_drop is not None and data.labelled is None:
+            raise UsageError("--max-accuracy-drop needs labelled evaluation data (eval_data: inputs plus 'labels')")
+        report.budget = budget.describe()
+        report.budget_data = data.held_description
+        measure = _Measure(float_proto, data)
+        top = MAX_BITS - opts.bits + 1  # levels: bits, bits + 1, ..., 8, float
+        names = [w.name for w in weights]
+
+        def bits_at(level: int) -> int | None:
+            b = opts.bits + level
+            return b if b <= MAX_BITS else None
+
+        def build(settings: Mapping[str, int], only: str | None = None) -> Model:
+            m = from_proto(float_proto)
+            chosen = {}
+            for name in names:
+                if only is not None and name != only:
+                    continue
+                b = bits_at(settings.get(name, 0))
+                if b is not None:
+                    chosen[name] = books.get(name, b)[0]
+            apply_codebooks(m, chosen, opts.pack_4bit)
+            _finish(m)
+            return m
+
+        @dataclass
+        class Candidate:
+            model: Model
+            figures: tuple[dict[str, float], dict[str, float], tuple[float, float] | None]
+
+        def candidate(settings: Mapping[str, int]) -> Candidate:
+            m = build(settings)
+            return Candidate(m, measure.figures(to_proto(m)))
+
+        def misses(c: Candidate) -> list[str]:
+            cos, sqnr, acc = c.figures
+            return budget.misses(cos, sqnr, acc)
+
+        def ranking() -> list[str]:
+            report.sensitivity = sensitivity_ranking(
+                float_proto, names, data.held[:8], data.mask, lambda layer: build({}, only=layer)
+            )
+            return [n for n, _ in report.sensitivity]
+
+        if budget.empty:
+            chosen_c = candidate({})
+            settings: dict[str, int] = {}
+        else:
+            fitted = back_off(candidate, misses, ranking, levels=top, max_steps=opts.max_steps)
+            chosen_c, settings = fitted.candidate, fitted.settings
+            report.stepped = list(fitted.stepped)
+        cos, sqnr, acc = chosen_c.figures
+        report.output_cosine, report.output_sqnr, report.accuracy = cos, sqnr, acc
+        for w in weights:
+            b = bits_at(settings.get(w.name, 0))
+            arr = books.array(w.name)
+            before = int(arr.nbytes)
+            if b is None:
+                report.layers.append(SharedLayer(w.name, ", ".join(w.readers), w.shape, None, 0, int((arr == 0).sum()), math.inf, before, before))
+                continue
+            cb, refined = books.get(w.name, b)
+            packed = opts.pack_4bit and b <= 4 and can_pack_4bit(model.graph)
+            after = (cb.indices.size + 1) // 2 if packed else cb.indices.size
+            after += cb.centroids.size * arr.dtype.itemsize
+            report.layers.append(
+                SharedLayer(w.name, ", ".join(w.readers), w.shape, b, cb.used, int((arr == 0).sum()), weight_sqnr(arr, cb), before, after, refined)
+            )
+        report.budget_missed = budget.misses(cos, sqnr, acc)
+        if report.budget_missed:
+            message = (
+                f"weight sharing misses its budget ({budget.describe()}) on {report.budget_data}: "
+                + "; ".join(report.budget_missed[:3])
+            )
+            if not opts.allow_budget_miss:
+                raise BudgetError(message + "; allow_budget_miss writes this model anyway", report, chosen_c.model)
+            report.notes.append(message + " (allowed: the model is written anyway)")
+        shared = sum(1 for layer in report.layers if layer.bits is not None)
+        stats_out = {
+            "shared_weights": shared,
+            "float_weights": len(report.layers) - shared,
+            "weight_bytes_before": report.bytes_before,
+            "weight_bytes_after": report.bytes_after,
+            "bits_added": len(report.stepped),
+        }
+        log.info("weight-sharing: %d weight(s), %d -> %d bytes", shared, report.bytes_before, report.bytes_after)
+        return PassResult(shared > 0, stats_out, model=chosen_c.model if shared else None)
+
+
+# --------------------------------------------------------------------------------------------
+# Data and measurement
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Data:
+    """Calibration feeds (for statistics), held-out feeds (for the budget), labelled data."""
+
+    calibration: list[dict[str, np.ndarray]]
+    held: list[dict[str, np.ndarray]]
+    real: bool
+    description: str
+    held_description: str
+    mask: str | None
+    labelled: LabelledData | None
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, model: Model, opts: WeightSharingOptions) -> _Data:
+        inputs = model_inputs(model)
+        real = opts.calibration is not None
+        if real:
+            source = open_calibration(opts.calibration, inputs=inputs, dims=opts.dims)
+        else:  # no data: the budget is measured on random inputs, nothing is calibrated
+            source = synthetic(inputs, 4, 0, dims=opts.dims)
+        holdout = Holdout(every=5 if real else 0, limit=16)
+        calibration = list(itertools.islice(holdout.route(source), opts.samples))
+        notes = []
+        if not calibration and not holdout.held:
+            raise UsageError("the calibration data holds no samples")
+        held = holdout.held
+        if real and held:
+            held_description = f"{len(held)} held-out calibration sample(s) (every fifth from the second, not calibrated on)"
+        elif real:
+            held, held_description = calibration, f"the {len(calibration)} calibration sample(s) (too few to hold one out)"
+            notes.append("the budget was measured on the calibration samples themselves: give at least two samples")
+        else:
+            held = calibration[:4]
+            held_description = f"{len(held)} seeded random input(s) (no calibration data)"
+        mask = find_padding_mask(opts.padding_mask, [v.name for v in model.graph.inputs], held[0] if held else None)
+        labelled = _labelled(opts.eval_data)
+        return cls(calibration, held, real, source.description, held_description, mask, labelled, notes)
+
+
+def _labelled(eval_data: Any) -> LabelledData | None:
+    if eval_data is None:
+        return None
+    if isinstance(eval_data, LabelledData):
+        return eval_data
+    try:
+        with np.load(eval_data) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, TypeError) as e:
+        raise UsageError(f"cannot read evaluation data {eval_data}: {e}") from None
+    labels = arrays.pop("labels", None)
+    if labels is None:
+        raise UsageError(f"evaluation data {eval_data} has no 'labels' array")
+    return LabelledData(arrays, labels)
+
+
+class _Measure:
+    """Output cosine/SQNR of candidates against the float model on the held-out feeds, and
+    accuracy on the labelled data."""
+
+    def __init__(self, float_proto: onnx.ModelProto, data: _Data) -> None:
+        self.outputs = [o.name for o in float_proto.graph.output]
+        self.data = data
+        sess = OrtRunner().session(float_proto)
+        self.reference = [sess.run(self.outputs, dict(f)) for f in data.held]
+        self.evaluate = (
+            classification_accuracy(data.labelled.inputs, data.labelled.labels) if data.labelled is not None else None
+        )
+        self.float_accuracy = self.evaluate(float_proto) if self.evaluate is not None else None
+
+    def figures(self, proto: onnx.ModelProto) -> tuple[dict[str, float], dict[str, float], tuple[float, float] | None]:
+        sess = OrtRunner().session(proto)
+        pairs = ErrorPairs(self.data.mask)
+        for feed, ref in zip(self.data.held, self.reference):
+            for name, want, got in zip(self.outputs, ref, sess.run(self.outputs, dict(feed))):
+                pairs.add(name, want, got, feed)
+        cos = {o: pairs.worst_cosine(o) for o in self.outputs if o in pairs}
+        sqnr = {o: pairs.sqnr(o) for o in self.outputs if o in pairs}
+        acc = None
+        if self.evaluate is not None and self.float_accuracy is not None:
+            acc = (self.float_accuracy, self.evaluate(proto))
+        return cos, sqnr, acc
+
+
+def codebook_weights(graph: Graph) -> list[str]:
+    """Names of the codebooks decoded in ``graph`` (for reports and tests)."""
+    return [v.name for v in graph.initializers.values() if v.name.endswith("_codebook")]
+
+
+__all__ = ["REPORT_KEY", "ShareWeights", "SharedLayer", "WeightSharingOptions", "WeightSharingReport", "apply_codebooks", "find_weights"]

@@ -1,0 +1,231 @@
+"""k-means weight sharing: the codebook numerics, the standard-ONNX form (decoded exactly as the
+codebook says, by onnxruntime with and without its optimizations), tied weights, packed 4-bit
+indices, constant folding leaving the decode alone, and the bits-per-layer budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from pass_helpers import const, make_model, vi
+
+from onnxforge import modelio
+from onnxforge.calibration.budget import BudgetError
+from onnxforge.equivalence import OrtRunner, assert_equivalent
+from onnxforge.ir import to_proto
+from onnxforge.kernels.registry import evaluate
+from onnxforge.passes import ConstantFolding
+from onnxforge.passes.compression.codebook import (
+    fit_codebook,
+    is_decode_node,
+    kmeans_1d,
+    packed_uint4,
+    read_codebook,
+    refine_centroids,
+)
+from onnxforge.passes.compression.weight_sharing import REPORT_KEY, ShareWeights
+from onnxforge.passmanager import PassContext
+
+RNG = np.random.default_rng(0)
+
+
+def _mlp(opset: int = 17, tied: bool = False) -> onnx.ModelProto:
+    """x [b, 16] -> MatMul W1 [16, 64] -> Relu -> Gemm(W2 [32, 64], transB) -> y; optionally an
+    embedding Gather reading W1 too (a tied weight)."""
+    w1 = RNG.standard_normal((16, 64)).astype(np.float32)
+    w1[:, :8] = 0  # pruned columns: zero must stay exact
+    w2 = RNG.standard_normal((32, 64)).astype(np.float32) * 0.1
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="gemm", transB=1),
+    ]
+    inputs = [vi("x", shape=["b", 16])]
+    outputs = [vi("y", shape=["b", 32])]
+    if tied:
+        nodes.append(helper.make_node("Gather", ["w1", "ids"], ["emb"], name="embed", axis=0))
+        inputs.append(vi("ids", TensorProto.INT64, [3]))
+        outputs.append(vi("emb", shape=[3, 64]))
+    return make_model(
+        nodes, inputs, outputs, [const("w1", w1), const("w2", w2), const("b2", np.zeros(32))], opset=opset,
+        ir_version=10 if opset >= 21 else 8,
+    )
+
+
+def _share(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, object]:
+    ctx = PassContext()
+    ir = modelio.load(model).model
+    result = ctx.run(ShareWeights(**options), ir)
+    assert result.modified
+    out = to_proto(result.model)
+    onnx.checker.check_model(out, full_check=True)
+    return out, ctx.records[REPORT_KEY]
+
+
+def _decoded_reference(model: onnx.ModelProto, compressed: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every shared weight replaced by its decoded codebook values."""
+    ir = modelio.load(compressed).model
+    decoded = {}
+    for node in ir.graph:
+        got = read_codebook(node.output(0))
+        if got is not None:
+            book, idx, _ = got
+            decoded[node.output(0).name.removesuffix("_decoded")] = book[idx.array().astype(np.int64)]
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    for t in ref.graph.initializer:
+        if t.name in decoded:
+            t.CopyFrom(numpy_helper.from_array(decoded[t.name].astype(np.float32), t.name))
+    return ref
+
+
+def test_kmeans_is_linear_initialized_and_converges():
+    x = np.concatenate([RNG.normal(-2, 0.1, 500), RNG.normal(3, 0.1, 500)])
+    c = kmeans_1d(x, 2)
+    assert np.allclose(c, [-2, 3], atol=0.05)
+    assert np.array_equal(kmeans_1d(x, 4), kmeans_1d(x, 4))  # deterministic
+    assert np.all(np.diff(kmeans_1d(RNG.standard_normal(10_000), 16)) > 0)
+
+
+def test_codebook_keeps_zero_exact_and_has_at_most_2_to_the_bits_values():
+    w = RNG.standard_normal((64, 32)).astype(np.float32)
+    w[RNG.random(w.shape) < 0.6] = 0
+    for bits in (2, 3, 4, 8):
+        cb = fit_codebook(w, bits)
+        assert cb.centroids.size == 1 << bits and cb.zero_index == 0 and cb.centroids[0] == 0
+        d = cb.decode()
+        assert np.array_equal(d == 0, w == 0)  # pruned stay pruned, nothing else becomes 0
+        assert np.unique(d).size <= 1 << bits
+    dense = fit_codebook(RNG.standard_normal(1000).astype(np.float32), 4, keep_zero=True)
+    assert dense.zero_index is None
+    err8 = np.square(fit_codebook(w, 8).decode() - w).mean()
+    err4 = np.square(fit_codebook(w, 4).decode() - w).mean()
+    assert err8 < err4 / 10
+    with pytest.raises(ValueError, match="bits"):
+        fit_codebook(w, 9)
+
+
+def test_refinement_lowers_the_layer_output_error():
+    x = RNG.standard_normal((256, 32)) * np.linspace(0.1, 3, 32)  # channels of unequal power
+    w = RNG.standard_normal((32, 16)).astype(np.float32)
+    g = x.T @ x / len(x)
+    cb = fit_codebook(w, 3)
+    refined = refine_centroids(cb, w, g, axis=0)
+
+    def out_err(c):
+        return float(np.square(x @ (w - c.decode())).mean())
+
+    # the least-squares optimum over the centroids, solved directly: [x S_c] columns
+    cols = np.stack([(x @ (cb.indices == c)).ravel() for c in range(8)], axis=1)
+    best, *_ = np.linalg.lstsq(cols, (x @ w).ravel(), rcond=None)
+    optimum = float(np.square(x @ w - (cols @ best).reshape(x.shape[0], -1)).mean())
+    assert out_err(refined) < out_err(cb) and out_err(refined) == pytest.approx(optimum, rel=1e-4)
+    assert np.array_equal(refined.indices, cb.indices)
+    wt = np.ascontiguousarray(w.T)  # the same weight stored [N, K] (Gemm transB): axis 1
+    cbt = fit_codebook(wt, 3)
+    rt = refine_centroids(cbt, wt, g, axis=1)
+    assert float(np.square(x @ (w - rt.decode().T)).mean()) < float(np.square(x @ (w - cbt.decode().T)).mean())
+
+
+def test_shared_model_decodes_exactly_what_the_codebook_says():
+    model = _mlp()
+    out, report = _share(model, bits=4)
+    types = {t.name: t.data_type for t in out.graph.initializer}
+    assert types == {"w1_codebook_indices": TensorProto.UINT8, "w1_codebook": TensorProto.FLOAT,
+                     "w2_codebook_indices": TensorProto.UINT8, "w2_codebook": TensorProto.FLOAT,
+                     "b2": TensorProto.FLOAT}  # fmt: skip
+    assert [n.op_type for n in out.graph.node].count("Gather") == 2
+    assert [layer.bits for layer in report.layers] == [4, 4]
+    assert report.layers[0].zeros == 16 * 8
+    ref = _decoded_reference(model, out)
+    feeds = {"x": RNG.standard_normal((5, 16)).astype(np.float32)}
+    assert_equivalent(ref, out, feeds=feeds, rtol=0, atol=0)
+    # onnxruntime folds the decode when it optimizes: same outputs
+    fast = OrtRunner(optimize=True).run(out, feeds)["y"]
+    np.testing.assert_array_equal(fast, OrtRunner().run(ref, feeds)["y"])
+
+
+def test_tied_weight_gets_one_codebook_and_the_embedding_gathers_indices():
+    model = _mlp(tied=True)
+    out, report = _share(model, bits=4)
+    names = [t.name for t in out.graph.initializer]
+    assert names.count("w1_codebook_indices") == 1 and "w1" not in names  # still one tensor
+    assert report.layers[0].readers == "mm, embed"
+    embed = next(n for n in out.graph.node if n.name == "embed")
+    producers = {o: n for n in out.graph.node for o in n.output}
+    cast = producers[embed.input[1]]
+    rows = producers[cast.input[0]]
+    assert (embed.input[0], cast.op_type, rows.op_type, rows.input[0]) == ("w1_codebook", "Cast", "Gather", "w1_codebook_indices")
+    feeds = {"x": RNG.standard_normal((2, 16)).astype(np.float32), "ids": np.array([0, 15, 3], np.int64)}
+    assert_equivalent(_decoded_reference(model, out), out, feeds=feeds, rtol=0, atol=0)
+
+
+def test_4bit_indices_are_packed_at_opset_21():
+    model = _mlp(opset=21)
+    out, report = _share(model, bits=4)
+    idx = next(t for t in out.graph.initializer if t.name == "w1_codebook_indices")
+    assert idx.data_type == TensorProto.UINT4 and len(idx.raw_data) == 16 * 64 // 2
+    assert report.layers[0].bytes_after == 16 * 64 // 2 + 16 * 4
+    feeds = {"x": RNG.standard_normal((3, 16)).astype(np.float32)}
+    assert_equivalent(_decoded_reference(model, out), out, feeds=feeds, rtol=0, atol=0)
+    five, _ = _share(model, bits=5)  # 5 bits do not fit a nibble
+    assert next(t for t in five.graph.initializer if t.name == "w1_codebook_indices").data_type == TensorProto.UINT8
+
+
+def test_the_decode_has_kernels_and_constant_folding_leaves_it():
+    t = packed_uint4(np.array([[1, 15], [7, 0]], np.uint8))
+    (idx32,) = evaluate("Cast", [numpy_helper.to_array(t)], {"to": TensorProto.INT32}, opset=21)
+    assert idx32.dtype == np.int32 and idx32.tolist() == [[1, 15], [7, 0]]
+    (w,) = evaluate("Gather", [np.arange(16, dtype=np.float32), idx32], {"axis": 0}, opset=21)
+    assert w.tolist() == [[1, 15], [7, 0]]
+    out, _ = _share(_mlp(tied=True), bits=3)
+    ir = modelio.load(out).model
+    assert sum(is_decode_node(n) for n in ir.graph) == 7  # 2x (Cast, Gather), and the embedding's Gather, Cast, Gather
+    assert ConstantFolding()(ir).modified is False
+
+
+def test_budget_adds_bits_to_the_sensitive_layers():
+    model = _mlp()
+    calib = [{"x": RNG.standard_normal((8, 16)).astype(np.float32)} for _ in range(10)]
+    _, loose = _share(model, bits=2, calibration=calib)
+    out, tight = _share(model, bits=2, calibration=calib, min_cosine=0.999)
+    assert tight.stepped and min(tight.output_cosine.values()) >= 0.999
+    assert min(loose.output_cosine.values()) < 0.999 and not loose.stepped
+    assert {layer.name: layer.bits for layer in tight.layers} != {"w1": 2, "w2": 2}
+    assert "held-out" in tight.budget_data
+    with pytest.raises(BudgetError, match="misses its budget"):
+        _share(model, bits=2, calibration=calib, min_cosine=1.0, max_steps=1)
+    _, missed = _share(model, bits=2, calibration=calib, min_cosine=1.0, max_steps=1, allow_budget_miss=True)
+    assert missed.budget_missed
+
+
+def test_calibration_makes_clustering_data_aware():
+    # The first 4 input channels carry the signal and meet small weights; the other 12 are
+    # nearly silent and meet large ones. Clustering by weight error spends the centroids on
+    # the large weights; clustering by the input's power does not.
+    w = np.concatenate([RNG.normal(0, 0.1, (4, 64)), RNG.normal(0, 5.0, (12, 64))]).astype(np.float32)
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        [vi("x", shape=["b", 16])],
+        [vi("y", shape=["b", 64])],
+        [const("w", w)],
+    )
+    scale = np.r_[np.full(4, 10.0), np.full(12, 0.01)].astype(np.float32)
+    calib = [{"x": RNG.standard_normal((16, 16)).astype(np.float32) * scale} for _ in range(10)]
+    feeds = {"x": RNG.standard_normal((64, 16)).astype(np.float32) * scale}
+    ref = OrtRunner().run(model, feeds)["y"]
+    errs = []
+    for calibration in (None, calib):
+        out, report = _share(model, bits=3, calibration=calibration)
+        assert report.layers[0].refined is (calibration is not None)
+        errs.append(float(np.square(OrtRunner().run(out, feeds)["y"] - ref).mean()))
+    assert errs[1] < errs[0] / 10, errs
+
+
+def test_small_weights_and_graph_inputs_stay_float():
+    model = _mlp()
+    ir = modelio.load(model).model
+    ctx = PassContext()
+    assert ctx.run(ShareWeights(min_elements=10_000), ir).modified is False
+    assert "no weight" in ctx.records[REPORT_KEY].notes[0]
