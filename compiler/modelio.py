@@ -1,6 +1,7 @@
 """Loading and saving models safely.
 
-* :func:`load` validates before anything else runs: the file exists and parses as a ModelProto,
+* :func:`load` reads ``.onnx`` files and ``.onnxz`` archives (:mod:`onnxforge.ir.archive`, told
+  apart by their first bytes) and validates before anything else runs: the file exists and parses as a ModelProto,
   the IR version and opsets are supported, the checker accepts it, every node's types satisfy its
   operator's type constraints (:func:`check_types`), every external-data reference stays inside
   the model's folder and inside its file, and the graph is acyclic with every input defined. Failures raise :class:`~onnxforge.errors.ModelError` (or ``UsageError`` for paths) with
@@ -30,7 +31,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from onnxforge.errors import ModelError, UsageError
-from onnxforge.ir import Model, from_proto, to_proto
+from onnxforge.ir import Model, archive, from_proto, to_proto
 from onnxforge.ir.proto_walk import graph_protos
 from onnxforge.ir.tensor_data import TensorStore, external_info, is_external, iter_tensors
 
@@ -100,6 +101,13 @@ def _parse_file(p: Path) -> onnx.ModelProto:
         raise UsageError(f"cannot read {p}: {e.strerror or e}") from None
     if not data:
         raise ModelError(f"{p} is empty, not an ONNX model")
+    if archive.is_archive(data):  # an .onnxz archive: its model, decoded in memory
+        try:
+            proto = archive.unpack(data)
+        except archive.ArchiveError as e:
+            raise ModelError(f"{p}: {e}") from None
+        check_text(proto, str(p))
+        return proto
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(data)

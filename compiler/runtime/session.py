@@ -15,6 +15,7 @@ from typing import Any
 import onnx
 import onnxruntime as ort
 
+from onnxforge.ir import archive
 from onnxforge.runtime.availability import check_session
 from onnxforge.runtime.choices import check_nchwc_block
 from onnxforge.runtime.machine import cache_dir
@@ -22,6 +23,20 @@ from onnxforge.runtime.options import deployment_options, open_session, session_
 from onnxforge.runtime.target import TARGETS, TENSORRT_EP, Target
 
 ModelSource = bytes | str | os.PathLike[str] | onnx.ModelProto
+
+
+def _path_or_archive(path: str | os.PathLike[str]) -> bytes | str:
+    """The path onnxruntime opens, or for an ``.onnxz`` archive (which it cannot read) the
+    serialized model inside it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(archive.MAGIC))
+    except OSError:
+        return os.fspath(path)  # onnxruntime reports the missing file
+    if not archive.is_archive(head):
+        return os.fspath(path)
+    with open(path, "rb") as f:
+        return archive.unpack(f.read()).SerializeToString()
 
 
 def create_session(
@@ -47,7 +62,7 @@ def create_session(
     elif isinstance(model, bytes):
         data = model
     else:
-        data = os.fspath(model)
+        data = _path_or_archive(model)
     sess = open_session(data, options, target.provider_list())
     if guard:
         check_nchwc_block(sess.get_modelmeta().custom_metadata_map)
@@ -92,7 +107,7 @@ def deployment_session(
     elif isinstance(model, bytes):
         data = model
     else:
-        data = os.fspath(model)
+        data = _path_or_archive(model)
     sess = open_session(data, options, deployment_providers(target))
     check_session(target, sess.get_providers(), strict=strict)
     if guard:

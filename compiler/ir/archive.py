@@ -1,0 +1,397 @@
+"""The ``.onnxz`` archive: an ONNX model with entropy-coded tensors (docs/COMPRESSION.md).
+
+:func:`pack` turns a ModelProto into archive bytes, :func:`unpack` gives the ModelProto back:
+the same message (tensors stored in typed fields such as ``float_data`` come back in
+``raw_data``, with the same values; external data comes back embedded). :func:`is_archive`
+tells an archive from a model by its first bytes; :func:`onnxforge.modelio.load` reads either.
+
+Layout (integers little-endian)::
+
+    0   8 bytes   magic b"ONNXZ\\x1a\\r\\n"
+    8   u16       format version (1)
+    10  u16       flags (0)
+    12  u32       index length I
+    16  I bytes   index: zlib-compressed JSON (below)
+    16+I          the blobs the index points at, back to back
+
+The index is ``{"skeleton": BLOB, "tensors": [TENSOR, ...]}``. A BLOB is ``{"offset", "length",
+"size", "crc32"}``: ``length`` bytes at ``offset`` (from the end of the index) decode to
+``size`` bytes whose CRC-32 is ``crc32``. The skeleton blob (zlib) is the serialized ModelProto
+with the data of every coded tensor left out. Each TENSOR is a BLOB plus ``"ref"`` (the
+tensor's position among all tensors of the model, in the order of
+:func:`onnxforge.ir.tensor_data.iter_tensors`: initializers and Constant values of every graph),
+``"name"`` (checked on unpack) and ``"codec"``, one of:
+
+* ``raw``: the tensor's little-endian bytes as they are (not written by this version: a
+  tensor no codec shrinks stays in the skeleton, which is deflated as a whole).
+* ``huffman``: the bytes cut into ``planes`` byte planes (byte ``i`` of every element; one
+  plane for 1-byte and packed 4-bit types), each a Huffman stream (:mod:`onnxforge.ir.huffman`)
+  prefixed by its length as a LEB128 varint.
+* ``nibbles``: a packed 4-bit tensor (uint4/int4: codebook indices) as one Huffman stream of
+  its 4-bit values, low nibble first; an odd count ends with a zero nibble in the last byte.
+* ``runs``: 1-byte symbols (or ``nibbles`` of a 4-bit tensor, ``"unit": 4``) where one symbol
+  ``zero`` dominates (the index of a pruned weight's exact 0): two Huffman streams, each
+  prefixed by its LEB128 length. The first holds run tokens ``r``: 0..254 = ``r`` zeros then
+  the next value, 255 = 255 zeros and no value; the second the values (never ``zero``), in
+  order. Zeros after the last value fill the tensor up to its size (Deep Compression's
+  relative-index coding of sparse weights).
+* ``zlib``: deflate (small tensors with repeated patterns, such as shape constants).
+
+Every tensor above 64 bytes takes the codec that makes it smallest. A damaged archive (bad magic, version,
+index, offsets, CRC, or a stream that does not decode) raises :class:`ArchiveError` with a
+one-line reason; sizes are checked before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper
+
+from onnxforge.errors import ModelError
+from onnxforge.ir import huffman
+from onnxforge.ir.tensor_data import TensorStore, is_external, iter_tensors
+
+MAGIC = b"ONNXZ\x1a\r\n"
+VERSION = 1
+SUFFIX = ".onnxz"
+_HEADER = struct.Struct("<8sHHI")
+#: Tensors of this size or less stay in the skeleton (their coding would cost more than it saves).
+MIN_CODED_BYTES = 64
+#: zlib is tried on tensors up to this size only (it is slow and loses to Huffman on weights).
+ZLIB_MAX_BYTES = 1 << 20
+_FOUR_BIT = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+_DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+class ArchiveError(ModelError):
+    """A file that claims to be an archive but cannot be read as one."""
+
+
+def is_archive(head: bytes) -> bool:
+    """Whether bytes (at least the first 8 of a file) start an ``.onnxz`` archive."""
+    return head[: len(MAGIC)] == MAGIC
+
+
+# --------------------------------------------------------------------------------------------
+# Packing
+# --------------------------------------------------------------------------------------------
+def _tensor_bytes(t: onnx.TensorProto, store: TensorStore | None) -> bytes | None:
+    """The little-endian raw bytes of a numeric tensor (None: leave it in the skeleton)."""
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    if is_external(t):
+        if store is None:
+            return None
+        return bytes(store.read_bytes(t))
+    if t.HasField("raw_data"):
+        return t.raw_data
+    if t.data_type in _FOUR_BIT:
+        return None
+    try:
+        arr = numpy_helper.to_array(t)
+    except Exception:
+        return None
+    arr = np.ascontiguousarray(arr)
+    if sys.byteorder == "big" and arr.dtype.itemsize > 1:
+        arr = arr.byteswap()
+    return arr.tobytes()
+
+
+def _itemsize(t: onnx.TensorProto) -> int:
+    if t.data_type in _FOUR_BIT:
+        return 1
+    try:
+        return max(1, int(helper.tensor_dtype_to_np_dtype(t.data_type).itemsize))
+    except Exception:
+        return 1
+
+
+def _with_length(stream: bytes) -> bytes:
+    return huffman._varint(len(stream)) + stream
+
+
+def _split_streams(data: memoryview, count: int) -> list[memoryview]:
+    r = huffman._Reader(data)
+    out = []
+    for _ in range(count):
+        n = r.varint()
+        out.append(r.take(n))
+    return out
+
+
+def _nibbles(raw: bytes) -> np.ndarray:
+    b = np.frombuffer(raw, np.uint8)
+    out = np.empty(b.size * 2, np.uint8)
+    out[0::2] = b & 0x0F
+    out[1::2] = b >> 4
+    return out
+
+
+def _pack_nibbles(values: np.ndarray) -> bytes:
+    v = values.astype(np.uint8)
+    if v.size % 2:
+        v = np.concatenate([v, np.zeros(1, np.uint8)])
+    return ((v[0::2] & 0x0F) | (v[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def _run_tokens(sym: np.ndarray, zero: int) -> tuple[np.ndarray, np.ndarray]:
+    """(run tokens, values) of ``sym`` for the ``runs`` codec."""
+    nz = np.flatnonzero(sym != zero)
+    values = sym[nz]
+    gaps = np.diff(np.concatenate([[-1], nz])) - 1  # zeros before each value
+    full = gaps // 255
+    tokens = np.empty(int(full.sum()) + nz.size, np.uint8)
+    # each value: `full` escape tokens, then its remainder
+    ends = np.cumsum(full + 1) - 1
+    tokens[:] = 255
+    tokens[ends] = (gaps - full * 255).astype(np.uint8)
+    return tokens, values
+
+
+def _from_runs(tokens: np.ndarray, values: np.ndarray, zero: int, n: int) -> np.ndarray:
+    is_value = tokens != 255
+    if int(is_value.sum()) != values.size:
+        raise ArchiveError("archive damaged: run tokens and values disagree")
+    step = np.where(is_value, tokens.astype(np.int64) + 1, 255)
+    pos = np.cumsum(step)[is_value] - 1
+    if pos.size and (pos[-1] >= n or pos.min() < 0):
+        raise ArchiveError("archive damaged: a run goes past the end of its tensor")
+    out = np.full(n, zero, np.uint8)
+    out[pos] = values
+    return out
+
+
+def _huffman_size(sym: np.ndarray) -> int:
+    counts = np.bincount(sym, minlength=256)
+    bits = huffman.coded_bits(counts)
+    block = huffman.block_size(sym.size, bits / max(sym.size, 1))
+    return (bits + 7) // 8 + 16 + math.ceil(sym.size / block) * 2
+
+
+def _candidates(raw: bytes, t: onnx.TensorProto) -> list[tuple[int, str, Callable[[], tuple[bytes, dict[str, Any]]]]]:
+    """(estimated size, codec, encoder) for every codec that applies."""
+    out: list[tuple[int, str, Callable[[], tuple[bytes, dict[str, Any]]]]] = [(len(raw), "raw", lambda: (raw, {}))]
+    size = _itemsize(t)
+    b = np.frombuffer(raw, np.uint8)
+    if size > 1 and b.size % size == 0:
+        planes = [np.ascontiguousarray(p) for p in b.reshape(-1, size).T]
+    else:
+        planes, size = [b], 1
+    est = sum(_huffman_size(p) for p in planes)
+    out.append((est, "huffman", lambda: (b"".join(_with_length(huffman.encode(p)) for p in planes), {"planes": size})))
+    symbols: list[tuple[np.ndarray, int]] = []
+    if t.data_type in _FOUR_BIT:
+        nib = _nibbles(raw)
+        symbols.append((nib, 4))
+        out.append((_huffman_size(nib), "nibbles", lambda: (huffman.encode(nib), {})))
+    elif size == 1:
+        symbols.append((b, 8))
+    for sym, unit in symbols:
+        counts = np.bincount(sym, minlength=256)
+        zero = int(counts.argmax())
+        if counts[zero] * 2 < sym.size:
+            continue
+        tokens, values = _run_tokens(sym, zero)
+        est_runs = _huffman_size(tokens) + _huffman_size(values)
+
+        def enc(
+            tokens: np.ndarray = tokens, values: np.ndarray = values, zero: int = zero, unit: int = unit, count: int = int(sym.size)
+        ) -> tuple[bytes, dict[str, Any]]:
+            data = _with_length(huffman.encode(tokens)) + _with_length(huffman.encode(values))
+            return data, {"zero": zero, "unit": unit, "count": count}
+
+        out.append((est_runs, "runs", enc))
+    if len(raw) <= ZLIB_MAX_BYTES:
+        z = zlib.compress(raw, 9)
+        out.append((len(z), "zlib", lambda: (z, {})))
+    return out
+
+
+def pack(proto: onnx.ModelProto, store: TensorStore | None = None) -> bytes:
+    """The archive of ``proto`` (not modified); ``store`` reads its external data."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(proto)
+    blobs: list[bytes] = []
+    offset = 0
+    entries: list[dict[str, Any]] = []
+    for ref, t in enumerate(iter_tensors(skeleton)):
+        raw = _tensor_bytes(t, store)
+        if raw is None and is_external(t):
+            raise ModelError(f"tensor {t.name!r}: external data that cannot be read; load the model from its file")
+        if raw is None or len(raw) <= MIN_CODED_BYTES:
+            if raw is not None and is_external(t):  # small: embedded in the skeleton
+                t.ClearField("external_data")
+                t.ClearField("data_location")
+                t.raw_data = raw
+            continue
+        best = min(_candidates(raw, t), key=lambda c: c[0])
+        data, params = best[2]()
+        codec = best[1]
+        if codec == "raw" or len(data) >= len(raw):  # nothing gained: the skeleton (deflated) holds it
+            if is_external(t):
+                t.ClearField("external_data")
+                t.ClearField("data_location")
+                t.raw_data = raw
+            continue
+        entries.append(
+            {"ref": ref, "name": t.name, "codec": codec, **params, **_blob(offset, data, raw)}
+        )
+        blobs.append(data)
+        offset += len(data)
+        for f in _DATA_FIELDS:
+            t.ClearField(f)
+        t.ClearField("raw_data")
+        if is_external(t):
+            t.ClearField("external_data")
+            t.ClearField("data_location")
+    sk = skeleton.SerializeToString()
+    sk_z = zlib.compress(sk, 9)
+    index = {"skeleton": _blob(offset, sk_z, sk), "tensors": entries}
+    blobs.append(sk_z)
+    index_z = zlib.compress(json.dumps(index, separators=(",", ":")).encode(), 9)
+    return _HEADER.pack(MAGIC, VERSION, 0, len(index_z)) + index_z + b"".join(blobs)
+
+
+def _blob(offset: int, data: bytes, decoded: bytes) -> dict[str, int]:
+    return {"offset": offset, "length": len(data), "size": len(decoded), "crc32": zlib.crc32(decoded)}
+
+
+# --------------------------------------------------------------------------------------------
+# Unpacking
+# --------------------------------------------------------------------------------------------
+def _inflate(data: bytes | memoryview, size: int, what: str) -> bytes:
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, size + 1)
+    except zlib.error as e:
+        raise ArchiveError(f"archive damaged: {what} does not inflate ({e})") from None
+    if len(out) != size or not d.eof:
+        raise ArchiveError(f"archive damaged: {what} inflates to the wrong size")
+    return out
+
+
+def _decode_tensor(e: dict[str, Any], data: memoryview) -> bytes:
+    codec, size = e["codec"], int(e["size"])
+    if codec == "raw":
+        return bytes(data)
+    if codec == "zlib":
+        return _inflate(data, size, f"tensor {e['name']!r}")
+    try:
+        if codec == "huffman":
+            planes = int(e["planes"])
+            if planes < 1 or size % planes:
+                raise ArchiveError(f"archive damaged: tensor {e['name']!r} has a bad plane count")
+            streams = [huffman.decode(s) for s in _split_streams(data, planes)]
+            if any(s.size != size // planes for s in streams):
+                raise ArchiveError(f"archive damaged: tensor {e['name']!r} has planes of the wrong size")
+            return np.stack(streams, axis=1).tobytes() if planes > 1 else streams[0].tobytes()
+        if codec == "nibbles":
+            return _pack_nibbles(huffman.decode(data)[: size * 2])
+        if codec == "runs":
+            unit, count, zero = int(e["unit"]), int(e["count"]), int(e["zero"])
+            if count != (size * 2 if unit == 4 else size) or not 0 <= zero < 256:
+                raise ArchiveError(f"archive damaged: tensor {e['name']!r} has a bad run header")
+            tok_s, val_s = _split_streams(data, 2)
+            sym = _from_runs(huffman.decode(tok_s), huffman.decode(val_s), zero, count)
+            return _pack_nibbles(sym) if unit == 4 else sym.tobytes()
+    except huffman.HuffmanError as err:
+        raise ArchiveError(f"archive damaged: tensor {e['name']!r}: {err}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArchiveError(f"archive damaged: tensor {e['name']!r}: {err}") from None
+    raise ArchiveError(f"archive has tensor {e['name']!r} in unknown codec {codec!r}")
+
+
+def _slice(body: memoryview, e: dict[str, Any], what: str) -> memoryview:
+    try:
+        off, length = int(e["offset"]), int(e["length"])
+    except (KeyError, TypeError, ValueError):
+        raise ArchiveError(f"archive damaged: {what} has no valid offset/length") from None
+    if off < 0 or length < 0 or off + length > len(body):
+        raise ArchiveError(f"archive damaged or truncated: {what} lies outside the file")
+    return body[off : off + length]
+
+
+def read_index(data: bytes | memoryview) -> dict[str, Any]:
+    """The parsed index of an archive (for tools that list its contents)."""
+    view = memoryview(data)
+    if len(view) < _HEADER.size:
+        raise ArchiveError("archive truncated: shorter than its header")
+    magic, version, _flags, n = _HEADER.unpack(view[: _HEADER.size])
+    if magic != MAGIC:
+        raise ArchiveError("not an .onnxz archive (bad magic)")
+    if version != VERSION:
+        raise ArchiveError(f"archive format version {version} is not supported (this onnxforge reads {VERSION})")
+    if _HEADER.size + n > len(view):
+        raise ArchiveError("archive truncated: the index is cut off")
+    try:
+        raw = zlib.decompress(view[_HEADER.size : _HEADER.size + n])
+        index = json.loads(raw)
+    except (zlib.error, ValueError) as e:
+        raise ArchiveError(f"archive damaged: bad index ({e})") from None
+    if not isinstance(index, dict) or not isinstance(index.get("tensors"), list) or not isinstance(index.get("skeleton"), dict):
+        raise ArchiveError("archive damaged: bad index")
+    index["_body"] = _HEADER.size + n
+    return index
+
+
+def unpack(data: bytes | memoryview) -> onnx.ModelProto:
+    """The ModelProto of an archive made by :func:`pack`."""
+    view = memoryview(data)
+    index = read_index(view)
+    body = view[index.pop("_body") :]
+    sk = index["skeleton"]
+    sk_bytes = _inflate(_slice(body, sk, "the skeleton"), int(sk.get("size", -1)), "the skeleton")
+    _check_crc(sk_bytes, sk, "the skeleton")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(sk_bytes)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ArchiveError(f"archive damaged: the skeleton is not a model ({e})") from None
+    tensors = list(iter_tensors(proto))
+    for e in index["tensors"]:
+        if not isinstance(e, dict):
+            raise ArchiveError("archive damaged: bad tensor entry")
+        ref = e.get("ref")
+        if not isinstance(ref, int) or not 0 <= ref < len(tensors) or tensors[ref].name != e.get("name"):
+            raise ArchiveError(f"archive damaged: tensor entry {e.get('name')!r} does not match the skeleton")
+        t = tensors[ref]
+        size = int(e.get("size", -1))
+        if size != _expected_bytes(t):
+            raise ArchiveError(f"archive damaged: tensor {t.name!r} has {size} bytes, its shape needs {_expected_bytes(t)}")
+        raw = _decode_tensor(e, _slice(body, e, f"tensor {t.name!r}"))
+        if len(raw) != size:
+            raise ArchiveError(f"archive damaged: tensor {t.name!r} decodes to {len(raw)} bytes, not {size}")
+        _check_crc(raw, e, f"tensor {t.name!r}")
+        t.raw_data = raw
+    return proto
+
+
+def _expected_bytes(t: onnx.TensorProto) -> int:
+    n = math.prod(t.dims)
+    if t.data_type in _FOUR_BIT:
+        return (n + 1) // 2
+    return n * _itemsize(t)
+
+
+def _check_crc(data: bytes, e: dict[str, Any], what: str) -> None:
+    if zlib.crc32(data) != e.get("crc32"):
+        raise ArchiveError(f"archive damaged: {what} fails its CRC check")
+
+
+def summary(data: bytes | memoryview) -> list[dict[str, Any]]:
+    """Per coded tensor: name, codec, decoded and coded bytes (for reports)."""
+    index = read_index(data)
+    return [
+        {"name": e.get("name"), "codec": e.get("codec"), "bytes": e.get("size"), "coded": e.get("length")}
+        for e in index["tensors"]
+    ]
