@@ -23,6 +23,7 @@ from onnxforge.errors import ModelError, UsageError
 from onnxforge.runtime.emit import ep_context_model, optimized_model
 from onnxforge.runtime.placement import placement
 from onnxforge.runtime.placement import render as render_placement
+from onnxforge.runtime.target import TENSORRT_EP
 
 NAME = "lower"
 HELP = "show which execution provider takes each node; write onnxruntime's optimized, .ort or EPContext model"
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if args.embed_engine and not args.ep_context:
         raise UsageError("--embed-engine goes with --ep-context")
     target = target_from_args(args)
+    if args.ep_context and TENSORRT_EP not in target.providers:
+        raise UsageError(f"--ep-context needs --target tensorrt (a provider that compiles engines); this run is on --target {target.name}")
     proto, feeds = model_feeds(path, args)
     placed = placement(str(path), target, method=args.placement_from, feeds=feeds)
     doc: dict[str, object] = {"placement": placed.to_json()}

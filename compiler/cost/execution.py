@@ -67,7 +67,7 @@ class ProviderFlops:
     unattributed: list[str] = field(default_factory=list)
 
     def message(self, target: str) -> str:
-        top = ", ".join(f"{n} ({f / 1e6:.1f} MFLOP)" for n, f in self.top_cpu_nodes[:5])
+        top = ", ".join(f"{n} ({_flops_text(f)})" for n, f in self.top_cpu_nodes[:5])
         return (
             f"{self.cpu_share * 100:.1f}% of the FLOPs of --target {target} fall back to {CPU_EP} "
             f"(more than {self.threshold * 100:.0f}%): {top}"
@@ -83,6 +83,13 @@ class ProviderFlops:
             "top_cpu_nodes": [{"name": n, "flops": f} for n, f in self.top_cpu_nodes],
             "unattributed": list(self.unattributed),
         }
+
+
+def _flops_text(f: float) -> str:
+    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if f >= scale:
+            return f"{f / scale:.1f} {unit}"
+    return f"{f:.0f} FLOP"
 
 
 def provider_flops(placement: Placement, flops: Mapping[str, int], *, threshold: float = FALLBACK_WARN_SHARE) -> ProviderFlops:

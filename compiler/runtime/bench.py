@@ -4,11 +4,13 @@ creation time of a model on a target, and interleaved comparisons of several.
 * :func:`bench` times one model: the session is made (timed, with the memory it takes), run
   ``warmup`` times, then run until both ``min_runs`` runs and ``seconds`` seconds are done (at
   most ``max_runs``).
-* :func:`compare` times two models (or more) on the same target, interleaved: each round runs
-  every session once, the session that starts a round rotating, so that machine noise (other
+* :func:`compare` times two models (or more) on the same target, interleaved: each round gives
+  every session a turn, the session that starts a round rotating, so that machine noise (other
   processes, frequency changes) hits all of them alike. The ratio of medians comes with a
   bootstrap 95% interval over the rounds.
-* :func:`interleaved_times` is the loop under both, also used by ``benchmarks/``.
+* :func:`interleaved_rounds` is the loop under :func:`compare` and ``tune``, also used by
+  ``benchmarks/`` (:func:`interleaved_times`); models faster than 10 ms per run take turns of
+  about 10 ms, the first run of a turn untimed, so that each is timed with warm caches.
 
 ``onnxforge bench`` prints these; ``bench --json`` writes :meth:`BenchReport.to_json`, whose
 schema (``onnxforge.bench/1``) is documented in ``docs/LOWERING.md``.
@@ -245,7 +247,16 @@ def _run(sess: Any, feeds: Feeds) -> Callable[[], Any]:
     return lambda: sess.run(names, feed)
 
 
-def interleaved_times(
+#: A session faster than this per run runs in turns of about this long, the first run of each
+#: turn untimed: the session before it has just evicted its weights from the CPU caches, and
+#: alternating run by run would time small models cold (1 vs 3 MatMul layers of 512x512 measured
+#: 2.4x run by run against 6.9x warm on this machine).
+TURN_S = 0.01
+#: At most this many timed runs per turn.
+MAX_TURN_RUNS = 64
+
+
+def interleaved_rounds(
     sessions: Sequence[Any],
     feeds: Feeds | Sequence[Feeds],
     *,
@@ -255,40 +266,65 @@ def interleaved_times(
     min_rounds: int = 5,
     max_rounds: int = 400,
     round_target_s: float = 2.0,
-) -> list[list[float]]:
-    """Seconds per run of each session, round after round; each round runs every session once,
-    starting one session later than the previous round, so no session always runs first or
-    right after the same neighbour (both shift latencies of large models by a few percent).
-    At least ``rounds`` rounds, more for fast models (up to ``max_rounds`` or about
-    ``round_target_s`` seconds of runs), fewer when ``budget_s`` runs out (at least
-    ``min_rounds``)."""
+    turn_s: float = TURN_S,
+) -> list[list[list[float]]]:
+    """Seconds of each run, as ``[session][round][run]``. Each round gives every session one
+    turn, starting one session later than the previous round, so no session always runs first or
+    right after the same neighbour (both shift latencies of large models by a few percent). A
+    session slower than ``turn_s`` per run runs once per turn; a faster one runs once untimed (to
+    warm the caches the others used) and then for about ``turn_s``. At least ``rounds`` rounds,
+    more for fast models (up to ``max_rounds`` or about ``round_target_s`` seconds), fewer when
+    ``budget_s`` runs out (at least ``min_rounds``)."""
     per = [feeds] * len(sessions) if isinstance(feeds, Mapping) else list(feeds)
     if len(per) != len(sessions):
         raise ValueError(f"{len(sessions)} sessions but {len(per)} feeds")
     runs = [_run(s, f) for s, f in zip(sessions, per)]
-    one_round = 0.0
+    each = []
     for run in runs:
         last = 0.0
         for _ in range(max(warmup, 1)):
             t0 = time.perf_counter()
             run()
             last = time.perf_counter() - t0
-        one_round += last
+        each.append(last)
+    per_turn = [1 if t >= turn_s else max(1, min(MAX_TURN_RUNS, int(turn_s / max(t, 1e-7)))) for t in each]
+    rewarm = [t < turn_s for t in each]
+    one_round = sum(t * (k + w) for t, k, w in zip(each, per_turn, rewarm))
     # Small models run many more rounds so that medians of a few microseconds are not at the
     # mercy of one noisy scheduling slice.
     rounds = max(rounds, min(max_rounds, int(round_target_s / max(one_round, 1e-6))))
-    times: list[list[float]] = [[] for _ in sessions]
+    out: list[list[list[float]]] = [[] for _ in sessions]
     n = len(sessions)
     start = time.perf_counter()
     for r in range(rounds):
-        for k in range(n):
-            i = (r + k) % n
-            t0 = time.perf_counter()
-            runs[i]()
-            times[i].append(time.perf_counter() - t0)
+        for j in range(n):
+            i = (r + j) % n
+            if rewarm[i]:
+                runs[i]()
+            turn = []
+            for _ in range(per_turn[i]):
+                t0 = time.perf_counter()
+                runs[i]()
+                turn.append(time.perf_counter() - t0)
+            out[i].append(turn)
         if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
             break
-    return times
+    return out
+
+
+def interleaved_times(
+    sessions: Sequence[Any],
+    feeds: Feeds | Sequence[Feeds],
+    **kwargs: Any,
+) -> list[list[float]]:
+    """Seconds of every timed run of each session, interleaved as :func:`interleaved_rounds`
+    does (same keywords)."""
+    return [[t for turn in rounds for t in turn] for rounds in interleaved_rounds(sessions, feeds, **kwargs)]
+
+
+def round_medians(rounds: Sequence[Sequence[float]]) -> list[float]:
+    """The median of each round's runs (the series :func:`ratio` pairs round by round)."""
+    return [float(np.median(turn)) for turn in rounds]
 
 
 def timed_runs(sess: Any, feeds: Feeds, *, min_runs: int = 10, max_runs: int = 10_000, seconds: float = 3.0) -> list[float]:
@@ -305,7 +341,8 @@ def timed_runs(sess: Any, feeds: Feeds, *, min_runs: int = 10, max_runs: int = 1
 
 
 def ratio(baseline: Sequence[float], other: Sequence[float], *, names: tuple[str, str] = ("", ""), seed: int = 0) -> Ratio:
-    """Ratio of median latencies of two interleaved series (same length: one entry per round)."""
+    """Ratio of median latencies of two interleaved series, one entry per round (a round's
+    median: :func:`round_medians`)."""
     a, b = np.asarray(baseline, dtype=np.float64), np.asarray(other, dtype=np.float64)
     n = min(len(a), len(b))
     a, b = a[:n], b[:n]
@@ -408,7 +445,7 @@ def compare(
         raise ValueError("compare needs two models or more, each with its feeds")
     labels = list(names) or [""] * len(models)
     opened = [open_measured(m, target, f, warmup=warmup, strict=strict, name=n) for m, f, n in zip(models, feeds, labels)]
-    times = interleaved_times(
+    by_round = interleaved_rounds(
         [o.sess for o in opened],
         [o.feeds for o in opened],
         rounds=min_runs,
@@ -418,8 +455,9 @@ def compare(
         max_rounds=max_runs,
         round_target_s=seconds,
     )
-    results = [_result(o, t, warmup) for o, t in zip(opened, times)]
-    ratios = [ratio(times[0], t, names=(opened[0].path, o.path)) for o, t in zip(opened[1:], times[1:])]
+    results = [_result(o, [t for turn in r for t in turn], warmup) for o, r in zip(opened, by_round)]
+    base = round_medians(by_round[0])
+    ratios = [ratio(base, round_medians(r), names=(opened[0].path, o.path)) for o, r in zip(opened[1:], by_round[1:])]
     settings = {"mode": "interleaved", "warmup": max(warmup, 1), "min_runs": min_runs, "max_runs": max_runs, "seconds": seconds}
     return BenchReport(target.describe(), settings, results, ratios)
 

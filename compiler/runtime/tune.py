@@ -28,9 +28,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
-from onnxforge.runtime.bench import Feeds, Ratio, interleaved_times, ratio
+from onnxforge.runtime.bench import Feeds, Ratio, interleaved_rounds, ratio, round_medians
 from onnxforge.runtime.machine import cpu_name
 from onnxforge.runtime.session import ModelSource, deployment_session
 from onnxforge.runtime.target import (
@@ -200,9 +201,11 @@ def _time(
         t0 = time.perf_counter()
         sess = deployment_session(model, target.with_session(c))
         create_ms = (time.perf_counter() - t0) * 1e3
-        base, mine = interleaved_times([anchor, sess], feeds, rounds=rounds, warmup=2, budget_s=seconds_each, min_rounds=min(rounds, 5), max_rounds=200, round_target_s=seconds_each)
-        r = ratio(base, mine)
-        out.append(Timing(c, sorted(mine)[len(mine) // 2] * 1e3, r, create_ms))
+        base, mine = interleaved_rounds(
+            [anchor, sess], feeds, rounds=rounds, warmup=2, budget_s=seconds_each, min_rounds=min(rounds, 5), max_rounds=200, round_target_s=seconds_each
+        )
+        r = ratio(round_medians(base), round_medians(mine))
+        out.append(Timing(c, float(np.median([t for turn in mine for t in turn])) * 1e3, r, create_ms))
         if progress is not None:
             progress(f"[{i + 1}/{len(configs)}] {c.label()}: {r.ratio_p50:.3f}x the default")
         del sess
