@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/pytest
 CORPUS  ?= $(CURDIR)/.corpus
 export ONNXFORGE_CORPUS := $(CORPUS)
 
-.PHONY: setup test test-all lint demo conformance corpus bench bench-scale bench-cost bench-fusion bench-quant clean exports fuzz
+.PHONY: setup test test-all lint demo conformance corpus bench bench-scale bench-cost bench-fusion bench-quant bench-lowering clean exports fuzz
 
 setup: $(STAMP)
 
@@ -69,7 +69,8 @@ $(EXPORT_STAMP): pyproject.toml
 exports: $(EXPORT_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(EXPORT_VENV)/bin/python -m onnxforge.models.exports build
 
-bench: setup bench-scale bench-cost bench-fusion bench-quant
+## Every table in benchmarks/ (conformance.md included).
+bench: setup bench-scale bench-cost bench-fusion bench-quant bench-lowering conformance
 
 BENCH_STAMP := $(VENV)/.bench
 $(BENCH_STAMP): $(STAMP)
@@ -90,6 +91,11 @@ bench-quant: setup corpus
 ## Cost model vs measured latency on the corpus and the exports (run `make exports` first for those).
 bench-cost: setup corpus
 	$(BIN)/python -m benchmarks.cost_model --out benchmarks/cost_model.md
+
+## Lowering: bench --compare against an independent loop, placement report, CPU thread scaling, tune
+## vs the full grid; GPU rows need onnxruntime-gpu and a GPU (run `make exports` first for the models).
+bench-lowering: setup corpus
+	$(BIN)/python -m benchmarks.lowering --out benchmarks/lowering.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
