@@ -21,6 +21,7 @@ from onnxforge.passes.cleanup.toposort import TopologicalSort
 from onnxforge.passes.compression.fp16 import ConvertFloat16
 from onnxforge.passes.compression.int4 import QuantizeWeightsInt4
 from onnxforge.passes.compression.int8 import QuantizeInt8
+from onnxforge.passes.compression.low_rank import FactorizeLowRank
 from onnxforge.passes.compression.weight_sharing import ShareWeights
 from onnxforge.passes.fusion import FuseOnnxRuntime, FusePortable
 from onnxforge.passes.graphsurgeon import GraphSurgeonPass
@@ -44,6 +45,7 @@ ALL_PASSES: tuple[type[Pass], ...] = (
     QuantizeWeightsInt4,
     ConvertFloat16,
     ShareWeights,
+    FactorizeLowRank,
     LowerNchwc,
 )
 
@@ -72,6 +74,7 @@ __all__ = [
     "ConstantFolding",
     "DeadCodeElimination",
     "DeduplicateInitializers",
+    "FactorizeLowRank",
     "FuseOnnxRuntime",
     "FusePortable",
     "GraphSurgeonPass",

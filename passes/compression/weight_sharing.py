@@ -23,7 +23,6 @@ weight, is ``ctx.records["weight-sharing"]``.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -34,17 +33,19 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxforge.calibration.budget import Budget, BudgetError, Holdout, back_off
-from onnxforge.calibration.data import model_inputs, open_calibration, synthetic
-from onnxforge.calibration.sensitivity import sensitivity_ranking
-from onnxforge.calibration.taps import tapped_model
-from onnxforge.equivalence import OrtRunner
+from onnxforge.calibration.budget import Budget, BudgetError
 from onnxforge.errors import UsageError
 from onnxforge.ir import Graph, Model, Value, from_proto, to_proto
 from onnxforge.ir.constants import constant_value
-from onnxforge.metrics.padding import find_padding_mask, valid_positions
-from onnxforge.metrics.sqnr import ErrorPairs, worst
+from onnxforge.metrics.sqnr import worst
 from onnxforge.passes.cleanup.dead_code import DeadCodeElimination
+from onnxforge.passes.compression.budgeted import (
+    ActivationStats,
+    CompressionData,
+    OutputMeasure,
+    collect_stats,
+    fit_budget,
+)
 from onnxforge.passes.compression.codebook import (
     MAX_BITS,
     MIN_BITS,
@@ -57,7 +58,6 @@ from onnxforge.passes.compression.codebook import (
     store_codebook,
     weight_sqnr,
 )
-from onnxforge.passes.compression.int8.flow import LabelledData, classification_accuracy
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
 from onnxforge.tables import format_table
 
@@ -274,53 +274,7 @@ def find_weights(model: Model, min_elements: int) -> list[_Weight]:
     return list(out.values())
 
 
-@dataclass
-class _Stats:
-    """Per activation: sum of x x^T over rows (matmul) or of x^2 per channel (conv), and rows."""
-
-    gram: dict[str, np.ndarray] = field(default_factory=dict)
-    channel: dict[str, np.ndarray] = field(default_factory=dict)
-    rows: dict[str, int] = field(default_factory=dict)
-
-
-def collect_stats(
-    proto: onnx.ModelProto, weights: Sequence[_Weight], feeds: Sequence[Mapping[str, np.ndarray]], mask: str | None
-) -> _Stats:
-    """Second moments of every weight's input activation over ``feeds`` (padding left out)."""
-    wanted: dict[str, str] = {}
-    for w in weights:
-        if w.activation is not None and w.layout is not None:
-            wanted.setdefault(w.activation, w.layout[0])
-    stats = _Stats()
-    if not wanted or not feeds:
-        return stats
-    tapped, taps = tapped_model(proto, list(wanted))
-    names = [n for n in wanted if n in taps]
-    sess = OrtRunner().session(tapped)
-    for feed in feeds:
-        values = sess.run([taps[n] for n in names], dict(feed))
-        m = np.asarray(feed[mask]) if mask is not None and mask in feed else None
-        for name, x in zip(names, values):
-            x = np.asarray(x)
-            if not x.size or x.dtype.kind != "f":
-                continue
-            if wanted[name] == "matmul":
-                k = x.shape[-1]
-                rows = x.reshape(-1, k) if m is None else valid_positions(x, m).reshape(-1, k)
-                r64 = rows.astype(np.float64)
-                g = stats.gram.get(name)
-                stats.gram[name] = r64.T @ r64 if g is None else g + r64.T @ r64
-                stats.rows[name] = stats.rows.get(name, 0) + len(rows)
-            elif x.ndim >= 3:
-                c = x.shape[1]
-                sq = np.square(np.moveaxis(x, 1, -1).reshape(-1, c).astype(np.float64)).sum(axis=0)
-                prev = stats.channel.get(name)
-                stats.channel[name] = sq if prev is None else prev + sq
-                stats.rows[name] = stats.rows.get(name, 0) + x.size // c
-    return stats
-
-
-def _importance(w: _Weight, stats: _Stats) -> np.ndarray | None:
+def _importance(w: _Weight, stats: ActivationStats) -> np.ndarray | None:
     """Per-element weights of the k-means objective (broadcastable to the weight), or None."""
     if w.activation is None or w.layout is None:
         return None
@@ -352,7 +306,7 @@ def _importance(w: _Weight, stats: _Stats) -> np.ndarray | None:
 class _Codebooks:
     """Codebooks by (weight, bits), fitted once."""
 
-    def __init__(self, float_model: Model, weights: Sequence[_Weight], stats: _Stats, opts: WeightSharingOptions) -> None:
+    def __init__(self, float_model: Model, weights: Sequence[_Weight], stats: ActivationStats, opts: WeightSharingOptions) -> None:
         self._model = float_model
         self._weights = {w.name: w for w in weights}
         self._stats = stats
@@ -379,7 +333,7 @@ class _Codebooks:
         if self._opts.refine and w.layout is not None and w.layout[0] == "matmul" and w.activation is not None:
             g = self._stats.gram.get(w.activation)
             if g is not None and g.shape[0] == w.shape[w.layout[1]]:
-                cb = refine_centroids(cb, arr, g / max(self._stats.rows[w.activation], 1), axis=w.layout[1])
+                cb = refine_centroids(cb, arr, g / max(self._stats.rows.get(w.activation, 0), 1), axis=w.layout[1])
                 refined = True
         self._cache[key] = (cb, refined)
         return cb, refined
@@ -432,21 +386,24 @@ class ShareWeights(Pass[WeightSharingOptions]):
         opts = self.options
         weights = find_weights(model, opts.min_elements)
         float_proto = to_proto(model)
-        data = _Data.open(model, opts)
+        data = CompressionData.open(
+            model, opts.calibration, samples=opts.samples, padding_mask=opts.padding_mask, dims=opts.dims, eval_data=opts.eval_data
+        )
         report = WeightSharingReport(opts.bits, data.description)
         report.notes.extend(data.notes)
         ctx.records[REPORT_KEY] = report
         if not weights:
             report.notes.append(f"no weight of {opts.min_elements} elements or more is read by {', '.join(WEIGHT_INPUTS)}")
             return PassResult(False, {"shared_weights": 0})
-        stats = collect_stats(float_proto, weights, data.calibration, data.mask) if data.real else _Stats()
+        wanted = {w.activation: w.layout[0] for w in weights if w.activation is not None and w.layout is not None}
+        stats = collect_stats(float_proto, wanted, data.calibration, data.mask)  # type: ignore[arg-type]
         books = _Codebooks(model, weights, stats, opts)
         budget = Budget(opts.min_cosine, opts.min_sqnr, opts.max_accuracy_drop if data.labelled is not None else None)
         if opts.max_accuracy_drop is not None and data.labelled is None:
             raise UsageError("--max-accuracy-drop needs labelled evaluation data (eval_data: inputs plus 'labels')")
         report.budget = budget.describe()
         report.budget_data = data.held_description
-        measure = _Measure(float_proto, data)
+        measure = OutputMeasure(float_proto, data)
         top = MAX_BITS - opts.bits + 1  # levels: bits, bits + 1, ..., 8, float
         names = [w.name for w in weights]
 
@@ -467,33 +424,13 @@ class ShareWeights(Pass[WeightSharingOptions]):
             _finish(m)
             return m
 
-        @dataclass
-        class Candidate:
-            model: Model
-            figures: tuple[dict[str, float], dict[str, float], tuple[float, float] | None]
-
-        def candidate(settings: Mapping[str, int]) -> Candidate:
-            m = build(settings)
-            return Candidate(m, measure.figures(to_proto(m)))
-
-        def misses(c: Candidate) -> list[str]:
-            cos, sqnr, acc = c.figures
-            return budget.misses(cos, sqnr, acc)
-
-        def ranking() -> list[str]:
-            report.sensitivity = sensitivity_ranking(
-                float_proto, names, data.held[:8], data.mask, lambda layer: build({}, only=layer)
-            )
-            return [n for n, _ in report.sensitivity]
-
-        if budget.empty:
-            chosen_c = candidate({})
-            settings: dict[str, int] = {}
-        else:
-            fitted = back_off(candidate, misses, ranking, levels=top, max_steps=opts.max_steps)
-            chosen_c, settings = fitted.candidate, fitted.settings
-            report.stepped = list(fitted.stepped)
-        cos, sqnr, acc = chosen_c.figures
+        fitted = fit_budget(
+            float_proto, names, top, build, measure, budget, max_steps=opts.max_steps
+        )
+        settings = fitted.settings
+        report.stepped, report.sensitivity = fitted.stepped, fitted.sensitivity
+        chosen_model = fitted.model
+        cos, sqnr, acc = fitted.figures
         report.output_cosine, report.output_sqnr, report.accuracy = cos, sqnr, acc
         for w in weights:
             b = bits_at(settings.get(w.name, 0))
@@ -516,7 +453,7 @@ class ShareWeights(Pass[WeightSharingOptions]):
                 + "; ".join(report.budget_missed[:3])
             )
             if not opts.allow_budget_miss:
-                raise BudgetError(message + "; allow_budget_miss writes this model anyway", report, chosen_c.model)
+                raise BudgetError(message + "; allow_budget_miss writes this model anyway", report, chosen_model)
             report.notes.append(message + " (allowed: the model is written anyway)")
         shared = sum(1 for layer in report.layers if layer.bits is not None)
         stats_out = {
@@ -527,94 +464,7 @@ class ShareWeights(Pass[WeightSharingOptions]):
             "bits_added": len(report.stepped),
         }
         log.info("weight-sharing: %d weight(s), %d -> %d bytes", shared, report.bytes_before, report.bytes_after)
-        return PassResult(shared > 0, stats_out, model=chosen_c.model if shared else None)
-
-
-# --------------------------------------------------------------------------------------------
-# Data and measurement
-# --------------------------------------------------------------------------------------------
-@dataclass
-class _Data:
-    """Calibration feeds (for statistics), held-out feeds (for the budget), labelled data."""
-
-    calibration: list[dict[str, np.ndarray]]
-    held: list[dict[str, np.ndarray]]
-    real: bool
-    description: str
-    held_description: str
-    mask: str | None
-    labelled: LabelledData | None
-    notes: list[str] = field(default_factory=list)
-
-    @classmethod
-    def open(cls, model: Model, opts: WeightSharingOptions) -> _Data:
-        inputs = model_inputs(model)
-        real = opts.calibration is not None
-        if real:
-            source = open_calibration(opts.calibration, inputs=inputs, dims=opts.dims)
-        else:  # no data: the budget is measured on random inputs, nothing is calibrated
-            source = synthetic(inputs, 4, 0, dims=opts.dims)
-        holdout = Holdout(every=5 if real else 0, limit=16)
-        calibration = list(itertools.islice(holdout.route(source), opts.samples))
-        notes = []
-        if not calibration and not holdout.held:
-            raise UsageError("the calibration data holds no samples")
-        held = holdout.held
-        if real and held:
-            held_description = f"{len(held)} held-out calibration sample(s) (every fifth from the second, not calibrated on)"
-        elif real:
-            held, held_description = calibration, f"the {len(calibration)} calibration sample(s) (too few to hold one out)"
-            notes.append("the budget was measured on the calibration samples themselves: give at least two samples")
-        else:
-            held = calibration[:4]
-            held_description = f"{len(held)} seeded random input(s) (no calibration data)"
-        mask = find_padding_mask(opts.padding_mask, [v.name for v in model.graph.inputs], held[0] if held else None)
-        labelled = _labelled(opts.eval_data)
-        return cls(calibration, held, real, source.description, held_description, mask, labelled, notes)
-
-
-def _labelled(eval_data: Any) -> LabelledData | None:
-    if eval_data is None:
-        return None
-    if isinstance(eval_data, LabelledData):
-        return eval_data
-    try:
-        with np.load(eval_data) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, TypeError) as e:
-        raise UsageError(f"cannot read evaluation data {eval_data}: {e}") from None
-    labels = arrays.pop("labels", None)
-    if labels is None:
-        raise UsageError(f"evaluation data {eval_data} has no 'labels' array")
-    return LabelledData(arrays, labels)
-
-
-class _Measure:
-    """Output cosine/SQNR of candidates against the float model on the held-out feeds, and
-    accuracy on the labelled data."""
-
-    def __init__(self, float_proto: onnx.ModelProto, data: _Data) -> None:
-        self.outputs = [o.name for o in float_proto.graph.output]
-        self.data = data
-        sess = OrtRunner().session(float_proto)
-        self.reference = [sess.run(self.outputs, dict(f)) for f in data.held]
-        self.evaluate = (
-            classification_accuracy(data.labelled.inputs, data.labelled.labels) if data.labelled is not None else None
-        )
-        self.float_accuracy = self.evaluate(float_proto) if self.evaluate is not None else None
-
-    def figures(self, proto: onnx.ModelProto) -> tuple[dict[str, float], dict[str, float], tuple[float, float] | None]:
-        sess = OrtRunner().session(proto)
-        pairs = ErrorPairs(self.data.mask)
-        for feed, ref in zip(self.data.held, self.reference):
-            for name, want, got in zip(self.outputs, ref, sess.run(self.outputs, dict(feed))):
-                pairs.add(name, want, got, feed)
-        cos = {o: pairs.worst_cosine(o) for o in self.outputs if o in pairs}
-        sqnr = {o: pairs.sqnr(o) for o in self.outputs if o in pairs}
-        acc = None
-        if self.evaluate is not None and self.float_accuracy is not None:
-            acc = (self.float_accuracy, self.evaluate(proto))
-        return cos, sqnr, acc
+        return PassResult(shared > 0, stats_out, model=chosen_model if shared else None)
 
 
 def codebook_weights(graph: Graph) -> list[str]:

