@@ -77,6 +77,8 @@ class Kernel:
     min_opset: int = 1
     output_elements: SizeFn | None = None
     shape_only: bool = False
+    #: Operator domain ("" for the default domain; e.g. "com.microsoft" for onnxruntime's).
+    domain: str = ""
 
 
 class KernelSet:
@@ -94,13 +96,15 @@ class KernelSet:
         min_opset: int = 1,
         output_elements: SizeFn | None = None,
         shape_only: bool = False,
+        domain: str = "",
     ) -> Callable[[KernelFn], KernelFn]:
-        """Decorator adding ``fn`` as the kernel of one or more default-domain operators."""
+        """Decorator adding ``fn`` as the kernel of one or more operators of ``domain`` (default:
+        the default domain)."""
         names = [op_types] if isinstance(op_types, str) else list(op_types)
 
         def deco(fn: KernelFn) -> KernelFn:
             for name in names:
-                self._kernels.append(Kernel(name, fn, frozenset(attrs), min_opset, output_elements, shape_only))
+                self._kernels.append(Kernel(name, fn, frozenset(attrs), min_opset, output_elements, shape_only, domain))
             return fn
 
         return deco

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from onnxforge.kernels import elementwise, linalg, reductions, tensor_ops
+from onnxforge.kernels import contrib, elementwise, linalg, reductions, tensor_ops
 from onnxforge.kernels.costs import attention as attention_costs
 from onnxforge.kernels.costs import linalg as linalg_costs
 from onnxforge.kernels.costs import movement as movement_costs
@@ -26,8 +26,8 @@ from onnxforge.kernels.costs import windows as windows_costs
 from onnxforge.kernels.costs.formula import CostFormula, norm_domain
 from onnxforge.kernels.kernel import Kernel
 
-#: Modules whose kernels the table holds (default domain only).
-KERNEL_SETS = (elementwise.KERNELS, tensor_ops.KERNELS, reductions.KERNELS, linalg.KERNELS)
+#: Modules whose kernels the table holds (contrib: onnxruntime's com.microsoft ops the compiler emits).
+KERNEL_SETS = (elementwise.KERNELS, tensor_ops.KERNELS, reductions.KERNELS, linalg.KERNELS, contrib.KERNELS)
 #: Modules whose cost formulas the table holds.
 FORMULA_SETS = (
     linalg_costs.FORMULAS,
@@ -63,11 +63,11 @@ class OpTable:
     def __init__(self, kernels: Iterable[Kernel], formulas: Iterable[CostFormula]) -> None:
         self._entries: dict[tuple[str, str], OpEntry] = {}
         for k in kernels:
-            key = ("", k.op_type)
+            key = (norm_domain(k.domain), k.op_type)
             old = self._entries.get(key)
             if old is not None and old.kernel is not None:
                 raise ValueError(f"kernel for {k.op_type!r} defined twice")
-            self._entries[key] = OpEntry("", k.op_type, k, old.cost if old else None)
+            self._entries[key] = OpEntry(key[0], k.op_type, k, old.cost if old else None)
         for f in formulas:
             key = (norm_domain(f.domain), f.op_type)
             old = self._entries.get(key)
@@ -89,9 +89,13 @@ class OpTable:
         e = self._entries.get((norm_domain(domain), op_type))
         return None if e is None else e.cost
 
+    def kernel_keys(self) -> list[tuple[str, str]]:
+        """Every ``(domain, op_type)`` with a kernel, sorted."""
+        return sorted(key for key, e in self._entries.items() if e.kernel is not None)
+
     def kernel_ops(self) -> list[str]:
         """Default-domain ops with a kernel, sorted."""
-        return sorted(op for (_, op), e in self._entries.items() if e.kernel is not None)
+        return sorted(op for (domain, op), e in self._entries.items() if e.kernel is not None and domain == "")
 
     def cost_keys(self) -> list[tuple[str, str]]:
         """Every ``(domain, op_type)`` with a cost formula, sorted."""

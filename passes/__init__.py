@@ -26,6 +26,7 @@ from onnxforge.passes.compression.weight_sharing import ShareWeights
 from onnxforge.passes.fusion import FuseOnnxRuntime, FusePortable
 from onnxforge.passes.graphsurgeon import GraphSurgeonPass
 from onnxforge.passes.lowering.cpu.nchwc import LowerNchwc
+from onnxforge.passes.lowering.packed_weights import LowerPackedWeights
 from onnxforge.passmanager import Pass
 
 #: Every pass, in the order a lossless pipeline would run them.
@@ -47,6 +48,7 @@ ALL_PASSES: tuple[type[Pass], ...] = (
     ShareWeights,
     FactorizeLowRank,
     LowerNchwc,
+    LowerPackedWeights,
 )
 
 # GraphSurgeonPass is not in ALL_PASSES: it wraps a user's function, so it cannot be built from
@@ -79,6 +81,7 @@ __all__ = [
     "FusePortable",
     "GraphSurgeonPass",
     "LowerNchwc",
+    "LowerPackedWeights",
     "NoOpElimination",
     "NormalizeConstants",
     "QuantizeInt8",

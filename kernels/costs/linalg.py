@@ -21,6 +21,7 @@ import math
 from onnxforge.kernels.costs.formula import (
     MATMUL,
     MS_DOMAIN,
+    VECTOR,
     CostCall,
     FormulaSet,
     MissingShape,
@@ -157,6 +158,12 @@ def _matmul_nbits(call: CostCall) -> OpCost:
     macs = rows * k * n
     # Weights are dequantized once per call (blockwise scale and zero point).
     return OpCost(macs, 2 * macs + DEQUANT_FLOPS * k * n + _bias_flops(call, 5))
+
+
+@FORMULAS.register("GatherBlockQuantized", kind=VECTOR, domain=MS_DOMAIN)
+def _gather_block_quantized(call: CostCall) -> OpCost:
+    # Only the gathered rows are dequantized (subtract zero point, scale).
+    return OpCost(0, DEQUANT_FLOPS * call.require_output(0).numel)
 
 
 def _einsum_terms(equation: str, ranks: list[int]) -> tuple[list[str], str | None]:
