@@ -23,6 +23,7 @@ from onnxforge.ir.tensor_data import TensorStore
 from onnxforge.metrics.sqnr import worst
 from onnxforge.passes.compression.int8 import REPORT_KEY as INT8_REPORT
 from onnxforge.passes.compression.int8 import Int8Options, QuantizeInt8
+from onnxforge.passes.compression.pruning import REPORT_KEY as PRUNE_REPORT
 from onnxforge.passmanager import (
     DumpInstrument,
     Instrument,
@@ -149,6 +150,7 @@ def compile(
     report = Report(pipe_name, before, ModelStats.of(ir), list(timing.per_pass.values()))
     report.rule_trace = ctx.records.get("rules")
     report.quantization = qreport
+    report.pruning = ctx.records.get(PRUNE_REPORT)
     if cost_before is not None:
         report.cost_target = cost_target
         report.cost_before = cost_before
@@ -193,6 +195,8 @@ def compile(
         except Exception as e:  # onnxruntime could not run one of the models
             raise VerificationError(f"verification could not run: {' '.join(str(e).split())[:300]}") from None
         report.verified = True
+        if report.pruning is not None:
+            _verify_pruned(report, report.pruning)
     report.seconds = time.perf_counter() - start
     return result
 
@@ -201,6 +205,19 @@ def _worst_figures(cosine: Mapping[str, float], sqnr: Mapping[str, float]) -> st
     if not cosine:
         return ""
     return f": worst cosine {worst(cosine.values()):.5f}, worst SQNR {worst(sqnr.values()):.1f} dB"
+
+
+def _verify_pruned(report: Report, preport: Any) -> None:
+    """Pruning's --verify, after the check on random feeds: the pass's own budget on its
+    held-out data (the figures of the model returned)."""
+    if preport.budget == "none":
+        return
+    report.verification += f"; pruning budget ({preport.budget}) on {preport.budget_data}" + _worst_figures(
+        preport.output_cosine, preport.output_sqnr
+    )
+    if preport.budget_missed:
+        report.verified = False
+        raise VerificationError(f"pruned outputs beyond the budget on {preport.budget_data}: " + "; ".join(preport.budget_missed[:3]))
 
 
 def _verify_int8(report: Report, qreport: Any, q: Int8Options, spec: Verification) -> None:

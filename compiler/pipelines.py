@@ -9,6 +9,7 @@ from typing import Any
 import onnxforge.passes as p
 from onnxforge.errors import UsageError
 from onnxforge.passes.compression.int8 import Int8Options, QuantizeInt8
+from onnxforge.passes.compression.pruning import PruneChannels, PruneMagnitude
 from onnxforge.passmanager import CompositePass, FixedPoint, Pass, PassOptions, Sequential
 from onnxforge.runtime.choices import skip_layer_norm_pays
 from onnxforge.runtime.target import Target, get_target
@@ -137,6 +138,25 @@ def _ort_fusion_options(options: Mapping[str, Mapping[str, Any]] | None, target:
     return opts
 
 
+def prune(options: Mapping[str, Mapping[str, Any] | PassOptions] | None = None, target: str | Target | None = None) -> Pass:
+    """The optimize pipeline with standard ops, then pruning: unstructured or N:M weight pruning
+    (prune, --sparsity/--n-m) or, with --structured, channel pruning that removes whole channels
+    and attention heads and shrinks every tensor (prune-channels); with --calibration,
+    activation-aware scores, least-squares repair and the accuracy budget on held-out data; then
+    the lossless cleanup (and onnxruntime's contrib fusions for targets that take them)."""
+    t = _target(target)
+    opts = dict(options or {})
+    cls: type[Pass] = PruneChannels if PruneChannels.name in opts else PruneMagnitude
+    given = opts.get(cls.name)
+    pruner = cls(given) if isinstance(given, PassOptions) else cls(**dict(given or {}))
+    rest = {k: v for k, v in opts.items() if k not in (PruneMagnitude.name, PruneChannels.name)}
+    steps: list[Pass] = [optimize(rest, _portable(t)), pruner, lossless(rest)]  # type: ignore[arg-type]
+    if t is not None and t.contrib_ops:
+        steps.append(p.FuseOnnxRuntime(**_ort_fusion_options(rest, t)))  # type: ignore[arg-type]
+    return Sequential(steps, name="prune")
+
+
+
 def passthrough(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
     """No rewriting at all: load, validate and save (useful to re-save or inspect)."""
     return Sequential([], name="none")
@@ -166,6 +186,8 @@ class Verification:
     def describe(self) -> str:
         if self.lossless:
             return f"lossless: every output allclose (rtol {self.rtol:g}, atol {self.atol:g})"
+        if self.min_cosine is None and self.min_sqnr is None:
+            return "lossy: every output finite where the original's is, with its name, type and shape"
         bounds = [f"cosine >= {self.min_cosine:g}" if self.min_cosine is not None else ""]
         bounds.append(f"SQNR >= {self.min_sqnr:g} dB" if self.min_sqnr is not None else "")
         return "lossy: every output's " + " and ".join(b for b in bounds if b)
@@ -200,8 +222,18 @@ INT4 = Verification(lossless=False, min_cosine=0.95, min_sqnr=3.0)
 #: int8 is verified by its accuracy guard's figures, on data held out of calibration (or
 #: --eval), against --min-cosine (default 0.99) and --min-sqnr.
 INT8 = Verification(lossless=False, min_cosine=0.99, calibrated=True)
+#: Pruning changes outputs as much as the user asks (--sparsity): --verify checks that every
+#: output stays finite with its name and shape on seeded random feeds, and that the pass's own
+#: budget (--min-cosine, --min-sqnr, --max-accuracy-drop), measured on held-out data, holds.
+PRUNE = Verification(lossless=False, calibrated=True)
 #: What each lossy pass needs when it runs in a custom pass list (``--passes``).
-LOSSY_PASSES: dict[str, Verification] = {"fp16": FP16, "int4-weights": INT4, QuantizeInt8.name: INT8}
+LOSSY_PASSES: dict[str, Verification] = {
+    "fp16": FP16,
+    "int4-weights": INT4,
+    QuantizeInt8.name: INT8,
+    PruneMagnitude.name: PRUNE,
+    PruneChannels.name: PRUNE,
+}
 
 
 @dataclass(frozen=True)
@@ -222,6 +254,7 @@ PIPELINES: dict[str, PipelineInfo] = {
     "int8": PipelineInfo("int8", int8, INT8),
     "int4": PipelineInfo("int4", int4, INT4),
     "fp16": PipelineInfo("fp16", fp16, FP16),
+    "prune": PipelineInfo("prune", prune, PRUNE),
     "none": PipelineInfo("none", passthrough),
 }
 

@@ -60,6 +60,8 @@ class Report:
     rule_trace: Any = None
     #: The int8 quantization report (:class:`onnxforge.passes.compression.int8.flow.QuantizationReport`).
     quantization: Any = None
+    #: The pruning report (:class:`onnxforge.passes.compression.pruning.PruningReport`).
+    pruning: Any = None
 
     def explain(self, node_name: str) -> list[str]:
         """Which rules fired on ``node_name`` and why the others did not."""
@@ -73,6 +75,8 @@ class Report:
             d["rules"] = {"hits": dict(sorted(self.rule_trace.hits.items()))}
         if self.quantization is not None:
             d["quantization"] = self.quantization.to_dict()
+        if self.pruning is not None:
+            d["pruning"] = self.pruning.to_dict()
         if self.cost_before is not None and self.cost_after is not None:
             d["cost"] = {
                 "target": self.cost_target,
@@ -156,6 +160,9 @@ class Report:
         if self.quantization is not None:
             lines.append("")
             lines += self.quantization.summary_lines()
+        if self.pruning is not None:
+            lines.append("")
+            lines += self.pruning.summary_lines()
         if self.verified is not None:
             lines.append("")
             if not self.verified:

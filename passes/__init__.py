@@ -22,6 +22,7 @@ from onnxforge.passes.compression.fp16 import ConvertFloat16
 from onnxforge.passes.compression.int4 import QuantizeWeightsInt4
 from onnxforge.passes.compression.int8 import QuantizeInt8
 from onnxforge.passes.compression.low_rank import FactorizeLowRank
+from onnxforge.passes.compression.pruning import PruneChannels, PruneMagnitude
 from onnxforge.passes.compression.weight_sharing import ShareWeights
 from onnxforge.passes.fusion import FuseOnnxRuntime, FusePortable
 from onnxforge.passes.graphsurgeon import GraphSurgeonPass
@@ -47,6 +48,8 @@ ALL_PASSES: tuple[type[Pass], ...] = (
     ConvertFloat16,
     ShareWeights,
     FactorizeLowRank,
+    PruneMagnitude,
+    PruneChannels,
     LowerNchwc,
     LowerPackedWeights,
 )
@@ -84,6 +87,8 @@ __all__ = [
     "LowerPackedWeights",
     "NoOpElimination",
     "NormalizeConstants",
+    "PruneChannels",
+    "PruneMagnitude",
     "QuantizeInt8",
     "QuantizeWeightsInt4",
     "RaiseOpset",

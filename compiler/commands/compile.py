@@ -21,6 +21,8 @@ from onnxforge.commands.common import (
 )
 from onnxforge.errors import UsageError
 from onnxforge.passes import get_pass
+from onnxforge.passes.compression.pruning import PruneChannels, PruneMagnitude
+from onnxforge.passes.compression.pruning.magnitude import parse_n_m
 from onnxforge.runtime.target import TARGETS
 
 NAME = "compile"
@@ -42,6 +44,18 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--explain", action="append", default=[], metavar="NODE", help="say which rules fired on NODE and why others did not"
     )
+    r = c.add_argument_group("pruning (--pipeline prune, with --sparsity S; the budget flags below apply too)")
+    r.add_argument("--sparsity", type=float, metavar="S", help="fraction of each layer's weights (or each group's channels) pruned, in [0, 1)")
+    r.add_argument("--structured", action="store_true", help="remove whole channels and attention heads (shrinks the graph) instead of zeroing weights")
+    r.add_argument("--n-m", metavar="N:M", help="N:M sparsity along input channels, e.g. 2:4 (TensorRT's sparse layout)")
+    r.add_argument(
+        "--prune-score",
+        choices=["magnitude", "activation", "second-order", "l1", "l2", "bn"],
+        help="what ranks weights/channels (default: activation-aware with --calibration, else magnitude/l2)",
+    )
+    r.add_argument(
+        "--channel-multiple", type=int, default=8, metavar="K", help="--structured: kept channel counts are multiples of K (default 8)"
+    )
     q = c.add_argument_group("int8 quantization (--pipeline int8)")
     q.add_argument(
         "--calibration", metavar="DATA", help="calibration samples: a .npz (inputs by name, samples on axis 0), a folder of .npz, or 'synthetic'"
@@ -51,7 +65,8 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     q.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep NODE in float (repeatable)")
     q.add_argument("--min-sqnr", type=float, metavar="DB", help="keep layers in float until every output's SQNR reaches DB")
     q.add_argument(
-        "--min-cosine", type=float, default=0.99, metavar="C", help="keep layers in float until every output's cosine reaches C (0: off)"
+        "--min-cosine", type=float, default=0.99, metavar="C", action=_Given,
+        help="keep layers in float until every output's cosine reaches C (0: off); prune: prune them less (no default)",
     )
     q.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="accuracy budget in points (needs --eval-data)")
     q.add_argument(
@@ -145,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     # Before any work: no output (model, data file, report, dumps) may replace a file the input
     # reads, or another output.
     inputs = modelio.check_output_paths(src, out, external_data=ext, report=report, dump_dir=args.dump_ir)
-    options = parse_options(args.option)
+    options = _pruning_options(args, parse_options(args.option))
     shapes = parse_shapes(args.shape)
     qopts = _quantization_options(args)
     check_profile(args.cost_target)
@@ -183,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _quantization_options(args: argparse.Namespace) -> Any:
     quant_flags = [args.calibration, args.min_sqnr, args.max_accuracy_drop, args.eval_data, args.eval] + list(args.exclude)
+    if args.pipeline == "prune":
+        return None  # the budget flags went to the pruning pass
     if args.pipeline != "int8":
         if any(f is not None and f != [] for f in quant_flags) or args.per_tensor or args.allow_budget_miss:
             raise UsageError("quantization flags (--calibration, --min-sqnr, ...) need --pipeline int8")
@@ -209,3 +226,56 @@ def _quantization_options(args: argparse.Namespace) -> Any:
     )
 
 
+class _Given(argparse.Action):
+    """Stores the value and notes that the user gave the flag (``args.given``): pruning takes
+    ``--min-cosine`` only when given, int8 also by default."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
+def _pruning_options(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` plus the pruning pass's options from the flags (``--pipeline prune``):
+    ``prune`` (unstructured, N:M) or ``prune-channels`` (``--structured``)."""
+    flags = args.structured or args.n_m is not None or args.prune_score is not None
+    if args.pipeline != "prune":
+        if flags:
+            raise UsageError("--structured, --n-m and --prune-score need --pipeline prune")
+        return options
+    if args.structured and args.n_m is not None:
+        raise UsageError("--n-m is unstructured sparsity: leave out --structured")
+    sparsity = args.sparsity
+    if sparsity is None and args.n_m is None:
+        raise UsageError("--pipeline prune needs --sparsity S (a fraction in [0, 1)) or --n-m N:M")
+    if sparsity is not None and not 0 <= sparsity < 1:
+        raise UsageError(f"--sparsity must lie in [0, 1), got {sparsity}")
+    opts: dict[str, Any] = {
+        "calibration": args.calibration,
+        "min_cosine": (args.min_cosine or None) if "min_cosine" in getattr(args, "given", ()) else None,
+        "min_sqnr": args.min_sqnr,
+        "max_accuracy_drop": args.max_accuracy_drop,
+        "eval_data": args.eval_data,
+        "eval_inputs": args.eval,
+        "allow_budget_miss": args.allow_budget_miss,
+        "padding_mask": args.padding_mask,
+        "dims": parse_dims(args.dim) or None,
+        "exclude": tuple(args.exclude),
+    }
+    if sparsity is not None:
+        opts["sparsity"] = sparsity
+    if args.prune_score is not None:
+        opts["score"] = args.prune_score
+    if args.structured:
+        opts["multiple"] = args.channel_multiple
+        name = PruneChannels.name
+    else:
+        if args.n_m is not None:
+            try:
+                opts["n_m"] = parse_n_m(args.n_m)
+            except ValueError as e:
+                raise UsageError(f"--n-m: {e}") from None
+        name = PruneMagnitude.name
+    out = dict(options)
+    out[name] = {**opts, **options.get(name, {})}
+    return out

@@ -15,7 +15,9 @@ What is never folded
     (If/Loop/Scan), random and other operators without a kernel (``RandomNormal``, ``Dropout``,
     ``DequantizeLinear``, ... : folding DequantizeLinear would destroy QDQ quantization), the
     ``Cast``/``Gather`` that decode a codebook-shared weight (folding them would turn its
-    compact indices back into a dense weight, :mod:`onnxforge.passes.compression.codebook`), and any
+    compact indices back into a dense weight, :mod:`onnxforge.passes.compression.codebook`), a
+    ``Transpose``/``Reshape``/... of a weight (4 KB or more) that other nodes read too (the copy
+    would untie tied weights, such as an embedding and its LM head), and any
     evaluation the kernel refuses because its result is implementation-defined or the runtime
     would raise (integer division by zero, out-of-range casts or indices, ...).
 
@@ -165,6 +167,9 @@ def _fold(node: Node, opts: ConstantFoldingOptions, stats: _Stats) -> bool:
     assert graph is not None and graph.model is not None
     if is_decode_node(node):
         return False
+    if _unties_a_weight(node):  # the model would grow by a copy of the weight
+        stats.skipped_too_large += 1
+        return False
     kernel = _kernel_for(node, graph.model)
     use_reference = kernel is None and opts.reference_fallback and _reference_allowed(node, graph.model)
     if kernel is None and not use_reference:
@@ -254,6 +259,24 @@ def _fold(node: Node, opts: ConstantFoldingOptions, stats: _Stats) -> bool:
     stats.shape_queries += int(shape_query)
     stats.removed_constants += _remove_dead_constants(inputs)
     return True
+
+
+#: Ops whose output is the data of their input rearranged: folding one whose input stays alive
+#: stores that data twice.
+_REARRANGING = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+#: Rearranged constants below this size may be duplicated (shape tensors and the like).
+_TIED_MIN_BYTES = 4096
+
+
+def _unties_a_weight(node: Node) -> bool:
+    """True when folding ``node`` would copy a weight that other nodes keep reading (e.g. the
+    Transpose of an embedding tied to its LM head): the copy unties it, doubling those bytes."""
+    if node.op_type not in _REARRANGING or not node.is_standard_domain():
+        return False
+    src = node.input(0)
+    if src is None or src.const_nbytes() < _TIED_MIN_BYTES:
+        return False
+    return src.is_graph_output() or any(u is not node for u in src.consumers())
 
 
 def _reference_allowed(node: Node, model: Model) -> bool:

@@ -12,6 +12,8 @@ figures (cosine, SQNR, accuracy) of a candidate against the float model.
   each candidate's worst-sample cosine and pooled SQNR per output, plus accuracy.
 * :func:`fit_budget`: the levels per layer that meet the budget (back_off, most sensitive layer
   first).
+* :class:`KeepReference`: marks the model a pipeline's budget is measured against, so that
+  pruning and weight sharing in one pipeline hold one budget together (:func:`reference_model`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from onnxforge.ir import Model, to_proto
 from onnxforge.metrics.padding import find_padding_mask, valid_positions
 from onnxforge.metrics.sqnr import ErrorPairs
 from onnxforge.passes.compression.int8.flow import LabelledData, classification_accuracy
+from onnxforge.passmanager import Pass, PassContext, PassResult
 
 #: How a layer reads its input activation: as rows of a matrix product, or by channel (Conv).
 Reading = Literal["matmul", "conv"]
@@ -134,7 +137,10 @@ class CompressionData:
             held = feeds[:4]
             held_description = f"{len(held)} seeded random input(s) (no calibration data)"
         mask = find_padding_mask(padding_mask, [v.name for v in model.graph.inputs], held[0] if held else None)
-        return cls(feeds if real else [], held, real, source.description, held_description, mask, labelled_data(eval_data), notes)
+        labelled = labelled_data(eval_data)
+        if labelled is not None:
+            held_description += f"; accuracy on the {len(labelled.labels)} labelled rows of the evaluation data"
+        return cls(feeds if real else [], held, real, source.description, held_description, mask, labelled, notes)
 
 
 def labelled_data(eval_data: Any) -> LabelledData | None:
@@ -244,3 +250,37 @@ def fit_budget(
         return Fitted(c.model, {}, [], [], c.figures)
     fitted = back_off(candidate, misses, ranking, levels=top, max_steps=max_steps)
     return Fitted(fitted.candidate.model, dict(fitted.settings), list(fitted.stepped), sensitivity, fitted.candidate.figures)
+
+
+#: Key of ``PassContext.records`` holding the model a pipeline's budget is measured against.
+REFERENCE_KEY = "compression-reference"
+
+
+class KeepReference(Pass):
+    """Records the model as it is now (``ctx.records["compression-reference"]``): the budgeted
+    passes after it measure their budget against this model rather than their own input, so
+    that a pipeline of several lossy passes (pruning, then weight sharing) holds one budget for
+    all of them together. Changes nothing."""
+
+    name = "keep-reference"
+    summary = "Remember the model as it is: later budgeted compression passes measure against it."
+    lossless = True
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        ctx.records[REFERENCE_KEY] = to_proto(model)
+        return PassResult(False)
+
+
+def reference_model(ctx: PassContext, own: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """The model a pass's budget is measured against: the pipeline's reference
+    (:class:`KeepReference`) when it has the same inputs and outputs, else the pass's input;
+    and words for the report."""
+    ref = ctx.records.get(REFERENCE_KEY)
+
+    def io(m: onnx.ModelProto) -> tuple[list[str], list[str]]:
+        inits = {t.name for t in m.graph.initializer}
+        return [i.name for i in m.graph.input if i.name not in inits], [o.name for o in m.graph.output]
+
+    if isinstance(ref, onnx.ModelProto) and ref is not own and io(ref) == io(own):
+        return ref, "the model before compression (the pipeline's reference: earlier lossy steps count too)"
+    return own, "this pass's input"

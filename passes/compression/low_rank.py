@@ -35,7 +35,13 @@ from onnxforge.ir import Model, Node, from_proto, to_proto
 from onnxforge.ir.constants import add_constant, constant_value
 from onnxforge.metrics.sqnr import worst
 from onnxforge.passes.cleanup.dead_code import DeadCodeElimination
-from onnxforge.passes.compression.budgeted import CompressionData, OutputMeasure, collect_stats, fit_budget
+from onnxforge.passes.compression.budgeted import (
+    CompressionData,
+    OutputMeasure,
+    collect_stats,
+    fit_budget,
+    reference_model,
+)
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
 from onnxforge.tables import format_table
 
@@ -135,7 +141,7 @@ class LowRankReport:
             "notes": self.notes,
         }
 
-    def lines(self) -> list[str]:
+    def summary_lines(self) -> list[str]:
         rows = [
             [x.name, x.readers, f"{x.k}x{x.n}", "whole" if x.rank is None else str(x.rank), str(x.break_even), f"{x.energy:.4f}", str(x.params_before), str(x.params_after)]
             for x in self.layers
@@ -313,7 +319,9 @@ class FactorizeLowRank(Pass[LowRankOptions]):
         factors = _Factors(model, gram)
         budget = Budget(opts.min_cosine, opts.min_sqnr, opts.max_accuracy_drop if data.labelled is not None else None)
         report.budget, report.budget_data = budget.describe(), data.held_description
-        measure = OutputMeasure(float_proto, data)
+        reference, against = reference_model(ctx, float_proto)
+        report.budget_data += f"; against {against}"
+        measure = OutputMeasure(reference, data)
         by_name = {w.name: w for w in weights}
 
         def rank_at(w: _Weight, level: int) -> int | None:

@@ -45,6 +45,7 @@ from onnxforge.passes.compression.budgeted import (
     OutputMeasure,
     collect_stats,
     fit_budget,
+    reference_model,
 )
 from onnxforge.passes.compression.codebook import (
     MAX_BITS,
@@ -190,7 +191,7 @@ class WeightSharingReport:
             "notes": self.notes,
         }
 
-    def lines(self) -> list[str]:
+    def summary_lines(self) -> list[str]:
         """The per-layer table and the figures, for the command line."""
         rows = [
             [
@@ -403,7 +404,9 @@ class ShareWeights(Pass[WeightSharingOptions]):
             raise UsageError("--max-accuracy-drop needs labelled evaluation data (eval_data: inputs plus 'labels')")
         report.budget = budget.describe()
         report.budget_data = data.held_description
-        measure = OutputMeasure(float_proto, data)
+        reference, against = reference_model(ctx, float_proto)
+        report.budget_data += f"; against {against}"
+        measure = OutputMeasure(reference, data)
         top = MAX_BITS - opts.bits + 1  # levels: bits, bits + 1, ..., 8, float
         names = [w.name for w in weights]
 

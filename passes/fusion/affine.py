@@ -245,6 +245,9 @@ class GemmOnFlattenedInput(Rule[FlattenedGemmMatch]):
             raise MatchFailed("Gemm has transA, alpha or beta")
         w = rc.require_const(gemm.input(1), "Gemm weight")
         if int(gemm.attr("transB", 0)):
+            # A transposed copy of a weight other nodes read (an embedding tied to its LM
+            # head) would untie it: twice the weights on disk.
+            rc.require_exclusive(gemm.input(1), [gemm], "Gemm weight (read with transB)")
             w = w.T
         bias = rc.const(gemm.input(2)) if gemm.input(2) is not None else None
         if gemm.input(2) is not None and (bias is None or bias.ndim != 1):

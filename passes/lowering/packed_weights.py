@@ -38,6 +38,7 @@ from onnxforge.kernels.contrib import MS_DOMAIN, pack_bits
 from onnxforge.passes.cleanup.dead_code import DeadCodeElimination
 from onnxforge.passes.compression.codebook import read_codebook
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
+from onnxforge.tables import format_table
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,13 @@ class PackedWeightsReport:
 
     def to_dict(self) -> dict[str, object]:
         return {"weights": [vars(w) for w in self.weights], "skipped": self.skipped}
+
+    def summary_lines(self) -> list[str]:
+        rows = [[w.name, w.op, str(w.bits), f"{w.sqnr_db:.1f}", str(w.bytes_after)] for w in self.weights]
+        out = ["packed weights (onnxruntime keeps them packed in memory):"]
+        out += format_table(["weight", "op", "bits", "SQNR dB vs codebook", "bytes"], rows, left=(1,))
+        out += [f"skipped {k}: {v}" for k, v in self.skipped.items()]
+        return out
 
 
 def quantize_blocks(w_nk: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
