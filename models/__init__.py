@@ -2,7 +2,8 @@
 
 from onnxforge.models.cnn import small_cnn, transformer_block
 from onnxforge.models.corpus import feeds_for, fetch_corpus, list_corpus
-from onnxforge.models.digits import train_digits_cnn
+from onnxforge.models.digits import load_digits_split, train_digits_cnn
+from onnxforge.models.lenet import train_lenet5, train_lenet_300_100
 from onnxforge.models.synthetic import big_external_model, residual_mlp_chain
 
 __all__ = [
@@ -10,8 +11,11 @@ __all__ = [
     "feeds_for",
     "fetch_corpus",
     "list_corpus",
+    "load_digits_split",
     "residual_mlp_chain",
     "small_cnn",
     "train_digits_cnn",
+    "train_lenet5",
+    "train_lenet_300_100",
     "transformer_block",
 ]

@@ -40,6 +40,19 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     return x, data.target.astype(np.int64)
 
 
+def load_digits_split(
+    seed: int = 0, test_fraction: float = 0.2
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``((x_train, y_train), (x_test, y_test))``: scikit-learn's digits as float32
+    ``[n, 1, 8, 8]`` in [0, 1] and int64 labels, split as :func:`train_digits_cnn` splits them
+    for the same ``seed`` (the other digits models train and score on the same samples)."""
+    x, y = _load_digits()
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test = int(round(len(x) * test_fraction))
+    test_idx, train_idx = order[:n_test], order[n_test:]
+    return (x[train_idx], y[train_idx]), (np.ascontiguousarray(x[test_idx]), y[test_idx].copy())
+
+
 # --- layers (forward returns a cache for backward) -------------------------------------------
 
 
