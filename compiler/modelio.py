@@ -32,6 +32,7 @@ from onnx import numpy_helper
 
 from onnxforge.errors import ModelError, UsageError
 from onnxforge.ir import Model, archive, from_proto, to_proto
+from onnxforge.ir.onnx_inference import CRASHED, infer_shapes
 from onnxforge.ir.proto_walk import graph_protos
 from onnxforge.ir.tensor_data import TensorStore, external_info, is_external, iter_tensors
 
@@ -204,7 +205,7 @@ def check_types(proto: onnx.ModelProto, where: str = "model") -> None:
     models with external data or over 2 GB are checked too without reading a byte of them.
     """
     slim, nodes = _typing_copy(proto)
-    infer = onnx.shape_inference.infer_shapes
+    infer = infer_shapes  # onnx's, in a child: some invalid models make it abort the process
     try:
         infer(slim, check_type=True, strict_mode=False, data_prop=False)
         if any("/" in key for key, _ in nodes):
@@ -279,6 +280,8 @@ def _typing_tensor(t: onnx.TensorProto, dst: onnx.TensorProto) -> None:
 
 def _type_error(e: Exception, slim: onnx.ModelProto, nodes: list[tuple[str, onnx.NodeProto]], where: str) -> str:
     text = " ".join(str(e).split())
+    if text.startswith(CRASHED):  # not a verdict on types: the shapes are beyond what onnx survives
+        return f"{where} is not a valid ONNX model: {text} (a negative or inconsistent dimension?)"
     # (op_type:Add, node name: onnxforge-node-3): B has inconsistent type tensor(int64) -- one
     # or more of them, nested for subgraphs: take the first that is about types.
     found = []
@@ -297,7 +300,7 @@ def _type_error(e: Exception, slim: onnx.ModelProto, nodes: list[tuple[str, onnx
 def _io_types(slim: onnx.ModelProto, node: onnx.NodeProto) -> str:
     """``inputs: x float, i int64; outputs: y ?``, from (non-checking) inference on ``slim``."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(slim, strict_mode=False, data_prop=False)
+        inferred = infer_shapes(slim, strict_mode=False, data_prop=False)
     except Exception:
         inferred = slim
     types: dict[str, str] = {}

@@ -29,6 +29,7 @@ from onnx import numpy_helper
 from onnxforge.errors import UsageError
 from onnxforge.ir import Model, Node, Value, to_proto
 from onnxforge.ir.constants import constant_node_tensor, constant_value, is_constant
+from onnxforge.ir.onnx_inference import infer_shapes
 from onnxforge.ir.proto_walk import graph_protos
 from onnxforge.ir.tensor_data import is_external
 from onnxforge.kernels.costs.registry import TensorInfo
@@ -154,7 +155,7 @@ def infer_types(
                         gp.value_info.add(name=name).type.CopyFrom(value_types[name])
     if known_values:
         _substitute_known(proto, known_values)
-    result = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    result = infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)  # survives onnx's aborts
     inferred: dict[str, onnx.TypeProto] = {}
     for gp in graph_protos(result.graph):
         for vi in [*gp.input, *gp.output, *gp.value_info]:

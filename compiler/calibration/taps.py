@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import onnx
 from onnx import TensorProto, helper
 
+from onnxforge.ir.onnx_inference import infer_shapes
 from onnxforge.ir.proto_walk import graph_protos
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def _elem_types(g: onnx.GraphProto) -> dict[str, int]:
 def _inferred_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element types from onnx's shape inference (empty when it cannot run)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = infer_shapes(model)
     except Exception as e:  # onnx raises several types; the taps then skip untyped tensors
         log.info("shape inference failed (%s): tensors of unknown type are not tapped", type(e).__name__)
         return {}

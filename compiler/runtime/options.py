@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from onnxforge.errors import ModelError
+from onnxforge.ir.onnx_inference import inference_crash
 from onnxforge.runtime.target import ExecutionMode, GraphOptimization, SessionConfig
 
 _MODES = {
@@ -98,7 +100,15 @@ def open_session(
     options: ort.SessionOptions,
     providers: Sequence[tuple[str, Mapping[str, str]]] = CPU_ONLY,
 ) -> ort.InferenceSession:
-    """``onnxruntime.InferenceSession`` over serialized bytes or a path."""
+    """``onnxruntime.InferenceSession`` over serialized bytes or a path. A model on which onnx's
+    shape inference (which onnxruntime runs while opening it) would abort the process is refused
+    (:class:`~onnxforge.errors.ModelError`) instead."""
+    crash = inference_crash(data)
+    if crash is not None:
+        raise ModelError(
+            f"onnxruntime cannot open this model: onnx's shape inference, which it runs, crashes on it ({crash}); "
+            "a negative or inconsistent dimension?"
+        )
     return ort.InferenceSession(data, options, providers=[(p, dict(o)) for p, o in providers])
 
 

@@ -5,6 +5,8 @@ refused by ``compile`` and ``analyze`` with one ``onnxforge: error:`` line (no t
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +220,95 @@ def test_log_lines_are_one_line():
 
     record = logging.LogRecord("onnxforge.x", logging.WARNING, __file__, 1, "value %r of op %s", ("a\nb", "C\rD"), None)
     assert _OneLineFormatter().format(record) == "WARNING onnxforge.x: value 'a\\nb' of op C\\rD"
+
+
+# -- onnx's shape inference aborting the process (SIGABRT in std::clamp, Slice on a negative dim) --
+
+
+def _slice_after(nodes: list[onnx.NodeProto], x_dims: list[int], inits: list[onnx.TensorProto]) -> onnx.ModelProto:
+    ints = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.int64), name)  # noqa: E731
+    g = helper.make_graph(
+        [*nodes, helper.make_node("Slice", ["p", "st", "en", "ax"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [*inits, ints("st", [1]), ints("en", [5]), ints("ax", [1])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def negative_declared_dim() -> onnx.ModelProto:
+    """x declared [1, -7] (the checker accepts it), then Slice on that axis."""
+    return _slice_after([helper.make_node("Identity", ["x"], ["p"])], [1, -7], [])
+
+
+def pad_removing_more_than_the_axis(computed: bool) -> onnx.ModelProto:
+    """Pad [1, 10] by -20 at the end of axis 1, then Slice it. ``computed``: the pads come out
+    of a Shape/Sub/Concat chain (only inference with data propagation sees -20, as in the
+    fuzzed silero_vad model), else from an initializer."""
+    if not computed:
+        pads = numpy_helper.from_array(np.array([0, 0, 0, -20], dtype=np.int64), "pads")
+        return _slice_after([helper.make_node("Pad", ["x", "pads"], ["p"])], [1, 10], [pads])
+
+    def const(name: str, v: list[int]) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(v, dtype=np.int64)))
+
+    nodes = [
+        const("zero3", [0, 0, 0]),
+        const("n", [1, 20]),
+        helper.make_node("Shape", ["n"], ["ns"]),
+        const("k", [22]),
+        helper.make_node("Sub", ["ns", "k"], ["neg"]),
+        helper.make_node("Concat", ["zero3", "neg"], ["pads"], axis=0),
+        helper.make_node("Pad", ["x", "pads"], ["p"]),
+    ]
+    return _slice_after(nodes, [1, 10], [])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a child: an abort must fail this test, not end the test run."""
+    return subprocess.run([sys.executable, "-m", "onnxforge.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "label, build",
+    [
+        ("negative_declared_dim", negative_declared_dim),
+        ("constant_pads", lambda: pad_removing_more_than_the_axis(False)),
+        ("computed_pads", lambda: pad_removing_more_than_the_axis(True)),
+    ],
+)
+def test_models_on_which_onnx_inference_aborts_are_handled(tmp_path, label, build):
+    """Was: SIGABRT (onnx's inference inside onnxforge, or inside onnxruntime opening a session).
+    Now refused in one line, or analysed with declared shapes; never killed."""
+    path = _save(tmp_path, build())
+    out = tmp_path / "o.onnx"
+    for args in (["compile", str(path), "-o", str(out)], ["compile", str(path), "-o", str(out), "--verify"],
+                 ["analyze", str(path)]):
+        r = _cli(*args)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING ")]
+        assert r.returncode in (0, 1), (label, args, r.returncode, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+        if r.returncode:
+            assert len(lines) == 1 and lines[0].startswith("onnxforge: error:"), r.stderr
+            assert not out.exists()
+        out.unlink(missing_ok=True)
+
+
+def test_inference_helper_turns_a_crash_into_an_inference_error_and_recovers():
+    from onnxforge.ir.onnx_inference import CRASHED, infer_shapes, inference_crash
+
+    bad = pad_removing_more_than_the_axis(False)
+    assert inference_crash(bad) == "killed by SIGABRT"
+    with pytest.raises(onnx.shape_inference.InferenceError, match=CRASHED):
+        infer_shapes(bad)
+    good = mlp()
+    assert inference_crash(good) is None  # a new helper after the crash
+    inferred = infer_shapes(good)
+    assert {v.name for v in inferred.graph.value_info} >= {"h", "h2", "r"}
+    wrong = mlp()
+    wrong.graph.node[0].op_type = "Conv"  # an error, not a crash: raised as itself
+    with pytest.raises(onnx.shape_inference.InferenceError, match="ShapeInferenceError"):
+        infer_shapes(wrong, strict_mode=True)

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 from pass_helpers import apply, const, make_model, vi
 
 from onnxforge import modelio
+from onnxforge.analysis import shapes as analysis_shapes
 from onnxforge.ir import verify
 from onnxforge.passes import ShapeInference
 from onnxforge.passes.cleanup.shape_inference import merge_types
@@ -151,7 +152,8 @@ def test_inference_failure_changes_nothing(monkeypatch, caplog):
     def boom(*args, **kwargs):
         raise onnx.shape_inference.InferenceError("synthetic failure")
 
-    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", boom)
+    # onnx's inference runs in a helper process (onnxforge.ir.onnx_inference): patch our entry to it
+    monkeypatch.setattr(analysis_shapes, "infer_shapes", boom)
     with caplog.at_level(logging.WARNING, logger="onnxforge.passes.cleanup.shape_inference"):
         r = ShapeInference()(model)
     assert r.modified is False
