@@ -418,7 +418,7 @@ def total_tensor_bytes(proto: onnx.ModelProto) -> int:
     for t in iter_tensors(proto):
         if is_external(t):
             for e in t.external_data:
-                if e.key == "length":
+                if e.key == "length" and e.value:  # empty: no length given, as the loader reads it
                     total += int(e.value)
         else:
             total += t.ByteSize()

@@ -312,3 +312,20 @@ def test_inference_helper_turns_a_crash_into_an_inference_error_and_recovers():
     wrong.graph.node[0].op_type = "Conv"  # an error, not a crash: raised as itself
     with pytest.raises(onnx.shape_inference.InferenceError, match="ShapeInferenceError"):
         infer_shapes(wrong, strict_mode=True)
+
+
+def test_an_empty_external_length_is_no_length(tmp_path, capfd):
+    """Was: ValueError int('') when sizing the output: the loader reads an empty length as no
+    length (the tensor's size), the save did not."""
+    path = _external_mlp(tmp_path)
+    m = onnx.load(path, load_external_data=False)
+    for e in m.graph.initializer[1].external_data:
+        if e.key == "length":
+            e.value = ""
+    onnx.save(m, path)
+    out = tmp_path / "o.onnx"
+    for argv in (["compile", str(path), "-o", str(out), "--pipeline", "lossless"], ["analyze", str(path)]):
+        code = main(argv)
+        err = capfd.readouterr().err
+        assert code == 0 and "internal error" not in err and "Traceback" not in err, err
+    assert onnx.load(out).graph.initializer  # onnxruntime cannot read the empty length: only warned
