@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/pytest
 CORPUS  ?= $(CURDIR)/.corpus
 export ONNXFORGE_CORPUS := $(CORPUS)
 
-.PHONY: setup test test-all lint demo conformance corpus bench bench-scale bench-cost bench-fusion bench-quant bench-lowering clean exports fuzz
+.PHONY: setup test test-all lint demo conformance corpus bench bench-scale bench-cost bench-fusion bench-quant bench-lowering bench-compression clean exports fuzz
 
 setup: $(STAMP)
 
@@ -70,7 +70,7 @@ exports: $(EXPORT_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(EXPORT_VENV)/bin/python -m onnxforge.models.exports build
 
 ## Every table in benchmarks/ (conformance.md included).
-bench: setup bench-scale bench-cost bench-fusion bench-quant bench-lowering conformance
+bench: setup bench-scale bench-cost bench-fusion bench-quant bench-lowering bench-compression conformance
 
 BENCH_STAMP := $(VENV)/.bench
 $(BENCH_STAMP): $(STAMP)
@@ -87,6 +87,11 @@ bench-fusion: setup corpus $(BENCH_STAMP)
 ## int8: onnxforge and onnxruntime's quantizer side by side (run `make exports` first for the transformers).
 bench-quant: setup corpus
 	$(BIN)/python -m benchmarks.quantization --out benchmarks/quantization.md
+
+## Deep Compression: archive size and accuracy (LeNets, digits CNN), MiniLM-L6 cosine, every real model's size,
+## memory and latency, beside gzip/xz, onnxslim and onnxoptimizer (run `make exports` first for the transformers).
+bench-compression: setup corpus $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.compression --out benchmarks/compression.md
 
 ## Cost model vs measured latency on the corpus and the exports (run `make exports` first for those).
 bench-cost: setup corpus

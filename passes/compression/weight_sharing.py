@@ -232,7 +232,10 @@ def _finite(x: float) -> float | None:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class _Weight:
+    #: The weight's name, with ``@<graph index>`` for weights of subgraphs (If/Loop bodies).
+    label: str
     name: str
+    graph_index: int
     shape: tuple[int, ...]
     dtype: np.dtype
     readers: list[str]
@@ -242,36 +245,48 @@ class _Weight:
     layout: tuple[str, int] | None = None
 
 
+def weight_value(model: Model, graph_index: int, name: str) -> Value | None:
+    """The constant ``name`` of the ``graph_index``-th graph of ``model`` (``all_graphs`` order)."""
+    graphs = list(model.graph.all_graphs())
+    if graph_index >= len(graphs):
+        return None
+    return graphs[graph_index].initializers.get(name)
+
+
 def find_weights(model: Model, min_elements: int) -> list[_Weight]:
-    """The weights of ``model`` (main graph) a codebook may replace, in graph order."""
+    """The weights of ``model`` (every graph, subgraphs included) a codebook may replace."""
     out: dict[str, _Weight] = {}
-    graph = model.graph
-    for node in graph.topological_order():
-        idx = WEIGHT_INPUTS.get(node.op_type)
-        if idx is None or not node.is_standard_domain():
-            continue
-        if node.op_type == "Gather" and int(node.attr("axis", 0)) != 0:
-            continue
-        if node.op_type == "Gemm" and int(node.attr("transA", 0)):
-            continue
-        v = node.input(idx)
-        if v is None or v.graph is not graph or not v.is_constant() or v.is_graph_output():
-            continue
-        t = v.const
-        if t is None or t.data_type not in _FLOAT or math.prod(t.dims) < min_elements:
-            continue
-        w = out.get(v.name)
-        if w is None:
-            w = out[v.name] = _Weight(v.name, tuple(t.dims), np.dtype(_FLOAT[t.data_type]), [])
-        w.readers.append(node.name or node.op_type)
-        if w.activation is None and node.op_type != "Gather" and node.input(0) is not None:
-            act = node.input(0)
-            assert act is not None
-            if node.op_type in ("MatMul", "Gemm") and len(w.shape) == 2:
-                k_axis = 1 if node.op_type == "Gemm" and int(node.attr("transB", 0)) else 0
-                w.activation, w.layout = act.name, ("matmul", k_axis)
-            elif node.op_type == "Conv" and len(w.shape) >= 3:
-                w.activation, w.layout = act.name, ("conv", int(node.attr("group", 1)))
+    graphs = list(model.graph.all_graphs())
+    index = {id(g): i for i, g in enumerate(graphs)}
+    for graph in graphs:
+        for node in graph.topological_order():
+            idx = WEIGHT_INPUTS.get(node.op_type)
+            if idx is None or not node.is_standard_domain():
+                continue
+            if node.op_type == "Gather" and int(node.attr("axis", 0)) != 0:
+                continue
+            if node.op_type == "Gemm" and int(node.attr("transA", 0)):
+                continue
+            v = node.input(idx)
+            if v is None or v.graph is None or id(v.graph) not in index or not v.is_constant() or v.is_graph_output():
+                continue
+            t = v.const
+            if t is None or t.data_type not in _FLOAT or math.prod(t.dims) < min_elements:
+                continue
+            gi = index[id(v.graph)]
+            label = v.name if gi == 0 else f"{v.name}@{gi}"
+            w = out.get(label)
+            if w is None:
+                w = out[label] = _Weight(label, v.name, gi, tuple(t.dims), np.dtype(_FLOAT[t.data_type]), [])
+            w.readers.append(node.name or node.op_type)
+            if w.activation is None and node.op_type != "Gather" and node.input(0) is not None:
+                act = node.input(0)
+                assert act is not None
+                if node.op_type in ("MatMul", "Gemm") and len(w.shape) == 2:
+                    k_axis = 1 if node.op_type == "Gemm" and int(node.attr("transB", 0)) else 0
+                    w.activation, w.layout = act.name, ("matmul", k_axis)
+                elif node.op_type == "Conv" and len(w.shape) >= 3:
+                    w.activation, w.layout = act.name, ("conv", int(node.attr("group", 1)))
     return list(out.values())
 
 
@@ -309,14 +324,14 @@ class _Codebooks:
 
     def __init__(self, float_model: Model, weights: Sequence[_Weight], stats: ActivationStats, opts: WeightSharingOptions) -> None:
         self._model = float_model
-        self._weights = {w.name: w for w in weights}
+        self._weights = {w.label: w for w in weights}
         self._stats = stats
         self._opts = opts
         self._cache: dict[tuple[str, int], tuple[Codebook, bool]] = {}
 
-    def array(self, name: str) -> np.ndarray:
-        v = self._model.graph.initializers.get(name)
-        arr = constant_value(v)
+    def array(self, label: str) -> np.ndarray:
+        w = self._weights[label]
+        arr = constant_value(weight_value(self._model, w.graph_index, w.name))
         assert arr is not None
         return arr
 
@@ -340,18 +355,18 @@ class _Codebooks:
         return cb, refined
 
 
-def apply_codebooks(model: Model, chosen: Mapping[str, Codebook], pack: bool) -> dict[str, int]:
-    """Replace each weight named in ``chosen`` (main-graph constants) by its codebook in
-    ``model``, in place; returns the bytes each one takes now."""
-    graph = model.graph
-    sizes: dict[str, int] = {}
-    for name, cb in chosen.items():
-        v = graph.initializers.get(name)
-        if v is None or v.const is None:
+def apply_codebooks(model: Model, chosen: Mapping[tuple[int, str], Codebook], pack: bool) -> dict[tuple[int, str], int]:
+    """Replace each weight in ``chosen`` (by graph index and name) by its codebook in ``model``,
+    in place; returns the bytes each one takes now."""
+    sizes: dict[tuple[int, str], int] = {}
+    for (gi, name), cb in chosen.items():
+        v = weight_value(model, gi, name)
+        if v is None or v.const is None or v.graph is None:
             continue
+        graph = v.graph
         dtype = np.dtype(_FLOAT.get(v.const.data_type, np.float32))
         stored = store_codebook(graph, cb, name, dtype, pack=pack and can_pack_4bit(graph))
-        sizes[name] = stored.nbytes
+        sizes[(gi, name)] = stored.nbytes
         decoded: Value | None = None
         for node, i in list(v.uses()):
             if node.op_type == "Gather" and i == 0 and node.is_standard_domain() and int(node.attr("axis", 0)) == 0:
@@ -408,7 +423,8 @@ class ShareWeights(Pass[WeightSharingOptions]):
         report.budget_data += f"; against {against}"
         measure = OutputMeasure(reference, data)
         top = MAX_BITS - opts.bits + 1  # levels: bits, bits + 1, ..., 8, float
-        names = [w.name for w in weights]
+        names = [w.label for w in weights]
+        where = {w.label: (w.graph_index, w.name) for w in weights}
 
         def bits_at(level: int) -> int | None:
             b = opts.bits + level
@@ -416,13 +432,13 @@ class ShareWeights(Pass[WeightSharingOptions]):
 
         def build(settings: Mapping[str, int], only: str | None = None) -> Model:
             m = from_proto(float_proto)
-            chosen = {}
+            chosen: dict[tuple[int, str], Codebook] = {}
             for name in names:
                 if only is not None and name != only:
                     continue
                 b = bits_at(settings.get(name, 0))
                 if b is not None:
-                    chosen[name] = books.get(name, b)[0]
+                    chosen[where[name]] = books.get(name, b)[0]
             apply_codebooks(m, chosen, opts.pack_4bit)
             _finish(m)
             return m
@@ -436,18 +452,18 @@ class ShareWeights(Pass[WeightSharingOptions]):
         cos, sqnr, acc = fitted.figures
         report.output_cosine, report.output_sqnr, report.accuracy = cos, sqnr, acc
         for w in weights:
-            b = bits_at(settings.get(w.name, 0))
-            arr = books.array(w.name)
+            b = bits_at(settings.get(w.label, 0))
+            arr = books.array(w.label)
             before = int(arr.nbytes)
             if b is None:
-                report.layers.append(SharedLayer(w.name, ", ".join(w.readers), w.shape, None, 0, int((arr == 0).sum()), math.inf, before, before))
+                report.layers.append(SharedLayer(w.label, ", ".join(w.readers), w.shape, None, 0, int((arr == 0).sum()), math.inf, before, before))
                 continue
-            cb, refined = books.get(w.name, b)
+            cb, refined = books.get(w.label, b)
             packed = opts.pack_4bit and b <= 4 and can_pack_4bit(model.graph)
             after = (cb.indices.size + 1) // 2 if packed else cb.indices.size
             after += cb.centroids.size * arr.dtype.itemsize
             report.layers.append(
-                SharedLayer(w.name, ", ".join(w.readers), w.shape, b, cb.used, int((arr == 0).sum()), weight_sqnr(arr, cb), before, after, refined)
+                SharedLayer(w.label, ", ".join(w.readers), w.shape, b, cb.used, int((arr == 0).sum()), weight_sqnr(arr, cb), before, after, refined)
             )
         report.budget_missed = budget.misses(cos, sqnr, acc)
         if report.budget_missed:

@@ -229,3 +229,29 @@ def test_small_weights_and_graph_inputs_stay_float():
     ctx = PassContext()
     assert ctx.run(ShareWeights(min_elements=10_000), ir).modified is False
     assert "no weight" in ctx.records[REPORT_KEY].notes[0]
+
+
+def test_weights_inside_if_branches_are_shared_too():
+    w_then = RNG.standard_normal((16, 32)).astype(np.float32)
+    w_else = RNG.standard_normal((16, 32)).astype(np.float32)
+    outer = RNG.standard_normal((16, 32)).astype(np.float32)
+
+    def branch(name, w):
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_a"]), helper.make_node("MatMul", ["x", "outer"], [f"{name}_b"]),
+             helper.make_node("Add", [f"{name}_a", f"{name}_b"], [f"{name}_y"])],
+            name, [], [vi(f"{name}_y", shape=[2, 32])], [const(f"{name}_w", w)],
+        )  # fmt: skip
+
+    model = make_model(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch("then", w_then), else_branch=branch("else", w_else))],
+        [vi("x", shape=[2, 16]), vi("c", TensorProto.BOOL, [])],
+        [vi("y", shape=[2, 32])],
+        [const("outer", outer)],
+    )
+    out, report = _share(model, bits=4, min_elements=256)
+    assert sorted(layer.name for layer in report.layers) == ["else_w@1", "outer", "then_w@2"]  # @: graph index
+    for c in (True, False):
+        feeds = {"x": RNG.standard_normal((2, 16)).astype(np.float32), "c": np.array(c)}
+        got, want = OrtRunner().run(out, feeds)["y"], OrtRunner().run(model, feeds)["y"]
+        assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.98
