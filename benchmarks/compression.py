@@ -181,11 +181,11 @@ def lower(src: Path, out: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 def digits_section(tmp: Path, quick: bool) -> list[str]:
     from onnxforge.models import load_digits_split, train_digits_cnn, train_lenet5, train_lenet_300_100
-    from onnxforge.passes.compression.int8.flow import LabelledData
 
     (x_train, y_train), (x_test, y_test) = load_digits_split(0)
     calib = [{"input": x_train[i : i + 64]} for i in range(0, 640, 64)]
-    train_eval = LabelledData({"input": x_train}, y_train, "the training digits")
+    train_eval = tmp / "digits_train.npz"  # the budget's labelled data (a path, as --eval-data takes it)
+    np.savez(train_eval, input=x_train, labels=y_train)
     prune = _prune_available()
     sparsities = [0.0, 0.5, 0.7, 0.8, 0.9] if prune else [0.0]
     bit_grid = [2, 3, 4] if not quick else [3]
@@ -210,10 +210,11 @@ def digits_section(tmp: Path, quick: bool) -> list[str]:
             for bits in bit_grid:
                 out = tmp / f"{name}.s{sp}.b{bits}.onnx"
                 try:
-                    r = compress(src, out, bits=bits, sparsity=sp, calibration=calib, eval_data=train_eval,
+                    r = compress(src, out, bits=bits, sparsity=sp, calibration=calib, eval_data=str(train_eval),
                                  max_accuracy_drop=DIGITS_BUDGET, min_cosine=None)  # fmt: skip
                 except Exception as e:
                     lines.append(f"| {name} | {size} | {sp} | {bits} | failed: {type(e).__name__}: {str(e)[:80]} |")
+                    log.info(lines[-1])
                     continue
                 z = pack(out, tmp / f"{out.stem}.onnxz")
                 acc = accuracy(out, x_test, y_test)

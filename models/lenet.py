@@ -181,8 +181,8 @@ class _LeNet5:
         return g
 
     def export(self) -> onnx.ModelProto:
-        conv = {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]}
-        pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
+        conv: dict[str, Any] = {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]}
+        pool: dict[str, Any] = {"kernel_shape": [2, 2], "strides": [2, 2]}
         nodes = [
             helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["conv1"], name="Conv_1", **conv),
             helper.make_node("Relu", ["conv1"], ["relu1"], name="Relu_1"),

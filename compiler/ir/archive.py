@@ -355,8 +355,8 @@ def unpack(data: bytes | memoryview) -> onnx.ModelProto:
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(sk_bytes)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise ArchiveError(f"archive damaged: the skeleton is not a model ({e})") from None
+    except (DecodeError, RuntimeError, ValueError) as err:
+        raise ArchiveError(f"archive damaged: the skeleton is not a model ({err})") from None
     tensors = list(iter_tensors(proto))
     for e in index["tensors"]:
         if not isinstance(e, dict):
