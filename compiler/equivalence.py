@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxforge import modelio
 from onnxforge.errors import ModelError, VerificationError
+from onnxforge.ir.proto_walk import graph_protos
 from onnxforge.ir.tensor_data import TensorStore, is_external, iter_tensors
 from onnxforge.metrics.sqnr import ErrorPairs, below
 from onnxforge.runtime.options import session_options
@@ -204,6 +205,36 @@ def _compare(name: str, a: Any, b: Any, rtol: float, atol: float) -> list[str]:
     return []
 
 
+#: A Loop that runs more iterations than this, with no condition that can stop it earlier, is
+#: not run by verification: onnxruntime would run for hours or abort the process when memory
+#: runs out (a fuzzed trip count of 2**63 - 1 did).
+MAX_LOOP_TRIPS = 10_000_000
+
+
+def refuse_unbounded_loops(model: onnx.ModelProto) -> None:
+    """Raise :class:`VerificationError` when a Loop of ``model`` (any graph) has a constant trip
+    count above :data:`MAX_LOOP_TRIPS` and no loop condition input (only the trip count stops it)."""
+    for g in graph_protos(model.graph):
+        consts = {t.name: t for t in g.initializer}
+        for n in g.node:
+            if n.op_type == "Constant" and n.output and n.attribute and n.attribute[0].name == "value":
+                consts[n.output[0]] = n.attribute[0].t
+        for n in g.node:
+            if n.op_type != "Loop" or not n.input or not n.input[0] or n.input[0] not in consts:
+                continue
+            if len(n.input) > 1 and n.input[1]:
+                continue  # a condition can end it earlier
+            try:
+                trips = int(numpy_helper.to_array(consts[n.input[0]]).reshape(-1)[0])
+            except Exception:
+                continue
+            if trips > MAX_LOOP_TRIPS:
+                raise VerificationError(
+                    f"cannot verify: Loop {n.name or '(unnamed)'!r} runs {trips} iterations (more than "
+                    f"{MAX_LOOP_TRIPS}); onnxruntime would not finish it"
+                )
+
+
 def assert_equivalent(
     before: onnx.ModelProto,
     after: onnx.ModelProto,
@@ -218,6 +249,7 @@ def assert_equivalent(
 ) -> dict[str, Any]:
     """Run both models on the same feeds and raise :class:`VerificationError` with details when an
     output (matched by name) differs beyond ``rtol``/``atol``. Returns the reference outputs."""
+    refuse_unbounded_loops(before)
     if feeds is None:
         feeds = random_feeds(before, seed=seed, dims=dims)
     runner = OrtRunner()
@@ -259,6 +291,7 @@ def check_lossy(
     and raise :class:`VerificationError` when a float output's cosine similarity (worst feed)
     is below ``min_cosine`` or its SQNR (feeds pooled) below ``min_sqnr`` dB, when an output is
     NaN or Inf where the original's is finite, or when a non-float output differs at all."""
+    refuse_unbounded_loops(before)
     runner = OrtRunner()
     pairs = ErrorPairs()
     problems: list[str] = []

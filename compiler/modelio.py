@@ -31,7 +31,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from onnxforge.errors import ModelError, UsageError
-from onnxforge.ir import Model, archive, from_proto, to_proto
+from onnxforge.ir import Model, archive, from_proto, tensor_nbytes, to_proto
 from onnxforge.ir.onnx_inference import CRASHED, infer_shapes
 from onnxforge.ir.proto_walk import graph_protos
 from onnxforge.ir.tensor_data import TensorStore, external_info, is_external, iter_tensors
@@ -191,6 +191,42 @@ _STUB_BYTES = 1 << 16
 _NODE_TAG = "onnxforge-node-"
 #: What onnx's operator type check (OpSchema::CheckInputOutputType) says about a bad type.
 _TYPE_CONSTRAINT = re.compile(r"has (unsupported|inconsistent) type|expected to have type but instead is null")
+
+
+#: Typed fields of a TensorProto, by the element types stored in them.
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def check_tensor_sizes(proto: onnx.ModelProto, where: str = "model") -> None:
+    """Refuse (:class:`ModelError`, one line) a tensor whose embedded data does not hold the
+    number of elements its dims say: onnx's checker lets that through and every consumer then
+    reads garbage or fails (a cleared ``dims`` made a weight a scalar with 8 values). External
+    data is checked by :class:`~onnxforge.ir.tensor_data.TensorStore`; sparse tensors and
+    sub-byte types in typed fields are left to the checker."""
+    for t in iter_tensors(proto):
+        if is_external(t) or t.data_type == onnx.TensorProto.UNDEFINED:
+            continue
+        count = 1
+        for d in t.dims:
+            count *= d
+        if t.HasField("raw_data"):
+            want = tensor_nbytes(t)
+            if t.data_type != onnx.TensorProto.STRING and len(t.raw_data) != want:
+                raise ModelError(
+                    f"{where}: tensor {t.name or '(unnamed)'!r} holds {len(t.raw_data)} bytes but its dims "
+                    f"{list(t.dims)} and type need {want}"
+                )
+            continue
+        present = [f for f in _TYPED_FIELDS if len(getattr(t, f))]
+        if len(present) != 1 or t.data_type in _PACKED_TYPES:
+            continue
+        n = len(getattr(t, present[0]))
+        if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+            n //= 2  # real and imaginary parts side by side
+        if n != count:
+            raise ModelError(
+                f"{where}: tensor {t.name or '(unnamed)'!r} holds {n} values but its dims {list(t.dims)} say {count}"
+            )
 
 
 def check_types(proto: onnx.ModelProto, where: str = "model") -> None:
@@ -375,6 +411,8 @@ def load(
     uses_external = any(is_external(t) for t in iter_tensors(proto))
     if uses_external:
         store.validate_all(proto)  # our rules are stricter than the checker's: run them first
+    if check:
+        check_tensor_sizes(proto, where)
     recheck = check and not check_proto(proto, where, path)
     if check and not recheck:
         check_types(proto, where)

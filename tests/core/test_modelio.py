@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import onnx
@@ -179,3 +180,36 @@ def test_export_does_not_mutate_the_ir():
     out = to_proto(ir)
     assert ir.version == v and [n.name for n in ir.graph][0] == "id"
     assert [n.name for n in out.graph.node] == ["mm", "add", "relu", "id"]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.ClearField("dims"), "holds 128 bytes but its dims [] and type need 4"),
+        (lambda t: (t.ClearField("dims"), t.dims.extend([2])), "holds 128 bytes but its dims [2] and type need 8"),
+    ],
+)
+def test_tensor_data_that_does_not_fit_its_dims_is_refused(edit, message):
+    """Found by the fuzzer: a weight whose dims were cleared loaded fine and then crashed a pass
+    (noop-elimination: cannot reshape array of size 8 into shape ())."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 8), np.float32), "w")
+    edit(w)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [w],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelError, match=re.escape(message)):
+        modelio.load(m)
+    typed = numpy_helper.from_array(np.ones((4, 8), np.float32), "w")
+    typed.float_data.extend(np.frombuffer(typed.raw_data, np.float32)[:30].tolist())
+    typed.ClearField("raw_data")
+    g.initializer[0].CopyFrom(typed)
+    with pytest.raises(ModelError, match=r"holds 30 values but its dims \[4, 8\] say 32"):
+        modelio.load(onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
