@@ -35,8 +35,8 @@ def cuda_only_ops() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSETS, ir_version=8)
 
 
-def matmul_chain(n: int, size: int = 128, *, seed: int = 0, dynamic: bool = False) -> onnx.ModelProto:
-    """``n`` chained [size, size] MatMul + Relu: latency grows with ``n``."""
+def matmul_chain(n: int, size: int = 128, *, seed: int = 0, dynamic: bool = False, rows: int = 1) -> onnx.ModelProto:
+    """``n`` chained [size, size] MatMul + Relu on a [rows, size] input: latency grows with ``n``."""
     rng = np.random.default_rng(seed)
     nodes, inits, src = [], [], "x"
     for i in range(n):
@@ -45,7 +45,7 @@ def matmul_chain(n: int, size: int = 128, *, seed: int = 0, dynamic: bool = Fals
         nodes.append(helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}"))
         src = f"r{i}"
     nodes.append(helper.make_node("Identity", [src], ["y"], name="out"))
-    batch: int | str = "batch" if dynamic else 1
+    batch: int | str = "batch" if dynamic else rows
     graph = helper.make_graph(
         nodes,
         f"matmuls{n}",

@@ -9,8 +9,9 @@ creation time of a model on a target, and interleaved comparisons of several.
   processes, frequency changes) hits all of them alike. The ratio of medians comes with a
   bootstrap 95% interval over the rounds.
 * :func:`interleaved_rounds` is the loop under :func:`compare` and ``tune``, also used by
-  ``benchmarks/`` (:func:`interleaved_times`); models faster than 10 ms per run take turns of
-  about 10 ms, the first run of a turn untimed, so that each is timed with warm caches.
+  ``benchmarks/`` (:func:`interleaved_times`); each turn starts with an untimed run, so that
+  every model is timed with warm caches, and models faster than 10 ms per run take turns of
+  about 10 ms.
 
 ``onnxforge bench`` prints these; ``bench --json`` writes :meth:`BenchReport.to_json`, whose
 schema (``onnxforge.bench/1``) is documented in ``docs/LOWERING.md``.
@@ -247,10 +248,11 @@ def _run(sess: Any, feeds: Feeds) -> Callable[[], Any]:
     return lambda: sess.run(names, feed)
 
 
-#: A session faster than this per run runs in turns of about this long, the first run of each
-#: turn untimed: the session before it has just evicted its weights from the CPU caches, and
-#: alternating run by run would time small models cold (1 vs 3 MatMul layers of 512x512 measured
-#: 2.4x run by run against 6.9x warm on this machine).
+#: Every turn starts with one untimed run: the session before it has just evicted this one's
+#: weights from the CPU caches, and alternating run by run timed models cold (1 vs 3 MatMul
+#: layers of 512x512 measured 2.4x run by run against 6.9x warm; caches reach hundreds of MiB on
+#: server CPUs, so this is not only a small-model effect). A session faster than ``TURN_S`` per
+#: run then runs for about that long; a slower one once.
 TURN_S = 0.01
 #: At most this many timed runs per turn.
 MAX_TURN_RUNS = 64
@@ -271,8 +273,8 @@ def interleaved_rounds(
     """Seconds of each run, as ``[session][round][run]``. Each round gives every session one
     turn, starting one session later than the previous round, so no session always runs first or
     right after the same neighbour (both shift latencies of large models by a few percent). A
-    session slower than ``turn_s`` per run runs once per turn; a faster one runs once untimed (to
-    warm the caches the others used) and then for about ``turn_s``. At least ``rounds`` rounds,
+    turn is one untimed run (to warm the caches the others used), then one timed run, or for a
+    session faster than ``turn_s`` per run, timed runs for about ``turn_s``. At least ``rounds`` rounds,
     more for fast models (up to ``max_rounds`` or about ``round_target_s`` seconds), fewer when
     ``budget_s`` runs out (at least ``min_rounds``)."""
     per = [feeds] * len(sessions) if isinstance(feeds, Mapping) else list(feeds)
@@ -288,7 +290,7 @@ def interleaved_rounds(
             last = time.perf_counter() - t0
         each.append(last)
     per_turn = [1 if t >= turn_s else max(1, min(MAX_TURN_RUNS, int(turn_s / max(t, 1e-7)))) for t in each]
-    rewarm = [t < turn_s for t in each]
+    rewarm = [True] * len(each)
     one_round = sum(t * (k + w) for t, k, w in zip(each, per_turn, rewarm))
     # Small models run many more rounds so that medians of a few microseconds are not at the
     # mercy of one noisy scheduling slice.

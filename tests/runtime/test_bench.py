@@ -108,8 +108,8 @@ def test_interleaving_rotates_the_first_session():
             order.append(self.i)
 
     slow = rb.interleaved_times([Fake(0), Fake(1), Fake(2)], {}, rounds=3, warmup=1, max_rounds=3, turn_s=0.0)
-    assert [len(t) for t in slow] == [3, 3, 3]  # slower than a turn: one run each, run by run
-    assert order[3:] == [0, 1, 2, 1, 2, 0, 2, 0, 1]
+    assert [len(t) for t in slow] == [3, 3, 3]  # slower than a turn: an untimed run and one timed run per turn
+    assert order[3:] == [0, 0, 1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 2, 2, 0, 0, 1, 1]
     order.clear()
     fast = rb.interleaved_rounds([Fake(0), Fake(1)], {}, rounds=2, warmup=1, max_rounds=2, turn_s=1.0)
     # faster than a turn: an untimed run, then up to MAX_TURN_RUNS timed ones, each turn
