@@ -30,6 +30,9 @@ def _bn_params(bn: Node, rc: RewriteContext) -> tuple[np.ndarray, np.ndarray]:
     eps = float(bn.attr("epsilon", 1e-5))
     if not (scale.ndim == beta.ndim == mean.ndim == var.ndim == 1):
         raise MatchFailed("BN parameters are not vectors")
+    if not (scale.shape == beta.shape == mean.shape == var.shape):
+        sizes = ", ".join(str(a.shape[0]) for a in (scale, beta, mean, var))
+        raise MatchFailed(f"BN parameters differ in length ({sizes}): not a valid BatchNormalization")
     s = scale / np.sqrt(var + eps)
     return s, beta - mean * s
 

@@ -91,6 +91,20 @@ def test_conv_batchnorm_refuses_a_shared_weight_and_says_why():
     assert "shared" in trace.explain("the_bn")[0]
 
 
+def test_batchnorm_with_parameters_of_different_lengths_is_left_alone():
+    """Found by the fuzzer: a BN whose variance had 2 values for 104 channels crashed the fuse
+    pass with a numpy broadcast error; the rule now declines with a reason."""
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv"), bn("c", "y", name="the_bn")]
+    inits = [const("W", rnd(4, 3, 3, 3)), *bn_inits(4)]
+    inits[-1] = const("bn_v", RNG.uniform(0.5, 2.0, 2))
+    m = make_model(nodes, [vi("x", F, [1, 3, 6, 6])], [vi("y", F, [1, 4, 4, 4])], inits)
+    model = modelio.load(m).model
+    ctx = PassContext()
+    result = ctx.run(rule_pass(FuseConvBatchNorm()), model)
+    assert not result.modified
+    assert "differ in length (4, 4, 4, 2)" in rule_trace(ctx).explain("the_bn")[0]
+
+
 def test_gemm_and_matmul_batchnorm():
     nodes = [helper.make_node("Gemm", ["x", "W", "C"], ["g"], transB=1), bn("g", "y"), helper.make_node("MatMul", ["y", "W2"], ["m"]), bn("m", "z", "bn2")]
     inits = [const("W", rnd(5, 4)), const("C", rnd(5)), *bn_inits(5), const("W2", rnd(5, 3)), *bn_inits(3, "bn2")]
