@@ -167,8 +167,19 @@ class OutputMeasure:
     def __init__(self, float_proto: onnx.ModelProto, data: CompressionData) -> None:
         self.outputs = [o.name for o in float_proto.graph.output]
         self.data = data
+        #: Why the model could not be measured (random inputs it does not accept), or None.
+        self.failed: str | None = None
         sess = OrtRunner().session(float_proto)
-        self.reference = [sess.run(self.outputs, dict(f)) for f in data.held]
+        try:
+            self.reference = [sess.run(self.outputs, dict(f)) for f in data.held]
+        except Exception as e:
+            if data.real:
+                raise
+            self.reference = []
+            self.failed = (
+                f"the model does not run on seeded random inputs ({' '.join(str(e).split())[:160]}): "
+                "give calibration data to measure the budget"
+            )
         self.evaluate = (
             classification_accuracy(data.labelled.inputs, data.labelled.labels) if data.labelled is not None else None
         )
@@ -176,6 +187,9 @@ class OutputMeasure:
 
     def figures(self, proto: onnx.ModelProto) -> tuple[dict[str, float], dict[str, float], tuple[float, float] | None]:
         """(worst cosine per output, SQNR per output, (float, candidate) accuracy or None)."""
+        if self.failed is not None:
+            acc_only = (self.float_accuracy, self.evaluate(proto)) if self.evaluate is not None and self.float_accuracy is not None else None
+            return {}, {}, acc_only
         sess = OrtRunner().session(proto)
         pairs = ErrorPairs(self.data.mask)
         for feed, ref in zip(self.data.held, self.reference):
@@ -245,6 +259,8 @@ def fit_budget(
         )
         return [n for n, _ in sensitivity]
 
+    if measure.failed is not None and (budget.min_cosine is not None or budget.min_sqnr is not None):
+        raise UsageError(measure.failed)
     if budget.empty:
         c = candidate({})
         return Fitted(c.model, {}, [], [], c.figures)

@@ -322,6 +322,8 @@ class FactorizeLowRank(Pass[LowRankOptions]):
         reference, against = reference_model(ctx, float_proto)
         report.budget_data += f"; against {against}"
         measure = OutputMeasure(reference, data)
+        if measure.failed is not None:
+            report.notes.append(measure.failed)
         by_name = {w.name: w for w in weights}
 
         def rank_at(w: _Weight, level: int) -> int | None:

@@ -422,6 +422,8 @@ class ShareWeights(Pass[WeightSharingOptions]):
         reference, against = reference_model(ctx, float_proto)
         report.budget_data += f"; against {against}"
         measure = OutputMeasure(reference, data)
+        if measure.failed is not None:
+            report.notes.append(measure.failed)
         top = MAX_BITS - opts.bits + 1  # levels: bits, bits + 1, ..., 8, float
         names = [w.label for w in weights]
         where = {w.label: (w.graph_index, w.name) for w in weights}
