@@ -23,7 +23,10 @@ from onnxforge.ir.tensor_data import TensorStore
 from onnxforge.metrics.sqnr import worst
 from onnxforge.passes.compression.int8 import REPORT_KEY as INT8_REPORT
 from onnxforge.passes.compression.int8 import Int8Options, QuantizeInt8
+from onnxforge.passes.compression.low_rank import REPORT_KEY as LOW_RANK_REPORT
 from onnxforge.passes.compression.pruning import REPORT_KEY as PRUNE_REPORT
+from onnxforge.passes.compression.weight_sharing import REPORT_KEY as SHARING_REPORT
+from onnxforge.passes.lowering.packed_weights import REPORT_KEY as PACKED_REPORT
 from onnxforge.passmanager import (
     DumpInstrument,
     Instrument,
@@ -91,7 +94,7 @@ def compile(
     cost: bool = False,
     cost_target: str = "cpu",
     shapes: Mapping[str, tuple[int, ...]] | None = None,
-    quantization: QuantizationOptions | None = None,
+    quantization: Int8Options | None = None,
 ) -> CompileResult:
     """Compile ``model`` (a path, a ModelProto or an IR Model) with a pipeline.
 
@@ -150,6 +153,7 @@ def compile(
     report = Report(pipe_name, before, ModelStats.of(ir), list(timing.per_pass.values()))
     report.rule_trace = ctx.records.get("rules")
     report.quantization = qreport
+    report.compression = [ctx.records[k] for k in (SHARING_REPORT, LOW_RANK_REPORT, PACKED_REPORT) if k in ctx.records]
     report.pruning = ctx.records.get(PRUNE_REPORT)
     if cost_before is not None:
         report.cost_target = cost_target

@@ -137,11 +137,11 @@ def _undecodable(msg, path: str) -> str | None:  # type: ignore[no-untyped-def]
                     return f"{path}{fd.name}" + (f"[{i}]" if repeated else "")
         elif fd.type == fd.TYPE_MESSAGE:
             if repeated:
-                subs = list(enumerate(getattr(msg, fd.name)))
+                subs = [(f"[{k}]", sub) for k, sub in enumerate(getattr(msg, fd.name))]
             else:
-                subs = [(None, getattr(msg, fd.name))] if msg.HasField(fd.name) else []
-            for i, sub in subs:
-                found = _undecodable(sub, f"{path}{fd.name}{'' if i is None else f'[{i}]'}.")
+                subs = [("", getattr(msg, fd.name))] if msg.HasField(fd.name) else []
+            for where, sub in subs:
+                found = _undecodable(sub, f"{path}{fd.name}{where}.")
                 if found is not None:
                     return found
     return None

@@ -399,7 +399,7 @@ class Pass(Generic[OptionsT]):
                 known = ", ".join(sorted(names)) or "none"
                 raise UsageError(f"{self.name}: unknown option(s) {', '.join(sorted(unknown))} (known: {known})")
             try:
-                options = self.Options(**kwargs)
+                options = self.Options(**kwargs)  # type: ignore[assignment]
             except (TypeError, ValueError) as e:
                 raise UsageError(f"{self.name}: {e}") from None
         elif not isinstance(options, self.Options):
@@ -430,12 +430,9 @@ class CompositePass(Pass[NoOptions]):
     def __init__(self, passes: Sequence[Pass], *, name: str | None = None) -> None:
         super().__init__()
         self.passes = list(passes)
+        self.lossless = all(p.lossless for p in self.passes)
         if name:
             self.name = name  # type: ignore[misc]
-
-    @property  # type: ignore[override]
-    def lossless(self) -> bool:
-        return all(p.lossless for p in self.passes)
 
     def leaves(self) -> list[Pass]:
         out: list[Pass] = []
