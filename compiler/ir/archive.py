@@ -16,7 +16,8 @@ Layout (integers little-endian)::
 
 The index is ``{"skeleton": BLOB, "tensors": [TENSOR, ...]}``. A BLOB is ``{"offset", "length",
 "size", "crc32"}``: ``length`` bytes at ``offset`` (from the end of the index) decode to
-``size`` bytes whose CRC-32 is ``crc32``. The skeleton blob (zlib) is the serialized ModelProto
+``size`` bytes whose CRC-32 is ``crc32``. The skeleton blob (``"codec"``: ``zlib``, the default,
+or ``xz``, whichever is smaller) is the serialized ModelProto
 with the data of every coded tensor left out. Each TENSOR is a BLOB plus ``"ref"`` (the
 tensor's position among all tensors of the model, in the order of
 :func:`onnxforge.ir.tensor_data.iter_tensors`: initializers and Constant values of every graph),
@@ -36,6 +37,9 @@ tensor's position among all tensors of the model, in the order of
   order. Zeros after the last value fill the tensor up to its size (Deep Compression's
   relative-index coding of sparse weights).
 * ``zlib``: deflate (small tensors with repeated patterns, such as shape constants).
+* ``xz``: LZMA2 (raw stream, no container; the filter ``{"id": FILTER_LZMA2, "preset": 6}``),
+  tried on tensors up to 4 MB and on 1-byte tensors (index tables) up to 32 MB, whose repeats
+  a Huffman code of single symbols cannot see.
 
 Every tensor above 64 bytes takes the codec that makes it smallest. A damaged archive (bad magic, version,
 index, offsets, CRC, or a stream that does not decode) raises :class:`ArchiveError` with a
@@ -45,6 +49,7 @@ one-line reason; sizes are checked before anything is allocated.
 from __future__ import annotations
 
 import json
+import lzma
 import math
 import struct
 import sys
@@ -68,6 +73,10 @@ _HEADER = struct.Struct("<8sHHI")
 #: Tensors of this size or less stay in the skeleton (their coding would cost more than it saves).
 MIN_CODED_BYTES = 64
 #: zlib is tried on tensors up to this size only (it is slow and loses to Huffman on weights).
+#: xz (LZMA2) on tensors up to XZ_MAX_BYTES, and on 1-byte tensors (index tables) up to XZ_MAX_INDEX_BYTES.
+XZ_MAX_BYTES = 4 << 20
+XZ_MAX_INDEX_BYTES = 32 << 20
+_XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
 ZLIB_MAX_BYTES = 1 << 20
 _FOUR_BIT = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 _DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
@@ -214,6 +223,9 @@ def _candidates(raw: bytes, t: onnx.TensorProto) -> list[tuple[int, str, Callabl
     if len(raw) <= ZLIB_MAX_BYTES:
         z = zlib.compress(raw, 9)
         out.append((len(z), "zlib", lambda: (z, {})))
+    if len(raw) <= (XZ_MAX_INDEX_BYTES if _itemsize(t) == 1 else XZ_MAX_BYTES):
+        x = _xz(raw)
+        out.append((len(x), "xz", lambda: (x, {})))
     return out
 
 
@@ -255,11 +267,29 @@ def pack(proto: onnx.ModelProto, store: TensorStore | None = None) -> bytes:
             t.ClearField("external_data")
             t.ClearField("data_location")
     sk = skeleton.SerializeToString()
-    sk_z = zlib.compress(sk, 9)
-    index = {"skeleton": _blob(offset, sk_z, sk), "tensors": entries}
+    sk_z, sk_codec = zlib.compress(sk, 9), "zlib"
+    sk_x = _xz(sk)
+    if len(sk_x) < len(sk_z):
+        sk_z, sk_codec = sk_x, "xz"
+    index = {"skeleton": {**_blob(offset, sk_z, sk), "codec": sk_codec}, "tensors": entries}
     blobs.append(sk_z)
     index_z = zlib.compress(json.dumps(index, separators=(",", ":")).encode(), 9)
     return _HEADER.pack(MAGIC, VERSION, 0, len(index_z)) + index_z + b"".join(blobs)
+
+
+def _xz(data: bytes) -> bytes:
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_XZ_FILTERS)
+
+
+def _unxz(data: bytes | memoryview, size: int, what: str) -> bytes:
+    d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_XZ_FILTERS)
+    try:
+        out = d.decompress(bytes(data), max_length=size + 1)
+    except lzma.LZMAError as e:
+        raise ArchiveError(f"archive damaged: {what} does not decompress ({e})") from None
+    if len(out) != size:
+        raise ArchiveError(f"archive damaged: {what} decompresses to the wrong size")
+    return out
 
 
 def _blob(offset: int, data: bytes, decoded: bytes) -> dict[str, int]:
@@ -286,6 +316,8 @@ def _decode_tensor(e: dict[str, Any], data: memoryview) -> bytes:
         return bytes(data)
     if codec == "zlib":
         return _inflate(data, size, f"tensor {e['name']!r}")
+    if codec == "xz":
+        return _unxz(data, size, f"tensor {e['name']!r}")
     try:
         if codec == "huffman":
             planes = int(e["planes"])
@@ -350,7 +382,8 @@ def unpack(data: bytes | memoryview) -> onnx.ModelProto:
     index = read_index(view)
     body = view[index.pop("_body") :]
     sk = index["skeleton"]
-    sk_bytes = _inflate(_slice(body, sk, "the skeleton"), int(sk.get("size", -1)), "the skeleton")
+    unpack_skeleton = _unxz if sk.get("codec", "zlib") == "xz" else _inflate
+    sk_bytes = unpack_skeleton(_slice(body, sk, "the skeleton"), int(sk.get("size", -1)), "the skeleton")
     _check_crc(sk_bytes, sk, "the skeleton")
     proto = onnx.ModelProto()
     try:
