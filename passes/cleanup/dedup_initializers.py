@@ -105,7 +105,7 @@ def tensor_bytes_equal(a: onnx.TensorProto, b: onnx.TensorProto, store: TensorSt
         if left[:n] != right[:n]:
             return False
         left, right = left[n:], right[n:]
-    return not left and not right and next(chunks_b, None) is None
+    return not left and not right and not any(chunks_b)  # what is left of b must be empty chunks
 
 
 def _canonical_chunks(t: onnx.TensorProto, store: TensorStore | None) -> Iterator[bytes] | None:
