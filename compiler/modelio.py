@@ -193,6 +193,8 @@ _NODE_TAG = "onnxforge-node-"
 _TYPE_CONSTRAINT = re.compile(r"has (unsupported|inconsistent) type|expected to have type but instead is null")
 
 
+#: Element types this onnx knows (UNDEFINED excluded).
+_KNOWN_TYPES = frozenset(v for v in onnx.TensorProto.DataType.values() if v != onnx.TensorProto.UNDEFINED)
 #: Typed fields of a TensorProto, by the element types stored in them.
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 
@@ -204,8 +206,8 @@ def check_tensor_sizes(proto: onnx.ModelProto, where: str = "model") -> None:
     data is checked by :class:`~onnxforge.ir.tensor_data.TensorStore`; sparse tensors and
     sub-byte types in typed fields are left to the checker."""
     for t in iter_tensors(proto):
-        if is_external(t) or t.data_type == onnx.TensorProto.UNDEFINED:
-            continue
+        if is_external(t) or t.data_type not in _KNOWN_TYPES:
+            continue  # an unknown type is refused by check_proto, with its own message
         count = 1
         for d in t.dims:
             count *= d

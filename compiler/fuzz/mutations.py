@@ -65,7 +65,7 @@ def _int_for(rng: np.random.Generator, fd: FieldDescriptor, old: int) -> int:
 
 def _string_for(rng: np.random.Generator, m: onnx.ModelProto, name: str) -> str:
     if name == "op_type":
-        return str(_pick(rng, OPS + tuple({n.op_type for n in _nodes(m)})))
+        return str(_pick(rng, OPS + tuple(sorted({n.op_type for n in _nodes(m)}))))  # sorted: mutants repeat
     if name == "domain":
         return str(_pick(rng, DOMAINS))
     if name == "key" or (name == "value" and rng.random() < 0.3):
