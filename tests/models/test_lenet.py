@@ -16,16 +16,16 @@ from onnxforge.models.lenet import train_lenet5, train_lenet_300_100  # noqa: E4
 
 
 @pytest.mark.parametrize(
-    "train, ops, weights",
+    "train, epochs, ops, weights",
     [
-        (train_lenet_300_100, ["Flatten", "Gemm", "Relu", "Gemm", "Relu", "Gemm"], 64 * 300 + 300 * 100 + 100 * 10),
-        (train_lenet5, ["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Flatten", "Gemm", "Relu", "Gemm"],
+        (train_lenet_300_100, 30, ["Flatten", "Gemm", "Relu", "Gemm", "Relu", "Gemm"], 64 * 300 + 300 * 100 + 100 * 10),
+        (train_lenet5, 5, ["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Flatten", "Gemm", "Relu", "Gemm"],
          20 * 25 + 50 * 20 * 25 + 200 * 500 + 500 * 10),
     ],
     ids=["lenet-300-100", "lenet-5"],
 )  # fmt: skip
-def test_trained_lenets_are_accurate_in_onnxruntime(train, ops, weights):
-    model, (x_test, y_test) = train()
+def test_trained_lenets_are_accurate_in_onnxruntime(train, epochs, ops, weights):
+    model, (x_test, y_test) = train(epochs=epochs)  # LeNet-5: 5 of its 15 epochs keep the test fast
     onnx.checker.check_model(model, full_check=True)
     modelio.load(model)
     assert [n.op_type for n in model.graph.node] == ops
