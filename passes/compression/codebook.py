@@ -69,10 +69,14 @@ class Codebook:
     indices: np.ndarray
     bits: int
     zero_index: int | None = None
+    #: Per-channel scales (float32, broadcastable to the weight), or None: the weight is then
+    #: ``centroids[indices] * scales``, the codebook shared by channels of different ranges.
+    scales: np.ndarray | None = None
 
     def decode(self) -> np.ndarray:
         """The float32 weight this codebook stands for."""
-        return self.centroids[self.indices]
+        w = self.centroids[self.indices]
+        return w * self.scales if self.scales is not None else w
 
     @property
     def used(self) -> int:
@@ -149,21 +153,39 @@ def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.searchsorted(mid, np.asarray(values, np.float64), side="left").astype(np.int64)
 
 
+def channel_scales(w: np.ndarray, axis: int) -> np.ndarray:
+    """The largest magnitude of each channel along ``axis`` (1 for all-zero channels), shaped to
+    broadcast against ``w``."""
+    x = np.abs(np.asarray(w, np.float32))
+    other = tuple(i for i in range(x.ndim) if i != axis)
+    s = x.max(axis=other, keepdims=True) if x.size else np.ones([1] * x.ndim, np.float32)
+    return np.where(s > 0, s, np.float32(1.0)).astype(np.float32)
+
+
 def fit_codebook(
     w: np.ndarray,
     bits: int,
     *,
     keep_zero: bool = True,
     importance: np.ndarray | None = None,
+    scale_axis: int | None = None,
     seed: int = 0,
 ) -> Codebook:
     """Cluster ``w`` into ``2^bits`` shared values (see the module docstring). ``importance``
-    (broadcastable to ``w``) weights the k-means objective per element."""
+    (broadcastable to ``w``) weights the k-means objective per element. With ``scale_axis``
+    every channel along that axis is first divided by its largest magnitude (kept as a scale),
+    so that one codebook serves channels of different ranges."""
     if not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"bits must be between {MIN_BITS} and {MAX_BITS}, got {bits}")
     k = 1 << bits
     x = np.asarray(w, np.float32)
     imp = None if importance is None else np.broadcast_to(np.asarray(importance, np.float64), x.shape)
+    scales = None
+    if scale_axis is not None:
+        scales = channel_scales(x, scale_axis)
+        x = x / scales
+        s2 = np.broadcast_to(np.square(scales.astype(np.float64)), x.shape)  # errors scale back by s
+        imp = s2 if imp is None else imp * s2
     zeros = x == 0
     zero_index: int | None = None
     indices = np.zeros(x.shape, np.uint8)
@@ -179,7 +201,7 @@ def fit_codebook(
         c = kmeans_1d(x, k, weights=imp, seed=seed)
         centroids = c.astype(np.float32)
         indices[...] = assign(x, c).astype(np.uint8)
-    return Codebook(centroids, indices, bits, zero_index)
+    return Codebook(centroids, indices, bits, zero_index, scales)
 
 
 def refine_centroids(cb: Codebook, w0: np.ndarray, gram: np.ndarray, *, axis: int = 0, iters: int = 16) -> Codebook:
@@ -188,6 +210,10 @@ def refine_centroids(cb: Codebook, w0: np.ndarray, gram: np.ndarray, *, axis: in
     stays exactly 0. Conjugate gradients from the k-means centroids (never worse than them)."""
     w0m = np.moveaxis(np.asarray(w0, np.float64), axis, 0).reshape(gram.shape[0], -1)
     idx = np.moveaxis(cb.indices, axis, 0).reshape(gram.shape[0], -1).astype(np.int64)
+    sc = np.ones_like(w0m)
+    if cb.scales is not None:
+        full = np.broadcast_to(cb.scales.astype(np.float64), cb.indices.shape)
+        sc = np.moveaxis(full, axis, 0).reshape(gram.shape[0], -1)
     k = cb.centroids.size
     free = np.ones(k, bool)
     if cb.zero_index is not None:
@@ -196,20 +222,20 @@ def refine_centroids(cb: Codebook, w0: np.ndarray, gram: np.ndarray, *, axis: in
     mu = cb.centroids.astype(np.float64)
 
     def objective(m: np.ndarray) -> float:
-        e = w0m - m[idx]
+        e = w0m - m[idx] * sc
         return float(np.einsum("ij,ij->", e, g @ e))
 
     start = objective(mu)
-    r_w = g @ (w0m - mu[idx])  # G (W0 - W): minus half the gradient in weight space
-    r = np.bincount(idx.ravel(), weights=r_w.ravel(), minlength=k) * free
+    r_w = g @ (w0m - mu[idx] * sc)  # G (W0 - W): minus half the gradient in weight space
+    r = np.bincount(idx.ravel(), weights=(r_w * sc).ravel(), minlength=k) * free
     d = r.copy()
     rr = float(r @ r)
     best = mu.copy()
     for _ in range(iters):
         if rr <= 1e-30:
             break
-        gd = g @ d[idx]
-        q = np.bincount(idx.ravel(), weights=gd.ravel(), minlength=k) * free  # A d
+        gd = g @ (d[idx] * sc)
+        q = np.bincount(idx.ravel(), weights=(gd * sc).ravel(), minlength=k) * free  # A d
         dq = float(d @ q)
         if dq <= 0:
             break
@@ -225,7 +251,7 @@ def refine_centroids(cb: Codebook, w0: np.ndarray, gram: np.ndarray, *, axis: in
     centroids = best.astype(np.float32)
     if cb.zero_index is not None:
         centroids[cb.zero_index] = 0.0
-    return Codebook(centroids, cb.indices, cb.bits, cb.zero_index)
+    return Codebook(centroids, cb.indices, cb.bits, cb.zero_index, cb.scales)
 
 
 def weight_sqnr(w: np.ndarray, cb: Codebook) -> float:
@@ -262,10 +288,11 @@ class StoredCodebook:
 
     indices: Value
     codebook: Value
+    scales: Value | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.indices.const_nbytes() + self.codebook.const_nbytes()
+        return self.indices.const_nbytes() + self.codebook.const_nbytes() + (self.scales.const_nbytes() if self.scales is not None else 0)
 
 
 def store_codebook(graph: Graph, cb: Codebook, name: str, dtype: np.dtype, *, pack: bool) -> StoredCodebook:
@@ -279,7 +306,8 @@ def store_codebook(graph: Graph, cb: Codebook, name: str, dtype: np.dtype, *, pa
     else:
         idx = add_constant(graph, np.ascontiguousarray(cb.indices, np.uint8), f"{name}_codebook_indices")
     book = add_constant(graph, cb.centroids.astype(dtype), f"{name}_codebook")
-    return StoredCodebook(idx, book)
+    scales = None if cb.scales is None else add_constant(graph, cb.scales.astype(dtype), f"{name}_codebook_scales")
+    return StoredCodebook(idx, book, scales)
 
 
 def emit_decode(graph: Graph, stored: StoredCodebook, name: str, type_: onnx.TypeProto | None) -> Value:
@@ -297,11 +325,17 @@ def emit_decode(graph: Graph, stored: StoredCodebook, name: str, type_: onnx.Typ
         [stored.codebook, cast.output(0)],
         attrs={"axis": 0},
         name=f"{name}_codebook_decode",
-        output_names=[f"{name}_decoded"],
+        output_names=[f"{name}_decoded" if stored.scales is None else f"{name}_codebook_values"],
         provenance=PROVENANCE,
     )
     out = gather.output(0)
     assert out is not None
+    if stored.scales is not None:
+        mul = graph.add_node(
+            "Mul", [out, stored.scales], name=f"{name}_codebook_scale", output_names=[f"{name}_decoded"], provenance=PROVENANCE
+        )
+        out = mul.output(0)
+        assert out is not None
     if type_ is not None:
         out.type = type_
     return out
@@ -390,6 +424,32 @@ def is_decode_node(node: Node) -> bool:
             and any(_is_index_cast(u) for u in out.consumers())
         )
     return False
+
+
+def decoded_weight(v: Value | None) -> tuple[np.ndarray, int] | None:
+    """For a value computed by a codebook decode (``Gather(codebook, Cast(indices))``, times
+    per-channel scales when there are): (the dense weight, the codebook's size); else None."""
+    if v is None:
+        return None
+    p = v.producer
+    scales = None
+    if p is not None and p.op_type == "Mul" and p.is_standard_domain():
+        scales = constant_value(p.input(1))
+        v = p.input(0)
+    got = read_codebook(v)
+    if got is None or (p is not None and p.op_type == "Mul" and scales is None):
+        return None
+    book, idx, _ = got
+    indices = constant_value(idx)
+    if indices is None:
+        return None
+    w = book.astype(np.float32)[indices.astype(np.int64)]
+    if scales is not None:
+        try:
+            w = w * scales.astype(np.float32)
+        except ValueError:
+            return None
+    return w, int(book.size)
 
 
 def read_codebook(v: Value | None) -> tuple[np.ndarray, Value, Node] | None:

@@ -84,7 +84,10 @@ class WeightSharingOptions(PassOptions):
     (with ``eval_data``: inputs plus ``labels``): the budget; None everywhere: no budget, every
     weight at ``bits``. ``max_steps``: bits added at most. ``allow_budget_miss``: return the best
     model when the budget cannot be met instead of failing. ``pack_4bit``: uint4 indices where
-    the opset allows (21+). ``samples``: calibration samples read at most. ``padding_mask``: as
+    the opset allows (21+). ``channel_scales``: divide each output channel of a MatMul/Gemm/Conv
+    weight by its largest magnitude before clustering and keep those scales (one float per
+    channel): one codebook then serves channels of different ranges. ``samples``: calibration
+    samples read at most. ``padding_mask``: as
     for int8. ``dims``: symbolic dims for random inputs.
     """
 
@@ -101,6 +104,7 @@ class WeightSharingOptions(PassOptions):
     max_steps: int = 64
     allow_budget_miss: bool = False
     pack_4bit: bool = True
+    channel_scales: bool = True
     samples: int = 64
     padding_mask: str | None = "auto"
     dims: Mapping[str, int] | None = None
@@ -239,6 +243,8 @@ class _Weight:
     shape: tuple[int, ...]
     dtype: np.dtype
     readers: list[str]
+    #: Op types of the readers.
+    kinds: list[str] = field(default_factory=list)
     #: The activation multiplied by this weight, and how the weight's elements map to its
     #: channels: ("matmul", axis of K in the weight), ("conv", groups), or None.
     activation: str | None = None
@@ -279,6 +285,7 @@ def find_weights(model: Model, min_elements: int) -> list[_Weight]:
             if w is None:
                 w = out[label] = _Weight(label, v.name, gi, tuple(t.dims), np.dtype(_FLOAT[t.data_type]), [])
             w.readers.append(node.name or node.op_type)
+            w.kinds.append(node.op_type)
             if w.activation is None and node.op_type != "Gather" and node.input(0) is not None:
                 act = node.input(0)
                 assert act is not None
@@ -288,6 +295,17 @@ def find_weights(model: Model, min_elements: int) -> list[_Weight]:
                 elif node.op_type == "Conv" and len(w.shape) >= 3:
                     w.activation, w.layout = act.name, ("conv", int(node.attr("group", 1)))
     return list(out.values())
+
+
+def _scale_axis(w: _Weight) -> int | None:
+    """The output-channel axis of a weight for per-channel codebook scales (None: one scale,
+    as for embeddings read by row, whose rows would need their scales gathered too)."""
+    if any(r.startswith("Gather") for r in w.kinds):
+        return None
+    if w.layout is None:
+        return None
+    kind, arg = w.layout
+    return (1 - arg) if kind == "matmul" else 0
 
 
 def _importance(w: _Weight, stats: ActivationStats) -> np.ndarray | None:
@@ -344,7 +362,7 @@ class _Codebooks:
         w = self._weights[name]
         arr = self.array(name)
         imp = _importance(w, self._stats) if self._opts.importance else None
-        cb = fit_codebook(arr, bits, keep_zero=self._opts.keep_zero, importance=imp)
+        cb = fit_codebook(arr, bits, keep_zero=self._opts.keep_zero, importance=imp, scale_axis=_scale_axis(w) if self._opts.channel_scales else None)
         refined = False
         if self._opts.refine and w.layout is not None and w.layout[0] == "matmul" and w.activation is not None:
             g = self._stats.gram.get(w.activation)
@@ -463,7 +481,7 @@ class ShareWeights(Pass[WeightSharingOptions]):
             cb, refined = books.get(w.label, b)
             packed = opts.pack_4bit and b <= 4 and can_pack_4bit(model.graph)
             after = (cb.indices.size + 1) // 2 if packed else cb.indices.size
-            after += cb.centroids.size * arr.dtype.itemsize
+            after += (cb.centroids.size + (cb.scales.size if cb.scales is not None else 0)) * arr.dtype.itemsize
             report.layers.append(
                 SharedLayer(w.label, ", ".join(w.readers), w.shape, b, cb.used, int((arr == 0).sum()), weight_sqnr(arr, cb), before, after, refined)
             )

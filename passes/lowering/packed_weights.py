@@ -36,7 +36,7 @@ from onnxforge.ir import PROVENANCE_KEY, Graph, Model, Node, Value
 from onnxforge.ir.constants import add_constant, constant_value
 from onnxforge.kernels.contrib import MS_DOMAIN, pack_bits
 from onnxforge.passes.cleanup.dead_code import DeadCodeElimination
-from onnxforge.passes.compression.codebook import read_codebook
+from onnxforge.passes.compression.codebook import decoded_weight, read_codebook
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
 from onnxforge.tables import format_table
 
@@ -145,9 +145,15 @@ class LowerPackedWeights(Pass[PackedWeightsOptions]):
             if node.graph is None or node.op_type != "Gather" or not node.is_standard_domain():
                 continue
             out = node.output(0)
-            decoded = read_codebook(out)
-            if decoded is not None and opts.matmuls:
-                changed += self._lower_matmuls(graph, node, decoded[0], decoded[1], report, opts)
+            if read_codebook(out) is not None:
+                if opts.matmuls:
+                    # the decoded weight: this Gather's output, or the Mul that scales it by channel
+                    users = out.consumers() if out is not None else []
+                    scaled = users[0].output(0) if len(users) == 1 and users[0].op_type == "Mul" else None
+                    target = scaled if scaled is not None and decoded_weight(scaled) is not None else out
+                    decoded = decoded_weight(target)
+                    if decoded is not None and target is not None:
+                        changed += self._lower_matmuls(graph, target, decoded[0], decoded[1], report, opts)
             elif opts.embeddings:
                 changed += self._lower_embedding(graph, node, report, opts)
         if changed:
@@ -158,15 +164,11 @@ class LowerPackedWeights(Pass[PackedWeightsOptions]):
 
     # -- MatMul / Gemm ------------------------------------------------------------------------
     def _lower_matmuls(
-        self, graph: Graph, gather: Node, book: np.ndarray, idx: Value, report: PackedWeightsReport, opts: PackedWeightsOptions
+        self, graph: Graph, out: Value, w: np.ndarray, book_size: int, report: PackedWeightsReport, opts: PackedWeightsOptions
     ) -> int:
-        out = gather.output(0)
-        assert out is not None
-        indices = constant_value(idx)
-        if indices is None or indices.ndim != 2:
+        if w.ndim != 2:
             return 0
-        w = book.astype(np.float32)[indices.astype(np.int64)]
-        bits = opts.bits or (4 if book.size <= 16 else 8)
+        bits = opts.bits or (4 if book_size <= 16 else 8)
         done = 0
         packed: dict[tuple[bool, float], tuple[list[Value], int, int, float]] = {}
         for node, i in list(out.uses()):

@@ -13,7 +13,13 @@ from pass_helpers import const, make_model, vi
 from onnxforge import modelio
 from onnxforge.equivalence import OrtRunner
 from onnxforge.ir import to_proto
-from onnxforge.passes.compression.low_rank import REPORT_KEY, FactorizeLowRank, _Factors, break_even, find_weights
+from onnxforge.passes.compression.low_rank import (
+    REPORT_KEY,
+    FactorizeLowRank,
+    _Factors,
+    break_even,
+    find_weights,
+)
 from onnxforge.passmanager import PassContext
 
 RNG = np.random.default_rng(1)

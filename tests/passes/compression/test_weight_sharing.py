@@ -17,11 +17,11 @@ from onnxforge.ir import to_proto
 from onnxforge.kernels.registry import evaluate
 from onnxforge.passes import ConstantFolding
 from onnxforge.passes.compression.codebook import (
+    decoded_weight,
     fit_codebook,
     is_decode_node,
     kmeans_1d,
     packed_uint4,
-    read_codebook,
     refine_centroids,
 )
 from onnxforge.passes.compression.weight_sharing import REPORT_KEY, ShareWeights
@@ -66,17 +66,19 @@ def _share(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, object]:
 def _decoded_reference(model: onnx.ModelProto, compressed: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with every shared weight replaced by its decoded codebook values."""
     ir = modelio.load(compressed).model
-    decoded = {}
-    for node in ir.graph:
-        got = read_codebook(node.output(0))
-        if got is not None:
-            book, idx, _ = got
-            decoded[node.output(0).name.removesuffix("_decoded")] = book[idx.array().astype(np.int64)]
+    values = {v.name: v for v in ir.graph.values()}
+    inits = ir.graph.initializers
     ref = onnx.ModelProto()
     ref.CopyFrom(model)
     for t in ref.graph.initializer:
-        if t.name in decoded:
-            t.CopyFrom(numpy_helper.from_array(decoded[t.name].astype(np.float32), t.name))
+        got = decoded_weight(values.get(f"{t.name}_decoded"))
+        if got is not None:
+            dense = got[0]
+        elif f"{t.name}_codebook" in inits:  # read by a Gather only: no dense decode
+            dense = inits[f"{t.name}_codebook"].array()[inits[f"{t.name}_codebook_indices"].array().astype(np.int64)]
+        else:
+            continue
+        t.CopyFrom(numpy_helper.from_array(dense.astype(np.float32), t.name))
     return ref
 
 
@@ -133,9 +135,15 @@ def test_shared_model_decodes_exactly_what_the_codebook_says():
     out, report = _share(model, bits=4)
     types = {t.name: t.data_type for t in out.graph.initializer}
     assert types == {"w1_codebook_indices": TensorProto.UINT8, "w1_codebook": TensorProto.FLOAT,
-                     "w2_codebook_indices": TensorProto.UINT8, "w2_codebook": TensorProto.FLOAT,
+                     "w1_codebook_scales": TensorProto.FLOAT, "w2_codebook_indices": TensorProto.UINT8,
+                     "w2_codebook": TensorProto.FLOAT, "w2_codebook_scales": TensorProto.FLOAT,
                      "b2": TensorProto.FLOAT}  # fmt: skip
-    assert [n.op_type for n in out.graph.node].count("Gather") == 2
+    scales = {t.name: list(t.dims) for t in out.graph.initializer if t.name.endswith("_scales")}
+    assert scales == {"w1_codebook_scales": [1, 64], "w2_codebook_scales": [32, 1]}  # per output channel
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("Gather") == 2 and ops.count("Mul") == 2
+    plain, _ = _share(model, bits=4, channel_scales=False)  # the paper's form: one codebook, no scales
+    assert not any(t.name.endswith("_scales") for t in plain.graph.initializer)
     assert [layer.bits for layer in report.layers] == [4, 4]
     assert report.layers[0].zeros == 16 * 8
     ref = _decoded_reference(model, out)
@@ -166,7 +174,7 @@ def test_4bit_indices_are_packed_at_opset_21():
     out, report = _share(model, bits=4)
     idx = next(t for t in out.graph.initializer if t.name == "w1_codebook_indices")
     assert idx.data_type == TensorProto.UINT4 and len(idx.raw_data) == 16 * 64 // 2
-    assert report.layers[0].bytes_after == 16 * 64 // 2 + 16 * 4
+    assert report.layers[0].bytes_after == 16 * 64 // 2 + 16 * 4 + 64 * 4  # indices, codebook, scales
     feeds = {"x": RNG.standard_normal((3, 16)).astype(np.float32)}
     assert_equivalent(_decoded_reference(model, out), out, feeds=feeds, rtol=0, atol=0)
     five, _ = _share(model, bits=5)  # 5 bits do not fit a nibble
@@ -181,7 +189,7 @@ def test_the_decode_has_kernels_and_constant_folding_leaves_it():
     assert w.tolist() == [[1, 15], [7, 0]]
     out, _ = _share(_mlp(tied=True), bits=3)
     ir = modelio.load(out).model
-    assert sum(is_decode_node(n) for n in ir.graph) == 7  # 2x (Cast, Gather), and the embedding's Gather, Cast, Gather
+    assert sum(is_decode_node(n) for n in ir.graph) == 7  # Cast, Gather of w1 and w2 (w2's Mul reads no constant pair), the embedding's Gather, Cast, Gather
     assert ConstantFolding()(ir).modified is False
 
 
