@@ -266,10 +266,11 @@ def minilm_section(tmp: Path) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     variants: list[tuple[str, dict[str, Any]]] = [
-        ("4-bit codebooks, weight error only (no data)", {"bits": 4, "calibration": None, "min_cosine": None}),
-        ("4-bit codebooks, data-aware", {"bits": 4, "calibration": calib, "min_cosine": None}),
-        ("4-bit codebooks, budget cosine >= 0.98", {"bits": 4, "calibration": calib, "min_cosine": 0.98}),
-        ("8-bit codebooks, data-aware", {"bits": 8, "calibration": calib, "min_cosine": None}),
+        ("4-bit per-layer codebooks as in the paper (no scales, no data)", {"bits": 4, "calibration": None, "min_cosine": None, "channel_scales": False}),
+        ("4-bit codebooks with channel scales, no data", {"bits": 4, "calibration": None, "min_cosine": None}),
+        ("4-bit codebooks with channel scales, data-aware", {"bits": 4, "calibration": calib, "min_cosine": None}),
+        ("4-bit asked, budget cosine >= 0.98 (bits per layer by back_off)", {"bits": 4, "calibration": calib, "min_cosine": 0.98}),
+        ("8-bit codebooks with channel scales, data-aware", {"bits": 8, "calibration": calib, "min_cosine": None}),
     ]
     for label, opts in variants:
         out = tmp / f"minilm.{label.split(',')[0].replace(' ', '_')}.{len(lines)}.onnx"
