@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/pytest
 CORPUS  ?= $(CURDIR)/.corpus
 export ONNXFORGE_CORPUS := $(CORPUS)
 
-.PHONY: setup test test-all lint demo conformance corpus bench bench-scale bench-cost bench-fusion bench-quant bench-lowering bench-compression clean exports fuzz
+.PHONY: setup test test-all lint demo conformance corpus bench bench-scale bench-cost bench-fusion bench-quant bench-lowering bench-compression bench-pruning clean exports fuzz
 
 setup: $(STAMP)
 
@@ -70,7 +70,7 @@ exports: $(EXPORT_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(EXPORT_VENV)/bin/python -m onnxforge.models.exports build
 
 ## Every table in benchmarks/ (conformance.md included).
-bench: setup bench-scale bench-cost bench-fusion bench-quant bench-lowering bench-compression conformance
+bench: setup bench-scale bench-cost bench-fusion bench-quant bench-lowering bench-compression bench-pruning conformance
 
 BENCH_STAMP := $(VENV)/.bench
 $(BENCH_STAMP): $(STAMP)
@@ -92,6 +92,11 @@ bench-quant: setup corpus
 ## memory and latency, beside gzip/xz, onnxslim and onnxoptimizer (run `make exports` first for the transformers).
 bench-compression: setup corpus $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.compression --out benchmarks/compression.md
+
+## Pruning: digits accuracy (unstructured, N:M, channels), ResNet-50/MobileNetV2/PP-OCR det channel pruning latency
+## interleaved against the original with the cost model's prediction, MiniLM-L6 cosine (run `make exports` first).
+bench-pruning: setup corpus
+	$(BIN)/python -m benchmarks.pruning --out benchmarks/pruning.md
 
 ## Cost model vs measured latency on the corpus and the exports (run `make exports` first for those).
 bench-cost: setup corpus

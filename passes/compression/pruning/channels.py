@@ -65,7 +65,7 @@ from onnxforge.passes.compression.pruning.layers import (
     set_input_constant,
 )
 from onnxforge.passes.compression.pruning.magnitude import parse_overrides
-from onnxforge.passes.compression.pruning.reconstruction import damped, solve_rows
+from onnxforge.passes.compression.pruning.reconstruction import solve_rows, toward
 from onnxforge.passes.compression.pruning.report import REPORT_KEY, GroupPruning, PruningReport
 from onnxforge.passes.compression.pruning.statistics import FeatureSpec, StatsCollector
 from onnxforge.passmanager import Pass, PassContext, PassOptions, PassResult
@@ -363,10 +363,12 @@ class _ChannelPruner:
         waug = np.concatenate([w0[rows], b0[rows, None]], axis=1)
         d = now.features
         intercept = now.bias is not None or now.op_type in ("Conv", "Gemm")
+        prior = now.to_matrix(now.weight_array())[0]  # the original weights of the kept columns
         if intercept:
-            h, b = damped(gram, self.opts.damp), waug @ cross.T
+            b_now = now.bias.read() if now.bias is not None else np.zeros(len(prior))
+            h, b = toward(gram, waug @ cross.T, np.concatenate([prior, b_now[:, None]], axis=1), self.opts.damp)
         else:
-            h, b = damped(gram[:d, :d], self.opts.damp), waug[:, :-1] @ cross[:d, :-1].T
+            h, b = toward(gram[:d, :d], waug[:, :-1] @ cross[:d, :-1].T, prior, self.opts.damp)
         w = solve_rows(h, b)
         dtype = now.weight_array().dtype
         set_input_constant(model, cur, 1, now.from_matrix(w[:, :d][None], dtype))

@@ -55,10 +55,10 @@ from onnxforge.passes.compression.pruning.layers import (
     tensorrt_sparse_eligible,
 )
 from onnxforge.passes.compression.pruning.reconstruction import (
-    damped,
     masked_least_squares,
     solve_rows,
     sparsegpt,
+    toward,
 )
 from onnxforge.passes.compression.pruning.report import REPORT_KEY, LayerPruning, PruningReport
 from onnxforge.passes.compression.pruning.scores import (
@@ -293,10 +293,13 @@ class _Pruner:
         nodes = model.graph.nodes
         built = _Built(sparsity=dict(sparsity))
         active = [la for la in self.layers if sparsity.get(la.name, 0.0) > 0]
-        sequential = self.opts.sequential and self.needs_stats
+        # Sequential statistics pay where weights are refitted (reconstruction, second-order):
+        # norms alone barely move, and each depth costs a pass over the data.
+        sequential = self.sequential
         batches = plan_groups(active, sequential, self.opts.memory_mb << 20)
+        upstream = _upstream_signatures(active, sparsity) if sequential else {}
         for batch in batches:
-            keys = {la.name: self._key(la, sparsity) for la in batch}
+            keys = {la.name: (la.name, sparsity[la.name], upstream.get(la.depth)) for la in batch}
             todo = [la for la in batch if keys[la.name] not in self.cache]
             stats: dict[str, InputStats] = {}
             if todo and self.needs_stats:
@@ -313,11 +316,9 @@ class _Pruner:
                 _write(model, nodes, self.position, la, w)
         return Candidate(model, to_proto(model), built)
 
-    def _key(self, layer: Layer, sparsity: Mapping[str, float]) -> tuple[Any, ...]:
-        if not (self.opts.sequential and self.needs_stats):
-            return (layer.name, sparsity[layer.name])
-        upstream = tuple(sorted((la.name, s) for la in self.layers if la.depth < layer.depth and (s := sparsity.get(la.name, 0.0)) > 0))
-        return (layer.name, sparsity[layer.name], upstream)
+    @property
+    def sequential(self) -> bool:
+        return self.opts.sequential and self.needs_stats and (self.opts.reconstruct or self.score == "second-order")
 
     def _prune(self, layer: Layer, sparsity: float, st: InputStats | None) -> _Weights:
         w0 = layer.to_matrix(layer.weight_array())
@@ -333,7 +334,6 @@ class _Pruner:
         out = np.empty((g, rows, d + 1))
         for gi in range(g):
             h_raw = st.gram[gi][:dim, :dim]
-            h = damped(h_raw, self.opts.damp)
             wg = waug[gi][:, :dim]
             if st.cross is not None:
                 b = waug[gi] @ st.cross[gi][:dim, :].T  # W0 X0ᵀX (the original layer's outputs)
@@ -341,6 +341,7 @@ class _Pruner:
                     b = waug[gi][:, :d] @ st.cross[gi][:d, :d].T
             else:
                 b = wg @ h_raw
+            h, b = toward(h_raw, b, wg, self.opts.damp)
             if self.score == "second-order":
                 start = solve_rows(h, b) if st.cross is not None else wg
                 prunable = np.arange(dim) < d
@@ -375,6 +376,20 @@ class _Pruner:
         inv = np.argsort(perm)
         wp, keep = sparsegpt(w[:, perm], h[np.ix_(perm, perm)], sparsity, prunable[perm], nm=self.nm)
         return wp[:, inv], keep[:, inv]
+
+
+def _upstream_signatures(layers: list[Layer], sparsity: Mapping[str, float]) -> dict[int, int]:
+    """Per depth, a digest of the sparsities of every layer at a smaller depth: a layer pruned
+    sequentially depends on those (its cached result is reused while they stay). Linear."""
+    out: dict[int, int] = {}
+    digest = 0
+    by_depth: dict[int, list[tuple[str, float]]] = {}
+    for la in layers:
+        by_depth.setdefault(la.depth, []).append((la.name, sparsity.get(la.name, 0.0)))
+    for depth in sorted(by_depth):
+        out[depth] = digest
+        digest = hash((digest, tuple(sorted(by_depth[depth]))))
+    return out
 
 
 def _write(model: Model, nodes: list[Node], position: Mapping[Node, int], layer: Layer, w: _Weights) -> None:
