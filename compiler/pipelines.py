@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import onnxforge.passes as p
 from onnxforge.errors import UsageError
+from onnxforge.passes.compression.budgeted import KeepReference
 from onnxforge.passes.compression.int8 import Int8Options, QuantizeInt8
 from onnxforge.passes.compression.pruning import PruneChannels, PruneMagnitude
+from onnxforge.passes.compression.weight_sharing import ShareWeights
 from onnxforge.passmanager import CompositePass, FixedPoint, Pass, PassOptions, Sequential
 from onnxforge.runtime.choices import skip_layer_norm_pays
 from onnxforge.runtime.target import Target, get_target
@@ -156,6 +159,67 @@ def prune(options: Mapping[str, Mapping[str, Any] | PassOptions] | None = None, 
     return Sequential(steps, name="prune")
 
 
+#: The budget options the compression pipelines hand to each budgeted pass.
+_BUDGET_KEYS = ("calibration", "min_cosine", "min_sqnr", "max_accuracy_drop", "eval_data", "allow_budget_miss", "padding_mask", "dims")
+
+
+def _share_of_budget(opts: Mapping[str, Any], parts: int) -> dict[str, Any]:
+    """The budget of one of ``parts`` lossy steps that share it: output noise powers add, so
+    each gets ``1/parts`` of the room below cosine 1 and of the accuracy drop, and its SQNR
+    bound is raised by ``10 log10(parts)`` dB."""
+    out = dict(opts)
+    if parts > 1:
+        if out.get("min_cosine") is not None:
+            out["min_cosine"] = 1 - (1 - out["min_cosine"]) / parts
+        if out.get("min_sqnr") is not None:
+            out["min_sqnr"] = out["min_sqnr"] + 10 * math.log10(parts)
+        if out.get("max_accuracy_drop") is not None:
+            out["max_accuracy_drop"] = out["max_accuracy_drop"] / parts
+    return out
+
+
+def compress(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | Target | None = None) -> Pass:
+    """Deep Compression after the optimize pipeline (standard ops): magnitude pruning
+    (``prune``, with --sparsity S), k-means weight sharing (``weight-sharing``, --bits B
+    codebooks, more bits where the budget needs them) and exact sharing (identical and
+    transposed constants), one accuracy budget for the whole pipeline (pruning gets half of its
+    room, weight sharing is held to all of it against the uncompressed model); for --target
+    cpu/cuda the codebook weights are lowered to MatMulNBits/GatherBlockQuantized, which
+    onnxruntime keeps packed in memory. `onnxforge pack` then entropy-codes the result."""
+    t = _target(target)
+    opts = dict(options or {})
+    share = dict(opts.pop(ShareWeights.name, {}) or {})
+    prune = dict(opts.pop("prune", {}) or {})
+    sparsity = float(prune.get("sparsity", 0) or 0)
+    budget = {k: share[k] for k in _BUDGET_KEYS if k in share}
+    steps: list[Pass] = [optimize(opts, _portable(t)), KeepReference()]
+    if sparsity > 0:
+        cls = p.PASSES_BY_NAME.get("prune")
+        if cls is None:
+            raise UsageError("--sparsity needs the pruning pass (prune), which this onnxforge does not have yet")
+        steps.append(cls(**{**_share_of_budget(budget, 2), **prune}))
+    steps.append(ShareWeights(**{**budget, **share}))
+    make = _maker(opts)
+    steps.append(p.DeduplicateInitializers(**{"transposed": True, **dict(opts.get(p.DeduplicateInitializers.name, {}))}))
+    if t is not None and t.contrib_ops:
+        steps.append(make(p.LowerPackedWeights))
+    steps += [make(p.DeadCodeElimination), make(p.TopologicalSort)]
+    return Sequential(steps, name="compress")
+
+
+def low_rank(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | Target | None = None) -> Pass:
+    """The optimize pipeline with standard ops, then low-rank (SVD) factorization of MatMul/Gemm
+    weights, data-aware with --calibration, the rank of each layer stepped up until the accuracy
+    budget holds."""
+    t = _target(target)
+    opts = dict(options or {})
+    lr = dict(opts.pop(p.FactorizeLowRank.name, {}) or {})
+    make = _maker(opts)
+    return Sequential(
+        [optimize(opts, _portable(t)), p.FactorizeLowRank(**lr), make(p.DeadCodeElimination), make(p.TopologicalSort)],
+        name="low-rank",
+    )
+
 
 def passthrough(options: Mapping[str, Mapping[str, Any]] | None = None, target: str | None = None) -> Pass:
     """No rewriting at all: load, validate and save (useful to re-save or inspect)."""
@@ -226,8 +290,14 @@ INT8 = Verification(lossless=False, min_cosine=0.99, calibrated=True)
 #: output stays finite with its name and shape on seeded random feeds, and that the pass's own
 #: budget (--min-cosine, --min-sqnr, --max-accuracy-drop), measured on held-out data, holds.
 PRUNE = Verification(lossless=False, calibrated=True)
+#: Weight sharing and low rank hold their own budget on held-out data; --verify checks the
+#: result on seeded random inputs, which trained models meet less well than real ones.
+COMPRESS = Verification(lossless=False, min_cosine=0.9)
 #: What each lossy pass needs when it runs in a custom pass list (``--passes``).
 LOSSY_PASSES: dict[str, Verification] = {
+    ShareWeights.name: COMPRESS,
+    "low-rank": COMPRESS,
+    "lower-packed-weights": INT4,
     "fp16": FP16,
     "int4-weights": INT4,
     QuantizeInt8.name: INT8,
@@ -254,6 +324,8 @@ PIPELINES: dict[str, PipelineInfo] = {
     "int8": PipelineInfo("int8", int8, INT8),
     "int4": PipelineInfo("int4", int4, INT4),
     "fp16": PipelineInfo("fp16", fp16, FP16),
+    "compress": PipelineInfo("compress", compress, COMPRESS),
+    "low-rank": PipelineInfo("low-rank", low_rank, COMPRESS),
     "prune": PipelineInfo("prune", prune, PRUNE),
     "none": PipelineInfo("none", passthrough),
 }

@@ -60,6 +60,9 @@ class Report:
     rule_trace: Any = None
     #: The int8 quantization report (:class:`onnxforge.passes.compression.int8.flow.QuantizationReport`).
     quantization: Any = None
+    #: Reports of weight sharing, low rank and packed-weight lowering, in that order (each has
+    #: ``summary_lines()`` and ``to_dict()``).
+    compression: list[Any] = field(default_factory=list)
     #: The pruning report (:class:`onnxforge.passes.compression.pruning.PruningReport`).
     pruning: Any = None
 
@@ -75,6 +78,8 @@ class Report:
             d["rules"] = {"hits": dict(sorted(self.rule_trace.hits.items()))}
         if self.quantization is not None:
             d["quantization"] = self.quantization.to_dict()
+        if self.compression:
+            d["compression"] = [r.to_dict() for r in self.compression]
         if self.pruning is not None:
             d["pruning"] = self.pruning.to_dict()
         if self.cost_before is not None and self.cost_after is not None:
@@ -160,6 +165,9 @@ class Report:
         if self.quantization is not None:
             lines.append("")
             lines += self.quantization.summary_lines()
+        for part in self.compression:
+            lines.append("")
+            lines += part.summary_lines()
         if self.pruning is not None:
             lines.append("")
             lines += self.pruning.summary_lines()

@@ -44,8 +44,10 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--explain", action="append", default=[], metavar="NODE", help="say which rules fired on NODE and why others did not"
     )
+    z = c.add_argument_group("compression (--pipeline compress; the budget flags below apply too)")
+    z.add_argument("--sparsity", type=float, metavar="S", help="fraction of each layer's weights pruned (0..1; compress: default 0)")
+    z.add_argument("--bits", type=int, metavar="B", help="k-means codebooks of 2^B shared values per weight (2..8; compress: default 4)")
     r = c.add_argument_group("pruning (--pipeline prune, with --sparsity S; the budget flags below apply too)")
-    r.add_argument("--sparsity", type=float, metavar="S", help="fraction of each layer's weights (or each group's channels) pruned, in [0, 1)")
     r.add_argument("--structured", action="store_true", help="remove whole channels and attention heads (shrinks the graph) instead of zeroing weights")
     r.add_argument("--n-m", metavar="N:M", help="N:M sparsity along input channels, e.g. 2:4 (TensorRT's sparse layout)")
     r.add_argument(
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     # Before any work: no output (model, data file, report, dumps) may replace a file the input
     # reads, or another output.
     inputs = modelio.check_output_paths(src, out, external_data=ext, report=report, dump_dir=args.dump_ir)
-    options = _pruning_options(args, parse_options(args.option))
+    options = _pruning_options(args, _compression_options(args, parse_options(args.option)))
     shapes = parse_shapes(args.shape)
     qopts = _quantization_options(args)
     check_profile(args.cost_target)
@@ -198,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _quantization_options(args: argparse.Namespace) -> Any:
     quant_flags = [args.calibration, args.min_sqnr, args.max_accuracy_drop, args.eval_data, args.eval] + list(args.exclude)
+    if args.pipeline in _COMPRESSION:
+        return None  # the budget flags went to the compression passes
     if args.pipeline == "prune":
         return None  # the budget flags went to the pruning pass
     if args.pipeline != "int8":
@@ -224,6 +228,44 @@ def _quantization_options(args: argparse.Namespace) -> Any:
         progress=progress,
         dims=parse_dims(args.dim),
     )
+
+
+
+
+#: Pipelines whose budgeted passes take --calibration, --min-cosine, --max-accuracy-drop, ...
+_COMPRESSION = ("compress", "low-rank")
+
+
+def _compression_options(args: argparse.Namespace, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``options`` plus what the compression flags say, for the compress and low-rank
+    pipelines (``--option`` values win)."""
+    if args.pipeline not in _COMPRESSION:
+        if args.bits is not None or (args.sparsity is not None and args.pipeline != "prune"):
+            raise UsageError("--bits and --sparsity need --pipeline compress")
+        return options
+    if args.bits is not None and args.pipeline != "compress":
+        raise UsageError("--bits needs --pipeline compress")
+    budget = {
+        "calibration": args.calibration,
+        "min_cosine": args.min_cosine or None,
+        "min_sqnr": args.min_sqnr,
+        "max_accuracy_drop": args.max_accuracy_drop,
+        "eval_data": args.eval_data,
+        "allow_budget_miss": args.allow_budget_miss,
+        "padding_mask": args.padding_mask,
+        "dims": parse_dims(args.dim) or None,
+    }
+    out = dict(options)
+    if args.pipeline == "low-rank":
+        out["low-rank"] = {**budget, **options.get("low-rank", {})}
+        return out
+    share = {**budget, **({"bits": args.bits} if args.bits is not None else {})}
+    out["weight-sharing"] = {**share, **options.get("weight-sharing", {})}
+    if args.sparsity:
+        if not 0 < args.sparsity < 1:
+            raise UsageError(f"--sparsity must lie in (0, 1), got {args.sparsity}")
+        out["prune"] = {"sparsity": args.sparsity, **options.get("prune", {})}
+    return out
 
 
 class _Given(argparse.Action):

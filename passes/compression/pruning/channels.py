@@ -570,7 +570,7 @@ def prune_channels(
             )
         elif g.id in fractions and kept == g.size:
             reason = f"rounding up to a multiple of {opts.multiple} keeps all {g.size} channels"
-        entry = GroupPruning(g.id, g.size, kept, g.names, g.sink_names, level, reason)
+        entry = GroupPruning(g.id, g.size, kept, g.names, g.sink_names, level, reason, g.block)
         if g.block > 1:
             entry.reason = (entry.reason + "; " if entry.reason else "") + f"attention heads of {g.block}"
         report.groups.append(entry)

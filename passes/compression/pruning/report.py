@@ -63,6 +63,8 @@ class GroupPruning:
     sinks: list[str] = field(default_factory=list)
     level: int = 0
     reason: str = ""
+    #: Entries of the producing axis per channel: 1, or an attention head's width.
+    block: int = 1
 
     @property
     def removed(self) -> int:
@@ -76,6 +78,7 @@ class GroupPruning:
             "sources": self.sources,
             "sinks": self.sinks,
             "level": self.level,
+            "block": self.block,
         }
         if self.reason:
             d["reason"] = self.reason
@@ -195,12 +198,14 @@ class PruningReport:
         ]
         if self.groups:
             prunable = [g for g in self.groups if not g.reason.startswith("not prunable")]
-            total = sum(g.channels for g in prunable)
-            removed = sum(g.removed for g in prunable)
-            lines.append(
-                f"channel groups: {len(self.groups)} ({len(prunable)} prunable); removed {removed} of {total} prunable channels"
-                + (f" ({removed / total:.1%})" if total else "")
-            )
+            chans = [g for g in prunable if g.block == 1]
+            heads = [g for g in prunable if g.block > 1]
+            total, removed = sum(g.channels for g in chans), sum(g.removed for g in chans)
+            line = f"channel groups: {len(self.groups)} ({len(prunable)} prunable); removed {removed} of {total} prunable channels"
+            line += f" ({removed / total:.1%})" if total else ""
+            if heads:
+                line += f", {sum(g.removed for g in heads)} of {sum(g.channels for g in heads)} attention heads"
+            lines.append(line)
         else:
             pruned = [la for la in self.layers if la.target > 0]
             lines.append(
@@ -270,8 +275,8 @@ class PruningReport:
         return lines
 
 
-def _names(names: list[str], limit: int = 3) -> str:
-    shown = ", ".join(names[:limit])
+def _names(names: list[str], limit: int = 3, width: int = 48) -> str:
+    shown = ", ".join(n if len(n) <= width else "..." + n[-(width - 3) :] for n in names[:limit])
     return shown + (f" +{len(names) - limit}" if len(names) > limit else "")
 
 
