@@ -14,8 +14,8 @@ post-training stand-in for the paper's retraining).
 Bits per layer: every weight starts at ``bits``; while the model misses its budget
 (``min_cosine``, ``min_sqnr`` on every output, ``max_accuracy_drop`` with labelled
 ``eval_data``), the weight the outputs are most sensitive to
-(:func:`~onnxforge.calibration.sensitivity.sensitivity_ranking`) steps up :func:`bit_ladder`
-(4 → 6 → 8 bits, then float) (:func:`~onnxforge.calibration.budget.back_off`). The budget is measured on
+(:func:`~onnxforge.calibration.sensitivity.sensitivity_ranking`) goes to 8 bits; when every
+weight could have and the budget still misses, a second stage keeps the most sensitive ones float (:func:`~onnxforge.calibration.budget.back_off`). The budget is measured on
 every fifth calibration sample from the second, held out of calibration, or on seeded random
 inputs when no calibration data is given (the report says which). Its report, one row per
 weight, is ``ctx.records["weight-sharing"]``.
@@ -298,13 +298,8 @@ def find_weights(model: Model, min_elements: int) -> list[_Weight]:
 
 
 def bit_ladder(bits: int) -> list[int]:
-    """The bits a weight steps through when the budget needs it: the asked ``bits``, halfway to
-    8, then 8 (and then float). back_off moves the most sensitive weight up until it is exact
-    before it moves the next one, so the steps are few and large: one bit at a time spent the
-    budget's steps on a handful of weights (MiniLM-L6 asked for cosine 0.98 at 4 bits: 12
-    weights went float in 64 steps and the rest stayed at 4 bits)."""
-    mid = (bits + MAX_BITS) // 2
-    return [bits] + ([mid] if bits < mid < MAX_BITS else []) + ([MAX_BITS] if bits < MAX_BITS else [])
+    """The bits a weight can take under the budget: the asked ``bits``, then 8."""
+    return [bits] + ([MAX_BITS] if bits < MAX_BITS else [])
 
 
 def _scale_axis(w: _Weight) -> int | None:
@@ -453,36 +448,57 @@ class ShareWeights(Pass[WeightSharingOptions]):
         if measure.failed is not None:
             report.notes.append(measure.failed)
         ladder = bit_ladder(opts.bits)
-        top = len(ladder)  # the level past the ladder: float
         names = [w.label for w in weights]
         where = {w.label: (w.graph_index, w.name) for w in weights}
+        floated: set[str] = set()  # weights the second stage of the budget keeps float
 
-        def bits_at(level: int) -> int | None:
-            return ladder[level] if level < len(ladder) else None
+        def bits_at(level: int, name: str = "") -> int | None:
+            if name in floated:
+                return None
+            return ladder[min(level, len(ladder) - 1)]
 
-        def build(settings: Mapping[str, int], only: str | None = None) -> Model:
+        def build_with(settings: Mapping[str, int], only: str | None, stage1: Mapping[str, int] | None) -> Model:
             m = from_proto(float_proto)
             chosen: dict[tuple[int, str], Codebook] = {}
             for name in names:
                 if only is not None and name != only:
                     continue
-                b = bits_at(settings.get(name, 0))
+                if stage1 is None:
+                    b = bits_at(settings.get(name, 0))
+                else:  # second stage: level 1 is float, level 0 what the first stage chose
+                    b = None if settings.get(name, 0) >= 1 else bits_at(stage1.get(name, 0))
                 if b is not None:
                     chosen[where[name]] = books.get(name, b)[0]
             apply_codebooks(m, chosen, opts.pack_4bit)
             _finish(m)
             return m
 
+        # The budget in two stages: weights step from the asked bits to 8, most sensitive first
+        # (back_off takes a weight to its top level before it moves the next, so float comes
+        # only in a second stage, once every weight could have had 8 bits).
         fitted = fit_budget(
-            float_proto, names, top, build, measure, budget, max_steps=opts.max_steps
+            float_proto, names, len(ladder) - 1, lambda st, only: build_with(st, only, None), measure, budget,
+            max_steps=opts.max_steps,
         )
+        stepped = list(fitted.stepped)
+        if fitted.misses(budget) and not budget.empty:
+            first = dict(fitted.settings)
+            second = fit_budget(
+                float_proto, names, 1, lambda st, only: build_with(st, only, first), measure, budget,
+                max_steps=max(0, opts.max_steps - len(stepped)),
+            )
+            floated.update(n for n, level in second.settings.items() if level >= 1)
+            stepped += second.stepped
+            fitted = second
+            fitted.settings = first
+            fitted.stepped = stepped
         settings = fitted.settings
         report.stepped, report.sensitivity = fitted.stepped, fitted.sensitivity
         chosen_model = fitted.model
         cos, sqnr, acc = fitted.figures
         report.output_cosine, report.output_sqnr, report.accuracy = cos, sqnr, acc
         for w in weights:
-            b = bits_at(settings.get(w.label, 0))
+            b = bits_at(settings.get(w.label, 0), w.label)
             arr = books.array(w.label)
             before = int(arr.nbytes)
             if b is None:
