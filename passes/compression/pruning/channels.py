@@ -564,10 +564,12 @@ def prune_channels(
         reason = reasons.get(g.id, "")
         if g.id in fractions and level:
             reason = (
-                f"budget: removed {level_fraction(fractions[g.id], level, levels):.0%} instead of {fractions[g.id]:.0%}"
+                f"budget: asked {level_fraction(fractions[g.id], level, levels):.0%} instead of {fractions[g.id]:.0%}"
                 if level < levels
                 else "budget: kept whole (the outputs are too sensitive to it)"
             )
+            if level < levels and kept == g.size:
+                reason += f"; rounding up to a multiple of {opts.multiple} keeps all {g.size} channels"
         elif g.id in fractions and kept == g.size:
             reason = f"rounding up to a multiple of {opts.multiple} keeps all {g.size} channels"
         entry = GroupPruning(g.id, g.size, kept, g.names, g.sink_names, level, reason, g.block)
