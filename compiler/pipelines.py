@@ -382,5 +382,7 @@ def _check_option_targets(options: Mapping[str, Mapping[str, Any]] | None) -> No
     if not options:
         return
     for name in options:
-        if name not in p.PASSES_BY_NAME:
-            raise UsageError(f"option given for unknown pass {name!r} (see `onnxforge passes`)")
+        try:
+            p.get_pass(name)
+        except UsageError:
+            raise UsageError(f"option given for unknown pass {name!r} (see `onnxforge passes`)") from None

@@ -1,7 +1,10 @@
 """Rewriting passes, one module per pass family, and the registry of them.
 
 The registry is explicit: importing this package imports the pass modules and nothing
-registers itself as a side effect. Add a new pass to :data:`ALL_PASSES`.
+registers itself as a side effect. Add a new pass to :data:`ALL_PASSES`. Third-party passes
+come from the entry-point group ``onnxforge.passes`` (:mod:`onnxforge.passes.plugins`), loaded
+the first time :func:`get_pass` meets a name that is not built in or :func:`registered_passes`
+is asked for the whole list.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from onnxforge.passes.fusion import FuseOnnxRuntime, FusePortable
 from onnxforge.passes.graphsurgeon import GraphSurgeonPass
 from onnxforge.passes.lowering.cpu.nchwc import LowerNchwc
 from onnxforge.passes.lowering.packed_weights import LowerPackedWeights
+from onnxforge.passes.plugins import load_plugins
 from onnxforge.passmanager import Pass
 
 #: Every pass, in the order a lossless pipeline would run them.
@@ -61,13 +65,26 @@ ALL_PASSES: tuple[type[Pass], ...] = (
 PASSES_BY_NAME: dict[str, type[Pass]] = {p.name: p for p in ALL_PASSES}
 
 
+def registered_passes() -> tuple[type[Pass], ...]:
+    """Every pass a name can select: :data:`ALL_PASSES`, then the plugins' passes (loaded on
+    the first call; a broken plugin is skipped with a warning)."""
+    return ALL_PASSES + tuple(load_plugins(PASSES_BY_NAME).passes.values())
+
+
 def get_pass(name: str) -> type[Pass]:
-    """The pass class called ``name``; raises :class:`UsageError` listing the known names."""
+    """The pass class called ``name``, built in or from a plugin; raises :class:`UsageError`
+    listing the known names (and the plugins that failed to load, if any)."""
     cls = PASSES_BY_NAME.get(name)
+    if cls is not None:
+        return cls
+    plugins = load_plugins(PASSES_BY_NAME)
+    cls = plugins.passes.get(name)
     if cls is None:
-        close = difflib.get_close_matches(name, PASSES_BY_NAME, n=1)
+        known = [*PASSES_BY_NAME, *plugins.passes]
+        close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UsageError(f"unknown pass {name!r}{hint}; known passes: {', '.join(sorted(PASSES_BY_NAME))}")
+        broken = f"; plugins that failed to load: {', '.join(plugins.errors)}" if plugins.errors else ""
+        raise UsageError(f"unknown pass {name!r}{hint}; known passes: {', '.join(sorted(known))}{broken}")
     return cls
 
 
@@ -96,4 +113,5 @@ __all__ = [
     "ShareWeights",
     "TopologicalSort",
     "get_pass",
+    "registered_passes",
 ]

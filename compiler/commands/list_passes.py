@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from onnxforge.commands.common import add_verbosity
-from onnxforge.passes import ALL_PASSES
+from onnxforge.passes import registered_passes
 from onnxforge.passes.fusion import ONNXRUNTIME_RULES, PORTABLE_RULES
 from onnxforge.pipelines import PIPELINES
 from onnxforge.tables import format_table
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
                     "lossless": cls.lossless,
                     "options": [{"name": n, "type": t, "default": d} for n, t, d in cls.Options.describe()],
                 }
-                for cls in ALL_PASSES
+                for cls in registered_passes()
             },
             "rules": {
                 name: [{"name": r.name, "summary": r.summary, "min_opset": r.min_opset} for r in rules]
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<12} {info.summary}")
     print("\nPasses (--passes A,B,...; options with --option PASS.NAME=VALUE):")
     rows = []
-    for cls in ALL_PASSES:
+    for cls in registered_passes():
         opts = ", ".join(f"{n}={d!r}" for n, _, d in cls.Options.describe()) or "-"
         rows.append([cls.name, cls.summary, opts])
     for line in format_table(["pass", "what it does", "options (defaults)"], rows, left=(1, 2)):
