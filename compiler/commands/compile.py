@@ -19,6 +19,7 @@ from onnxforge.commands.common import (
     parse_shapes,
     write_json_atomic,
 )
+from onnxforge.commands.config_file import apply_config, mark_explicit
 from onnxforge.errors import UsageError
 from onnxforge.passes import get_pass
 from onnxforge.passes.compression.pruning import PruneChannels, PruneMagnitude
@@ -31,7 +32,10 @@ HELP = "optimize a model with a pipeline of passes"
 
 def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("model", help="input .onnx file (never modified)")
-    c.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
+    c.add_argument("-o", "--output", help="output .onnx file (written atomically; required here or in --config)")
+    c.add_argument(
+        "--config", metavar="FILE.toml", help="settings for every flag below as TOML keys (flags given here override it; docs/USER_GUIDE.md)"
+    )
     c.add_argument(
         "--pipeline", default="optimize", help="named pipeline (default: optimize = lossless + fusion; see `onnxforge passes`)"
     )
@@ -132,6 +136,7 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
         help="write weights to OUTPUT.data (auto: when the input used it or the model exceeds 2 GB)",
     )
     add_verbosity(c)
+    mark_explicit(c)
 
 
 def parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -155,7 +160,11 @@ def parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-
+    parser = argparse.ArgumentParser(prog=f"onnxforge {NAME}")
+    add_arguments(parser)
+    args = apply_config(args, parser)
+    if not args.output:
+        raise UsageError("compile needs -o/--output (or output in --config)")
     src, out = Path(args.model), Path(args.output)
     ext = {"auto": None, "always": True, "never": False}[args.external_data]
     report = Path(args.report) if args.report else None
