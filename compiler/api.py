@@ -13,6 +13,7 @@ from typing import Any
 import onnx
 
 from onnxforge import modelio
+from onnxforge.analysis.shapes import bind_inputs
 from onnxforge.calibration.budget import Budget
 from onnxforge.cost import analyze
 from onnxforge.cost.analysis import CostTotals
@@ -160,7 +161,8 @@ def compile(
         report.cost_before = cost_before
         report.cost_after = _cost(ir, shapes, verify_dims, cost_target)
     if cost and (cost_before is None or report.cost_after is None):
-        report.notes.append("cost estimate unavailable for this model (see the log)")
+        missing = bind_inputs(ir, shapes, verify_dims).missing_message()
+        report.notes.append(f"cost estimate unavailable: {missing}" if missing else "cost estimate unavailable for this model (see the log)")
     result = CompileResult(ir, report, loaded.path)
     if verify and qreport is not None:
         _verify_int8(report, qreport, quantization or Int8Options(), spec)
@@ -247,7 +249,11 @@ def _cost(
     a report extra must not fail a compilation. Bad shape specs still raise UsageError."""
     log.info("estimating cost (%s profile)", target)
     try:
-        return analyze(ir, shapes=shapes, dims=dims, target=target, reorder=False).totals
+        report = analyze(ir, shapes=shapes, dims=dims, target=target, reorder=False)
+        if not report.complete:  # totals at a height or sequence of 1 would be wrong figures
+            log.warning("cost estimate unavailable: %s", report.bindings.missing_message())
+            return None
+        return report.totals
     except UsageError:
         raise
     except Exception as e:

@@ -19,6 +19,7 @@ The analyses are cached by :class:`~onnxforge.passmanager.AnalysisManager` per m
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -237,20 +238,88 @@ def parse_dim_spec(text: str) -> tuple[str, int]:
 
 @dataclass
 class ShapeBindings:
-    """The resolved input shapes, symbol values and the assumptions made to get them."""
+    """The resolved input shapes, symbol values and the assumptions made to get them.
+
+    Open input dims are resolved, in order, from ``--shape``/``--dim``, from sizes the model
+    itself implies (:func:`implied_sizes`: ``implied``), as a batch of 1 (dim 0, or a symbol
+    named like a batch: ``batch``), or not at all: ``missing`` lists the spatial/sequence dims
+    nothing fixes. Those are bound to 1 so that shapes resolve, but every figure that depends
+    on them is then meaningless (:attr:`complete` is False) and callers must not print it.
+    """
 
     inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
     dims: dict[str, int] = field(default_factory=dict)
     assumptions: list[str] = field(default_factory=list)
+    #: Labels (``x[0] ('batch')``) of dims assumed to be a batch of 1.
+    batch: list[str] = field(default_factory=list)
+    #: Label -> (size, where the model says so) for dims the model implies.
+    implied: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: Labels of the size dims nothing fixed (bound to 1 only so that shapes resolve).
+    missing: list[str] = field(default_factory=list)
+    #: Input -> a ``--shape`` template for the missing dims (``x=1x3xHxW``).
+    templates: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """True when no size-dependent dim was left open (a batch of 1 may be assumed)."""
+        return not self.missing
+
+    def missing_message(self) -> str:
+        """One line naming the open dims and the flags that set them ("" when complete)."""
+        if not self.missing:
+            return ""
+        named = sorted({m.split("'")[1] for m in self.missing if "'" in m})
+        how = "set them with " + " ".join(f"--shape {t}" for t in self.templates.values())
+        if named:
+            how += " or " + " ".join(f"--dim {n}=N" for n in named)
+        return f"input dims {', '.join(self.missing)} are not fixed by the model: {how}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "inputs": {k: list(v) for k, v in self.inputs.items()},
+            "batch_assumed_1": list(self.batch),
+            "implied": {k: {"size": v, "source": src} for k, (v, src) in self.implied.items()},
+            "missing": list(self.missing),
+        }
+
+
+#: Symbols that stand for "unknown" rather than a shared name: each such dim is its own unknown.
+_ANONYMOUS = ("", "?", "-1", "None")
+#: Words that mark a batch dimension in a symbol's name.
+_BATCH_WORDS = ("batch", "bs", "n", "b", "num_batches", "batchsize", "batch_size")
+
+
+def anonymous_symbol(sym: object) -> bool:
+    """True for dims with no usable shared name (``?``, empty, onnx's generated ``unk__N``)."""
+    return sym is None or (isinstance(sym, str) and (sym.strip() in _ANONYMOUS or sym.startswith("unk__")))
+
+
+def dim_label(input_name: str, axis: int, sym: object) -> str:
+    """``x[2]``, or ``input_ids[1] ('sequence')`` for a named dim."""
+    return f"{input_name}[{axis}]" + ("" if anonymous_symbol(sym) else f" ({sym!r})")
+
+
+def _is_batch(axis: int, rank: int, sym: object) -> bool:
+    if isinstance(sym, str) and not anonymous_symbol(sym):
+        low = sym.lower()
+        if low in _BATCH_WORDS or "batch" in low:
+            return True
+        if axis == 0 and rank >= 2:  # generated names (p2o.DynamicDimension.0): position decides
+            return not any(w in low for w in ("seq", "len", "time", "sample", "height", "width", "token", "frame"))
+        return False
+    return axis == 0 and rank >= 2
 
 
 def bind_inputs(
     model: Model,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     dims: Mapping[str, int] | None = None,
+    *,
+    hints: bool = True,
 ) -> ShapeBindings:
     """Resolve every main-graph input to a concrete shape.
 
+    ``hints``: use sizes the model implies (:func:`implied_sizes`) for dims no spec fixes.
     Raises :class:`UsageError` for a spec naming no input, or one whose rank or fixed
     dimensions contradict the declared shape.
     """
@@ -272,8 +341,16 @@ def bind_inputs(
         for d, g in zip(declared, given):
             if isinstance(d, int) and d != g:
                 raise UsageError(f"--shape {v.name}: {_fmt(given)} contradicts the declared shape {_fmt(declared)}")
-            if isinstance(d, str):
+            if isinstance(d, str) and not anonymous_symbol(d):
                 b.dims.setdefault(d, g)
+    open_dims = {
+        (v.name, i)
+        for v in inputs
+        if v.name not in shapes
+        for i, d in enumerate(v.shape() or ())
+        if not isinstance(d, int) and not (isinstance(d, str) and d in b.dims)
+    }
+    implied = implied_sizes(model, open_dims) if hints and open_dims else {}
     for v in inputs:
         if v.name in shapes:
             b.inputs[v.name] = shapes[v.name]
@@ -285,19 +362,172 @@ def bind_inputs(
                 b.inputs[v.name] = ()
             continue
         resolved = []
+        template = []
         for i, d in enumerate(declared):
+            named = isinstance(d, str) and not anonymous_symbol(d)
             if isinstance(d, int):
                 resolved.append(d)
-            elif isinstance(d, str) and d in b.dims:
+                template.append(str(d))
+                continue
+            if isinstance(d, str) and d in b.dims:  # (anonymous symbols only when a caller binds them)
                 resolved.append(b.dims[d])
-            else:
-                what = f"{d!r}" if isinstance(d, str) else "unknown"
+                template.append(str(b.dims[d]))
+                continue
+            label = dim_label(v.name, i, d)
+            if (v.name, i) in implied:
+                size, source = implied[(v.name, i)]
+                b.implied[label] = (size, source)
+                b.assumptions.append(f"input {label} = {size}, as the model implies ({source})")
+                if named:
+                    b.dims[str(d)] = size
+                resolved.append(size)
+                template.append(str(size))
+                continue
+            what = f"{d!r}" if isinstance(d, str) else "unknown"
+            if _is_batch(i, len(declared), d):
+                b.batch.append(label)
                 b.assumptions.append(f"input {v.name!r} dim {i} ({what}) assumed {DEFAULT_DIM}")
-                if isinstance(d, str):
-                    b.dims[d] = DEFAULT_DIM
-                resolved.append(DEFAULT_DIM)
+                template.append(str(DEFAULT_DIM))
+            else:
+                b.missing.append(label)
+                b.assumptions.append(f"input {v.name!r} dim {i} ({what}) unknown: bound to {DEFAULT_DIM} only to resolve shapes")
+                template.append({2: "H", 3: "W"}.get(i, "N") if len(declared) == 4 else "N")
+            if named:
+                b.dims[str(d)] = DEFAULT_DIM
+            resolved.append(DEFAULT_DIM)
         b.inputs[v.name] = tuple(resolved)
+        if any(m.startswith(f"{v.name}[") for m in b.missing):
+            b.templates[v.name] = f"{v.name}={'x'.join(template)}"
     return b
+
+
+# -- sizes the model implies ------------------------------------------------------------------
+
+#: Metadata keys that, by common convention, give a model's input size.
+SIZE_METADATA_KEYS = ("input_shape", "input_size", "image_size", "img_size", "imgsz", "image_shape", "shape")
+#: Ops whose output has their first input's shape (for following an input to a constraint).
+_SAME_SHAPE = frozenset(
+    {"Identity", "Cast", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Neg", "Abs", "Exp", "Log", "Sqrt",
+     "Erf", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus", "BatchNormalization", "Dropout", "Round",
+     "Floor", "Ceil", "Reciprocal", "Sign", "Not", "Softmax", "LogSoftmax", "InstanceNormalization"}
+)
+_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "And", "Or", "Equal", "Greater", "Less", "Where"})
+
+
+def implied_sizes(model: Model, open_dims: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, str]]:
+    """Sizes of open input dims that the model itself fixes: ``(input, axis) -> (size, source)``.
+
+    Sources, first match wins:
+
+    * metadata: a key of :data:`SIZE_METADATA_KEYS` (or ``<input>_shape``/``<input>.shape``)
+      holding the full shape, or the spatial size (``[H, W]`` or one int for a square image)
+      of a rank-4 input;
+    * the graph: the input (or a value of its shape, through elementwise ops) meets a constant
+      of full rank in a binary elementwise op (a fixed positional table), is concatenated with
+      a tensor of fixed dims, or is reshaped to a constant target without ``-1``/``0`` while
+      one dim is open (the element counts must match).
+    """
+    out: dict[tuple[str, int], tuple[int, str]] = {}
+    inputs = {v.name: v for v in model.graph.inputs if not v.is_initializer()}
+    meta = {p.key.lower(): p.value for p in model.proto_shell.metadata_props}
+    for name, v in inputs.items():
+        declared: tuple[int | str | None, ...] = v.shape() or ()
+        wanted = [i for i in range(len(declared)) if (name, i) in open_dims]
+        if not wanted:
+            continue
+        for key in (f"{name.lower()}_shape", f"{name.lower()}.shape", *SIZE_METADATA_KEYS):
+            sizes = _parse_ints(meta.get(key, ""))
+            if not sizes:
+                continue
+            if len(sizes) == len(declared):
+                axes = list(range(len(declared)))
+            elif len(declared) == 4 and len(sizes) in (1, 2):
+                channels_last = declared[3] in (1, 3, 4) and declared[1] not in (1, 3, 4)
+                axes = [1, 2] if channels_last else [2, 3]
+                sizes = sizes * 2 if len(sizes) == 1 else sizes
+            else:
+                continue
+            for axis, size in zip(axes, sizes):
+                if axis in wanted and size > 0:
+                    out.setdefault((name, axis), (size, f"metadata {key!r}"))
+        for axis, size, why in _graph_constraints(v, [i for i in wanted if (name, i) not in out]):
+            out.setdefault((name, axis), (size, why))
+    return out
+
+
+def _parse_ints(text: str) -> list[int]:
+    nums = re.findall(r"-?\d+", text)
+    if not nums or len(nums) > 8 or len(text) > 64:
+        return []
+    return [int(n) for n in nums]
+
+
+def _graph_constraints(inp: Value, wanted: list[int]) -> list[tuple[int, int, str]]:
+    """(axis, size, reason) for open dims of ``inp`` fixed by a constraint on a value of its
+    shape (followed through elementwise ops, at most 64 nodes)."""
+    if not wanted:
+        return []
+    declared = inp.shape() or ()
+    rank = len(declared)
+    found: dict[int, tuple[int, str]] = {}
+    frontier, seen = [inp], 0
+    while frontier and seen < 64 and len(found) < len(wanted):
+        v = frontier.pop()
+        for node in v.consumers():
+            seen += 1
+            op = node.op_type if node.is_standard_domain() else ""
+            if op in _SAME_SHAPE and node.inputs and node.inputs[0] is v and node.outputs:
+                out0 = node.output(0)
+                if out0 is not None:
+                    frontier.append(out0)
+                continue
+            if op in _BINARY:
+                for other in node.inputs:
+                    if other is None or other is v:
+                        continue
+                    shape = other.shape() if is_constant(other) else None
+                    if shape is None or len(shape) != rank:
+                        continue
+                    for axis in wanted:
+                        d = shape[axis]
+                        if isinstance(d, int) and d > 1 and axis not in found:
+                            found[axis] = (d, f"{op} {node.name or ''} with a constant of shape {list(shape)}".replace("  ", " "))
+                continue
+            if op == "Concat":
+                cat_axis = int(node.attr("axis", 0)) % max(rank, 1)
+                for other in node.inputs:
+                    if other is None or other is v:
+                        continue
+                    shape = other.shape()
+                    if shape is None or len(shape) != rank:
+                        continue
+                    for axis in wanted:
+                        d = shape[axis]
+                        if axis != cat_axis and isinstance(d, int) and d > 0 and axis not in found:
+                            found[axis] = (d, f"Concat {node.name or ''} with {other.name!r} of shape {list(shape)}")
+                continue
+            if op == "Reshape" and len(node.inputs) > 1 and node.inputs[0] is v:
+                try:
+                    target = constant_value(node.inputs[1]) if node.inputs[1] is not None else None
+                except ValueError:
+                    target = None
+                if target is None or (target <= 0).any():
+                    continue
+                still = [a for a in wanted if a not in found]
+                if len(still) != 1:
+                    continue
+                known = 1
+                for i, d in enumerate(declared):
+                    if i in found:
+                        known *= found[i][0]
+                    elif isinstance(d, int):
+                        known *= d
+                    elif i != still[0]:
+                        known = 0  # another open dim (a batch) makes it unsolvable
+                total = int(np.prod(target))
+                if known and total % known == 0:
+                    found[still[0]] = (total // known, f"Reshape {node.name or ''} to {target.tolist()}")
+    return [(a, s, " ".join(why.split())) for a, (s, why) in found.items() if a in wanted]
 
 
 def _fmt(shape: tuple[object, ...]) -> str:

@@ -167,11 +167,25 @@ class CostReport:
     def unresolved(self) -> list[str]:
         return [n.name or n.op for n in self.nodes if n.status == "unresolved"]
 
+    @property
+    def complete(self) -> bool:
+        """False when an input's spatial/sequence dim was left open (bound to 1 only so that
+        shapes resolve): MACs, FLOPs, activation memory and latency are then not figures of any
+        real input, and :func:`size_dependent` figures must not be shown."""
+        return self.bindings.complete
+
     def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` schema. When :attr:`complete` is False the size-dependent figures are
+        ``null`` and ``dims.missing`` names the dims to set; ``depends_on_assumed_dims`` lists
+        the figures that rest on an assumed dim (a batch of 1, or a missing dim)."""
+        assumed = bool(self.bindings.batch or self.bindings.missing)
         d: dict[str, Any] = {
-            "total": self.totals.to_dict(),
-            "by_op_type": self.by_op_type(),
-            "nodes": [n.to_dict() for n in self.nodes],
+            "total": _blank(self.totals.to_dict(), self.complete),
+            "by_op_type": {k: _blank(v, self.complete) for k, v in self.by_op_type().items()},
+            "nodes": [_blank(n.to_dict(), self.complete) for n in self.nodes],
+            "complete": self.complete,
+            "dims": self.bindings.to_dict(),
+            "depends_on_assumed_dims": list(SIZE_DEPENDENT) if assumed else [],
             "memory": {
                 "peak_activation_bytes": self.memory.peak_bytes,
                 "peak_at_node": self.memory.peak_node,
@@ -186,7 +200,22 @@ class CostReport:
         }
         if self.reordered_memory is not None:
             d["memory"]["reordered_peak_activation_bytes"] = self.reordered_memory.peak_bytes
+        if not self.complete:
+            d["memory"] = {k: None for k in d["memory"]}
+            d["missing_dims"] = self.bindings.missing_message()
         return d
+
+
+#: Figures that depend on input sizes (the rest, parameters and weight bytes, do not).
+SIZE_DEPENDENT = (
+    "macs", "flops", "peak_activation_bytes", "activation_bytes", "est_latency_ms", "input_bytes",
+    "output_bytes", "arithmetic_intensity", "bound",
+)
+
+
+def _blank(d: dict[str, Any], complete: bool) -> dict[str, Any]:
+    """``d`` with its size-dependent figures ``None`` unless ``complete``."""
+    return d if complete else {k: (None if k in SIZE_DEPENDENT else v) for k, v in d.items()}
 
 
 def analyze(
@@ -236,6 +265,8 @@ def analyze(
         report.notes.append("no cost formula (counted as zero): " + ", ".join(sorted(report.no_formula())))
     if report.unresolved():
         report.notes.append(f"{len(report.unresolved())} node(s) with unresolved shapes (counted as zero)")
+    if not bindings.complete:
+        log.info("size-dependent figures unavailable: %s", bindings.missing_message())
     return report
 
 

@@ -34,13 +34,29 @@ def totals_rows(t: CostTotals) -> list[tuple[str, str]]:
 
 
 def render(report: CostReport, *, top: int = 10) -> str:
-    """Totals, where memory peaks, a per-op-type summary and the ``top`` heaviest layers."""
+    """Totals, where memory peaks, a per-op-type summary and the ``top`` heaviest layers.
+
+    When an input's size dims are open (``report.complete`` False) only the figures that do not
+    depend on them are shown (parameters, weight bytes, node counts), with one line naming the
+    dims and the flags that set them: a total computed with a height or a sequence of 1 is not
+    a figure of any real input."""
     t = report.totals
     p = report.profile
+    b = report.bindings
     lines = [f"target: {p.name} ({p.description}; {p.source})"]
-    if report.bindings.inputs:
-        shapes = ", ".join(f"{k}={'x'.join(map(str, v)) or 'scalar'}" for k, v in report.bindings.inputs.items())
-        lines.append(f"inputs: {shapes}")
+    if not report.complete:
+        lines.append(f"MACs, FLOPs, memory and latency unavailable: {b.missing_message()}")
+        lines.append("")
+        lines += format_table(["total", "value"], [["parameters", human(t.params)], ["weight bytes", human_bytes(t.weight_bytes)]])
+        by_op = report.by_op_type()
+        lines.append("")
+        lines += format_table(["op type", "nodes", "params"], [[op, str(r["count"]), human(r["params"])] for op, r in by_op.items()])
+        return "\n".join(lines)
+    if b.inputs:
+        shapes = ", ".join(f"{k}={'x'.join(map(str, v)) or 'scalar'}" for k, v in b.inputs.items())
+        lines.append(f"inputs: {shapes}" + (f" (batch {', '.join(b.batch)} assumed 1)" if b.batch else ""))
+    for label, (size, source) in b.implied.items():
+        lines.append(f"{label} = {size}: implied by the model ({source})")
     lines.append("")
     lines += format_table(["total", "value"], [list(r) for r in totals_rows(t)])
     mem = report.memory
@@ -90,8 +106,7 @@ def render(report: CostReport, *, top: int = 10) -> str:
             ],
             left=(1, 4),
         )
-    for a in report.bindings.assumptions:
-        lines.append(f"assumed: {a}")
+
     for note in report.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
