@@ -30,7 +30,7 @@ def test_digits_cnn_is_accurate_in_onnxruntime(trained) -> None:
     logits = OrtRunner().run(model, {"input": x_test})["logits"]
     assert logits.shape == (len(x_test), 10)
     accuracy = float((logits.argmax(axis=1) == y_test).mean())
-    assert accuracy >= 0.96, accuracy
+    assert accuracy >= 0.985, accuracy  # 99.16% for seed 0
 
 
 def test_digits_cnn_structure(trained) -> None:
@@ -50,7 +50,7 @@ def test_digits_cnn_is_deterministic(trained) -> None:
     from onnxforge.models import train_digits_cnn
 
     model, (x_test, _) = trained
-    again, (x_again, _) = train_digits_cnn(seed=0, epochs=20)
+    again, (x_again, _) = train_digits_cnn(seed=0)
     np.testing.assert_array_equal(x_test, x_again)
     a = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     b = {t.name: onnx.numpy_helper.to_array(t) for t in again.graph.initializer}
