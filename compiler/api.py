@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -33,11 +34,13 @@ from onnxforge.passmanager import (
     Instrument,
     Pass,
     PassContext,
+    ProgressInstrument,
     Sequential,
     TimingInstrument,
     VerifyInstrument,
 )
 from onnxforge.pipelines import Verification, from_pass_names, get_pipeline, verification_for
+from onnxforge.progress import ProgressHook, Stage
 from onnxforge.report import ModelStats, Report
 
 log = logging.getLogger(__name__)
@@ -96,6 +99,7 @@ def compile(
     cost_target: str = "cpu",
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     quantization: Int8Options | None = None,
+    progress: ProgressHook | None = None,
 ) -> CompileResult:
     """Compile ``model`` (a path, a ModelProto or an IR Model) with a pipeline.
 
@@ -117,16 +121,23 @@ def compile(
     :class:`~onnxforge.calibration.budget.BudgetError` (a VerificationError) unless
     ``allow_budget_miss``; its ``verify`` checks the figures measured on the model returned, on
     samples that were not calibrated on, against the user's ``min_cosine``/``min_sqnr`` (0.99
-    when neither is set). A ModelProto passed in is never modified.
+    when neither is set). A ModelProto passed in is never modified. ``progress`` receives
+    :class:`~onnxforge.progress.ProgressEvent` reports of loading (``"load"``), the pipeline
+    (``"passes"``: one step per pass of the flattened pipeline) and int8 calibration
+    (``"calibration"``, unless ``quantization.progress`` is set); nothing is printed.
     """
     start = time.perf_counter()
-    loaded = modelio.load(model)
+    loaded = modelio.load(model, progress=progress)
     ir = loaded.model
     original = to_proto(ir) if verify else None
     before = ModelStats.of(ir)
     cost_before = _cost(ir, shapes, verify_dims, cost_target) if cost else None
 
+    calibrating = None
     if quantization is not None:
+        if progress is not None and quantization.progress is None:
+            calibrating = Stage(progress, "calibration", "calibrating", unit="batches")
+            quantization = dataclasses.replace(quantization, progress=calibrating)
         options = {**(options or {}), QuantizeInt8.name: quantization}
     if passes:
         pipe = from_pass_names(passes, options)
@@ -147,9 +158,17 @@ def compile(
         inst.append(VerifyInstrument())
     if dump_dir is not None:
         inst.append(DumpInstrument(dump_dir))
+    shown = ProgressInstrument(progress, pipe, disable) if progress is not None else None
+    if shown is not None:
+        inst.append(shown)
     ctx = PassContext(instruments=inst, disabled=disable)
     log.info("running pipeline %s on %d nodes", pipe_name, before.nodes)
-    ir = ctx.run(pipe, ir).output(ir)
+    try:
+        ir = ctx.run(pipe, ir).output(ir)
+    finally:
+        for stage in (calibrating, shown):
+            if stage is not None:
+                stage.close()
     qreport = ctx.records.get(INT8_REPORT)
     report = Report(pipe_name, before, ModelStats.of(ir), list(timing.per_pass.values()))
     report.rule_trace = ctx.records.get("rules")

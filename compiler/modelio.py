@@ -35,6 +35,7 @@ from onnxforge.ir import Model, archive, from_proto, tensor_nbytes, to_proto
 from onnxforge.ir.onnx_inference import CRASHED, infer_shapes
 from onnxforge.ir.proto_walk import graph_protos
 from onnxforge.ir.tensor_data import TensorStore, external_info, is_external, iter_tensors
+from onnxforge.progress import ProgressHook, Stage
 
 log = logging.getLogger(__name__)
 
@@ -388,15 +389,25 @@ def _check_data_types(proto: onnx.ModelProto, where: str) -> None:
 
 
 def load(
-    model: str | os.PathLike[str] | onnx.ModelProto | Model, *, check: bool = True
+    model: str | os.PathLike[str] | onnx.ModelProto | Model, *, check: bool = True, progress: ProgressHook | None = None
 ) -> LoadedModel:
     """Load a model from a path, a ModelProto or an existing IR model.
 
     External data is not read: tensors are memory-mapped on first use. A ModelProto passed in is
-    never modified.
+    never modified. ``progress`` receives the ``"load"`` stage's steps (reading, checking,
+    building the IR, sorting).
     """
     if isinstance(model, Model):
         return LoadedModel(model, None, False)
+    with Stage(progress, "load", "loading model", unit="steps", total=_LOAD_STEPS) as stage:
+        return _load(model, check, stage)
+
+
+#: The steps :func:`load` reports: read and parse, check, build the IR, sort.
+_LOAD_STEPS = 4
+
+
+def _load(model: str | os.PathLike[str] | onnx.ModelProto, check: bool, stage: Stage) -> LoadedModel:
     path: Path | None = None
     if isinstance(model, onnx.ModelProto):
         proto = model
@@ -405,10 +416,13 @@ def load(
             check_text(proto, where)  # read_proto does it for files
     elif isinstance(model, (str, os.PathLike)):
         path = Path(model)
+        stage.describe(f"loading {path.name}: reading")
         proto = read_proto(path)
         where = str(path)
     else:
         raise UsageError(f"cannot load a model from {type(model).__name__}")
+    name = path.name if path is not None else "model"
+    stage.step(1, f"loading {name}: checking")
     store = TensorStore(path.parent if path is not None else None)
     uses_external = any(is_external(t) for t in iter_tensors(proto))
     if uses_external:
@@ -418,11 +432,13 @@ def load(
     recheck = check and not check_proto(proto, where, path)
     if check and not recheck:
         check_types(proto, where)
+    stage.step(2, f"loading {name}: building the IR")
     ir_model = from_proto(proto)
     if path is not None:
         store.source_files = _files_of(proto, path)
     ir_model.tensor_store = store
     ir_model.export_value_info = _has_value_info(proto.graph)
+    stage.step(3, f"loading {name}: sorting")
     try:
         ir_model.graph.toposort()
         for g in ir_model.graph.all_graphs():
@@ -440,6 +456,7 @@ def load(
                              "after sorting the graphs (a cycle, or a function body out of order)")
         check_types(sorted_proto, where)
     ir_model.reset_version()
+    stage.step(_LOAD_STEPS, f"loaded {name}")
     return LoadedModel(ir_model, path, uses_external)
 
 

@@ -45,6 +45,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from onnxforge import modelio
 from onnxforge.errors import BudgetError, OnnxForgeError, PassError, UsageError
 from onnxforge.ir import Model, verify
+from onnxforge.progress import ProgressHook, Stage
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,41 @@ class DumpInstrument(Instrument):
         # model and external data files), also through links. Inside a pipeline the refusal
         # reaches the caller wrapped in a PassError; the CLI checks the folder before any work.
         modelio.save(model, self.directory / f"{self.count:03d}_{p.name}.onnx", label="dump file")
+
+
+class ProgressInstrument(Instrument):
+    """Reports a pipeline's progress to a :data:`~onnxforge.progress.ProgressHook` as the
+    ``"passes"`` stage: the label names the leaf pass running, the count is over the
+    pipeline's steps (nested :class:`Sequential` pipelines flattened, a :class:`FixedPoint`
+    one step however many rounds it takes, disabled passes left out). Call :meth:`close` when
+    the pipeline ends."""
+
+    def __init__(self, hook: ProgressHook | None, pipeline: Pass, disabled: Iterable[str] = ()) -> None:
+        steps = _steps(pipeline, set(disabled))
+        self.name = pipeline.name
+        self.steps = {id(p) for p in steps}
+        self.stage = Stage(hook, "passes", "running passes", unit="passes", total=len(steps)).start()
+
+    def before_pass(self, p: Pass, model: Model, ctx: PassContext) -> None:
+        if not isinstance(p, CompositePass):
+            self.stage.describe(f"pass {p.name}")
+
+    def after_pass(self, p: Pass, model: Model, result: PassResult, ctx: PassContext) -> None:
+        if id(p) in self.steps:
+            self.stage(self.stage.done + 1)
+
+    def close(self) -> None:
+        if not self.stage.closed:
+            self.stage.label = f"ran pipeline {self.name}"
+            self.stage.close()
+
+
+def _steps(p: Pass, disabled: set[str]) -> list[Pass]:
+    if p.name in disabled:
+        return []
+    if isinstance(p, Sequential):
+        return [s for child in p.passes for s in _steps(child, disabled)]
+    return [p]
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@
 * :mod:`~onnxforge.metrics.sqnr`: SQNR and cosine similarity for per-layer error reports.
 * :mod:`~onnxforge.calibration.budget`: the accuracy budget, its held-out data, and the error a
   budget that cannot be met raises.
-* :mod:`~onnxforge.calibration.progress`: a stderr progress bar for the CLI.
+* progress: :func:`collect_ranges` and the sensitivity ranking take a ``progress(done, total)``
+  callback, e.g. an :class:`onnxforge.progress.Stage`; the CLI draws it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from onnxforge.calibration.data import (
     synthetic_data,
 )
 from onnxforge.calibration.histogram import Histogram, RunningMinMax, StreamingHistogram
-from onnxforge.calibration.progress import ProgressBar
 from onnxforge.calibration.ranges import METHODS, TensorRange, compute_range, scale_zero_point
 from onnxforge.metrics.sqnr import cosine, sqnr_db
 
@@ -37,7 +37,6 @@ __all__ = [
     "CalibrationSource",
     "Histogram",
     "InputSpec",
-    "ProgressBar",
     "RunningMinMax",
     "StreamingHistogram",
     "TensorRange",

@@ -191,6 +191,14 @@ class Holdout:
     calibrated: int = 0
     calibrated_keys: set[bytes] = field(default_factory=set)
 
+    def calibrated_of(self, n: int | None) -> int | None:
+        """How many of a stream of ``n`` feeds :meth:`route` passes on to calibration (None
+        when ``n`` is: a stream of unknown length)."""
+        if n is None:
+            return None
+        held = len(range(1, n, self.every)) if self.every else 0
+        return n - min(held, self.limit)
+
     def route(self, stream: Iterable[Feed]) -> Iterator[dict[str, np.ndarray]]:
         """The calibration feeds of ``stream``, lazily; held-out feeds go to :attr:`held`."""
         for i, feed in enumerate(stream):

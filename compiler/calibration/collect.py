@@ -290,6 +290,11 @@ def _run(session: Any, outputs: list[str], feed: dict[str, Any], batch: int) -> 
         raise err(f"calibration batch {batch}: onnxruntime failed: {_short(e)}") from None
 
 
+def batch_count(source: object) -> int | None:
+    """How many batches ``source`` holds (its ``num_batches`` or ``len``), None when unknown."""
+    return _length(source)
+
+
 def _length(source: object) -> int | None:
     n = getattr(source, "num_batches", None)
     if isinstance(n, int):

@@ -11,7 +11,6 @@ from typing import Any
 from onnxforge import modelio
 from onnxforge.api import QuantizationOptions
 from onnxforge.api import compile as compile_model
-from onnxforge.calibration.progress import ProgressBar
 from onnxforge.commands.common import (
     add_verbosity,
     check_profile,
@@ -20,10 +19,12 @@ from onnxforge.commands.common import (
     write_json_atomic,
 )
 from onnxforge.commands.config_file import apply_config, mark_explicit
+from onnxforge.commands.progress_view import ProgressView, progress_wanted
 from onnxforge.errors import UsageError
 from onnxforge.passes import get_pass
 from onnxforge.passes.compression.pruning import PruneChannels, PruneMagnitude
 from onnxforge.passes.compression.pruning.magnitude import parse_n_m
+from onnxforge.progress import Stage
 from onnxforge.runtime.target import TARGETS
 
 NAME = "compile"
@@ -165,12 +166,26 @@ def run(args: argparse.Namespace) -> int:
     args = apply_config(args, parser)
     if not args.output:
         raise UsageError("compile needs -o/--output (or output in --config)")
+    with ProgressView(enabled=progress_wanted(args.quiet), model_bytes=_size(Path(args.model))) as view:
+        return _run(args, view)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _run(args: argparse.Namespace, view: ProgressView) -> int:
     src, out = Path(args.model), Path(args.output)
     ext = {"auto": None, "always": True, "never": False}[args.external_data]
     report = Path(args.report) if args.report else None
     # Before any work: no output (model, data file, report, dumps) may replace a file the input
-    # reads, or another output.
+    # reads, or another output. This parses the model (load reuses it): shown as loading.
+    Stage(view, "load", f"loading {src.name}: reading").start()
     inputs = modelio.check_output_paths(src, out, external_data=ext, report=report, dump_dir=args.dump_ir)
+    view.model_bytes = sum(_size(p) for p in inputs)
     options = _pruning_options(args, _compression_options(args, parse_options(args.option)))
     shapes = parse_shapes(args.shape)
     qopts = _quantization_options(args)
@@ -191,10 +206,11 @@ def run(args: argparse.Namespace) -> int:
         cost_target=args.cost_target,
         shapes=shapes,
         quantization=qopts,
+        progress=view,
     )
-    if qopts is not None and qopts.progress is not None:
-        qopts.progress.close()
-    result.save(out, external_data=ext)
+    with Stage(view, "save", f"writing {out.name}"):
+        result.save(out, external_data=ext)
+    view.close()
     if report is not None:
         write_json_atomic(report, result.report.to_dict(), inputs, taken={modelio.output_target(out): "output model"})
     if not args.quiet:
@@ -217,9 +233,6 @@ def _quantization_options(args: argparse.Namespace) -> Any:
         if any(f is not None and f != [] for f in quant_flags) or args.per_tensor or args.allow_budget_miss:
             raise UsageError("quantization flags (--calibration, --min-sqnr, ...) need --pipeline int8")
         return None
-    progress = None
-    if not args.quiet:
-        progress = ProgressBar("calibrating")
     return QuantizationOptions(
         calibration=args.calibration,
         method=args.calibration_method,
@@ -234,7 +247,6 @@ def _quantization_options(args: argparse.Namespace) -> Any:
         speed_guard=not args.no_speed_guard,
         smooth_alpha=args.smooth_alpha or None,
         padding_mask=args.padding_mask,
-        progress=progress,
         dims=parse_dims(args.dim),
     )
 

@@ -13,7 +13,7 @@ from importgraph import ROOT, edges, modules
 
 #: Lowest first. A module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("onnxforge.errors", "onnxforge.tables", "onnxforge.metrics")),
+    ("base", ("onnxforge.errors", "onnxforge.tables", "onnxforge.metrics", "onnxforge.progress")),
     ("kernels", ("onnxforge.kernels",)),
     ("ir", ("onnxforge.ir", "onnxforge.modelio")),
     ("infrastructure", ("onnxforge.passmanager", "onnxforge.rules", "onnxforge.analysis")),

@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 
 from onnxforge.calibration.budget import Budget, BudgetError, Holdout, back_off, row_keys
-from onnxforge.calibration.collect import ProgressCallback, collect_ranges
+from onnxforge.calibration.collect import ProgressCallback, batch_count, collect_ranges
 from onnxforge.calibration.data import CalibrationSource
 from onnxforge.calibration.sensitivity import sensitivity_ranking
 from onnxforge.calibration.taps import tapped_model
@@ -327,13 +327,19 @@ def quantize_static(
         model, policy, exclude=set(exclude), min_macs=min_macs, activation_products=activation_products
     )
     symmetric = policy.activation_type == "int8"
+    expected = holdout.calibrated_of(batch_count(source))
+    counted: ProgressCallback | None = progress
+    if progress is not None and expected is not None:  # the batches left once held-out ones are set aside
+        def counted(done: int, total: int | None, _report: ProgressCallback = progress) -> None:
+            _report(done, expected)
+
     ranges_full = collect_ranges(
         float_proto,
         plan.calibrate,
         itertools.chain(samples, stream),
         method,
         symmetric=symmetric,
-        progress=progress,
+        progress=counted,
     )
     ranges = {k: (r.min, r.max) for k, r in ranges_full.items()}
     report.calibration_samples = holdout.calibrated
