@@ -31,9 +31,10 @@ import numpy as np
 import onnx
 
 from onnxforge.analysis.shapes import ShapeBindings, ShapeTable, bind_inputs
+from onnxforge.cost.executed import executed_model
 from onnxforge.cost.memory import MemoryProfile, activation_peak, memory_order
 from onnxforge.cost.probe import probe_types
-from onnxforge.cost.roofline import TargetProfile, dtype_class, get_profile
+from onnxforge.cost.roofline import NodeWork, TargetProfile, dtype_class, get_profile
 from onnxforge.ir import Graph, Model, Node, Value
 from onnxforge.ir.constants import constant_value, is_constant
 from onnxforge.kernels.costs.registry import (
@@ -141,6 +142,8 @@ class CostReport:
     memory: MemoryProfile
     reordered_memory: MemoryProfile | None = None
     notes: list[str] = field(default_factory=list)
+    #: Nodes of the graph onnxruntime executes, when the latency was estimated on it.
+    executed_nodes: int | None = None
 
     def by_op_type(self) -> dict[str, dict[str, Any]]:
         """Totals per op type (counted executions), heaviest FLOPs first."""
@@ -218,6 +221,41 @@ def _blank(d: dict[str, Any], complete: bool) -> dict[str, Any]:
     return d if complete else {k: (None if k in SIZE_DEPENDENT else v) for k, v in d.items()}
 
 
+def _run_overhead_s(model: Model, profile: TargetProfile) -> float:
+    """The fixed cost of one call: the profile's, plus the calibrated cost of each graph input
+    and output beyond the first."""
+    cal = profile.calibration
+    if cal is None:
+        return profile.run_overhead_s
+    ios = len([v for v in model.graph.inputs if not v.is_initializer()]) + len(model.graph.outputs)
+    return profile.run_overhead_s + max(ios - 2, 0) * cal.io_overhead
+
+
+def _executed_latency_ms(
+    model: Model,
+    bindings: ShapeBindings,
+    profile: TargetProfile,
+    *,
+    probe: bool,
+    feeds: Mapping[str, np.ndarray] | None,
+) -> tuple[float, int] | None:
+    """(estimated ms, node count) of the graph onnxruntime executes for ``model``
+    (:func:`onnxforge.cost.executed.executed_model`), at the same input shapes; None when
+    onnxruntime cannot give it."""
+    ran = executed_model(model)
+    if ran is None:
+        return None
+    try:
+        table = ShapeTable(ran, bindings, probe=probe_types if probe else None, feeds=feeds)
+        walker = _Walker(ran, table, profile)
+        walker.graph(ran.graph, "main", runs=1, counted=True)
+    except Exception as e:  # the model's own graph still has its estimate
+        log.info("cannot estimate onnxruntime's executed graph: %s: %s", type(e).__name__, e)
+        return None
+    ms = _run_overhead_s(ran, profile) * 1e3 + sum(n.est_ms * n.runs for n in walker.records if n.counted)
+    return ms, len(ran.graph)
+
+
 def analyze(
     model: Model,
     *,
@@ -227,6 +265,7 @@ def analyze(
     reorder: bool = True,
     probe: bool = True,
     feeds: Mapping[str, np.ndarray] | None = None,
+    executed: bool | None = None,
 ) -> CostReport:
     """Cost of ``model`` at the given input ``shapes`` / symbolic ``dims`` on ``target``.
 
@@ -234,14 +273,19 @@ def analyze(
     The model is not modified. ``reorder`` also computes the peak of a greedy memory-saving
     execution order (:func:`onnxforge.cost.memory.memory_order`). ``probe`` lets shapes that
     static inference cannot find be measured with one onnxruntime run (:mod:`onnxforge.cost.probe`)
-    on ``feeds`` (default: seeded random inputs of the bound shapes).
+    on ``feeds`` (default: seeded random inputs of the bound shapes). ``executed`` (default: when
+    the profile is calibrated, i.e. ``cpu``) estimates the total latency on the graph
+    onnxruntime executes at ORT_ENABLE_ALL (:mod:`onnxforge.cost.executed`) rather than on the
+    model's own nodes.
     """
     profile = target if isinstance(target, TargetProfile) else get_profile(target)
+    if executed is None:
+        executed = profile.calibration is not None
     bindings = bind_inputs(model, shapes, dims)
     table = ShapeTable(model, bindings, probe=probe_types if probe else None, feeds=feeds)
     walker = _Walker(model, table, profile)
     walker.graph(model.graph, "main", runs=1, counted=True)
-    totals = CostTotals(est_latency_ms=profile.run_overhead_s * 1e3)
+    totals = CostTotals(est_latency_ms=_run_overhead_s(model, profile) * 1e3)
     for n in walker.records:
         totals.params += n.params
         totals.weight_bytes += n.weight_bytes
@@ -259,6 +303,14 @@ def analyze(
         if better.peak_bytes < mem.peak_bytes:
             reordered = better
     report = CostReport(totals, walker.records, profile, bindings, mem, reordered, walker.notes)
+    if executed:
+        ran = _executed_latency_ms(model, bindings, profile, probe=probe, feeds=feeds)
+        if ran is not None:
+            totals.est_latency_ms, report.executed_nodes = ran
+            report.notes.append(
+                f"latency estimated on the {report.executed_nodes} nodes onnxruntime runs at ORT_ENABLE_ALL "
+                f"(per-node figures are of the {len(model.graph)} nodes of the model)"
+            )
     if table.probed:
         report.notes.append(f"shapes of {table.probed} value(s) measured with one onnxruntime run")
     if report.no_formula():
@@ -427,10 +479,10 @@ class _Walker:
             rec.note = f"formula failed: {type(e).__name__}: {e}"
             cost = OpCost()
         rec.macs, rec.flops = int(cost.macs), int(cost.flops)
-        self._estimate(rec, node)
+        self._estimate(rec, node, infos_out)
         return rec
 
-    def _estimate(self, rec: NodeCost, node: Node) -> None:
+    def _estimate(self, rec: NodeCost, node: Node, infos_out: list[TensorInfo | None] | None = None) -> None:
         if _fused_qdq(node):
             # A runtime fuses Q/DQ pairs around integer kernels (QLinearConv, MatMulIntegerToFloat,
             # ...) and pre-packs dequantized weights: no separate pass over memory.
@@ -443,8 +495,44 @@ class _Walker:
         if rec.kind == MATMUL and _dequantized_input(node):
             cls = "int8"  # the runtime runs this op on its int8 operands
             moved = (rec.input_bytes + rec.weight_read_bytes) // 4 + rec.output_bytes
-        seconds, rec.bound = self.profile.node_time(rec.kind, cls, rec.flops, moved)
+        product = _product_shape(node, rec.macs, infos_out or []) if rec.kind == MATMUL else None
+        work = NodeWork(node.op_type, rec.kind, cls, rec.flops, moved, product)
+        seconds, rec.bound = self.profile.work_time(work)
         rec.est_ms = seconds * 1e3
+
+
+_CONV_OPS = frozenset({"Conv", "FusedConv", "ConvInteger", "QLinearConv", "NhwcConv", "ConvTranspose"})
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}
+
+
+def _product_shape(node: Node, macs: int, infos_out: list[TensorInfo | None]) -> tuple[str, float, float, float] | None:
+    """``(class, M, K, N)`` of a product node for the calibrated rates: convolutions by output
+    pixels x (input channels x kernel) x output channels per group (depthwise: pixels, kernel,
+    channels), recurrent cells as one step's gate product, everything else as its output's
+    rows x (MACs per output element) x columns."""
+    out = infos_out[0] if infos_out else None
+    if out is None or macs <= 0 or not out.numel:
+        return None
+    op = node.op_type
+    if op in _CONV_OPS and out.rank >= 3:
+        channels = out.shape[1]
+        group = int(node.attr("group", 1) or 1)
+        pixels = out.numel // max(channels * out.shape[0], 1)  # per image: onnxruntime loops the batch
+        k = macs / out.numel
+        if group > 1 and group >= channels // 2:
+            return "depthwise", float(pixels), k, float(channels)
+        return ("conv1d" if out.rank == 3 else "conv"), float(pixels), k, float(max(channels // group, 1))
+    if op in _GATES and out.rank == 4:  # Y: [seq, directions, batch, hidden]
+        seq, dirs, batch, hidden = out.shape
+        n = _GATES[op] * hidden
+        steps = max(seq * dirs, 1)
+        k = macs / (steps * max(batch, 1) * max(n, 1))
+        if op == "LSTM":  # measured as its own class (onnxruntime's cell, not a plain product)
+            return "recurrent", float(max(batch, 1)), k, float(n)
+        return "gemm", float(max(batch, 1)), k, float(n)
+    n = out.shape[-1] if out.rank >= 1 else 1
+    m = out.shape[-2] if out.rank >= 2 else 1
+    return "gemm", float(max(m, 1)), macs / out.numel, float(max(n, 1))
 
 
 _INTEGER_KERNEL_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})

@@ -6,12 +6,11 @@ the first term wins, memory-bound otherwise. The compute rate depends on the kin
 
 Profiles:
 
-* ``cpu``: this machine, measured once with onnxruntime on one thread (a float32 and an int8
-  matrix product, a large Add for memory bandwidth and a cache-resident one for cache
-  bandwidth, a cache-resident Mul for elementwise throughput, a chain of tiny ops for the
-  per-node overhead; the cache level is the core's L2 size) and cached as JSON under
-  ``$ONNXFORGE_CACHE`` (default ``~/.cache/onnxforge``), keyed by CPU model, core count and
-  onnxruntime version.
+* ``cpu``: this machine, calibrated once with onnxruntime on one thread
+  (:mod:`onnxforge.cost.calibrate`: matrix products and convolutions by shape class, memory
+  bandwidth by working-set size, per-node overhead by op class, elementwise throughput; a few
+  seconds) and cached as JSON under ``$ONNXFORGE_CACHE`` (default ``~/.cache/onnxforge``),
+  keyed by CPU model, core count and onnxruntime version (:mod:`onnxforge.runtime.machine`).
 * ``h100`` / ``a100``: NVIDIA's published dense peak rates and memory bandwidth (H100 SXM5:
   67 TFLOP/s FP32, 495 TF32, 990 FP16, 1,979 INT8 TOP/s, 3.35 TB/s; A100 SXM4 80 GB: 19.5
   FP32, 156 TF32, 312 FP16, 624 INT8, 2.04 TB/s), scaled by typical achieved fractions (70% of
@@ -29,19 +28,19 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import onnx
 
+from onnxforge.cost.calibrate import Calibration, op_class
+from onnxforge.cost.calibrate import measure as calibrate
 from onnxforge.errors import UsageError
 from onnxforge.kernels.costs.registry import MATMUL, MOVEMENT
 from onnxforge.runtime.machine import cache_dir, machine_key
-from onnxforge.runtime.options import median_time
-from onnxforge.runtime.session import create_session
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 3
+PROFILE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,9 @@ class TargetProfile:
     cache_bandwidth: float = 0.0
     #: Fixed cost of one inference call (feeding inputs, fetching outputs, scheduling).
     run_overhead_s: float = 0.0
+    #: Per-machine micro-measurements (``cpu``): rates by product shape, bandwidth by working
+    #: set, overhead by op class. When present, :meth:`work_time` uses them.
+    calibration: Calibration | None = None
 
     def compute_rate(self, kind: str, dtype_class: str) -> float:
         if kind != MATMUL:
@@ -76,8 +78,53 @@ class TargetProfile:
         bound = "compute" if compute > memory else "memory"
         return max(compute, memory) + self.overhead_s, bound
 
+    def work_time(self, work: NodeWork) -> tuple[float, str]:
+        """Seconds for one execution of a node described by ``work``, and its bound. With a
+        calibration: the overhead of its op class plus the slower of its product (at the rate
+        measured for its shape class), its elementwise work and its memory traffic (at the
+        bandwidth measured for its working-set size); else :meth:`node_time`."""
+        cal = self.calibration
+        if cal is None:
+            return self.node_time(work.kind, work.dtype_class, work.flops, work.nbytes)
+        compute = 0.0
+        if work.kind == MATMUL and work.flops:
+            if work.product is not None:
+                cls, m, k, n = work.product
+                rate = cal.rate(cls, m, k, n)
+            else:
+                rate = cal.rate("gemm", 64, 256, 256)
+            if work.dtype_class == "int8":
+                rate *= cal.int8_speedup
+            elif work.dtype_class == "fp16":
+                rate /= 2
+            compute = work.flops / rate
+        elif work.kind != MOVEMENT and work.flops:
+            compute = work.flops / (cal.vector or self.vector)
+        memory = work.nbytes / cal.bandwidth_at(work.nbytes) if work.nbytes else 0.0
+        bound = "compute" if compute > memory else "memory"
+        return max(compute, memory) + cal.overhead.get(op_class(work.op_type), self.overhead_s), bound
+
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TargetProfile:
+        d = dict(d)
+        cal = d.pop("calibration", None)
+        return cls(**d, calibration=Calibration.from_dict(cal) if cal else None)
+
+
+@dataclass(frozen=True)
+class NodeWork:
+    """What the roofline needs of one node: op, kind of work, element class, FLOPs, bytes moved
+    and, for products, ``(class, M, K, N)`` (class: gemm, conv, conv1d, depthwise)."""
+
+    op_type: str
+    kind: str
+    dtype_class: str
+    flops: int
+    nbytes: int
+    product: tuple[str, float, float, float] | None = None
 
 
 _ACHIEVED_MATMUL = 0.7
@@ -142,7 +189,7 @@ def cpu_profile(*, refresh: bool = False) -> TargetProfile:
     path = cache_dir() / f"cpu-profile-{machine_key()}-v{PROFILE_VERSION}.json"
     if not refresh and path.is_file():
         try:
-            return TargetProfile(**json.loads(path.read_text()))
+            return TargetProfile.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             log.warning("ignoring unreadable CPU profile cache %s", path)
     log.info("measuring the CPU profile (one-time microbenchmark, a few seconds)")
@@ -157,91 +204,27 @@ def cpu_profile(*, refresh: bool = False) -> TargetProfile:
     return profile
 
 
-def _session(model: onnx.ModelProto):  # type: ignore[no-untyped-def]
-    return create_session(model, optimization="all")
-
-
-def _graph(nodes, inputs, outputs, inits=()):  # type: ignore[no-untyped-def]
-    from onnx import helper
-
-    g = helper.make_graph(nodes, "probe", inputs, outputs, list(inits))
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def _chain_time(vi, op: str, n: int, et: int, short: int, long: int) -> float:  # type: ignore[no-untyped-def]
-    """Seconds per node of a chain of ``op`` on ``n``-element tensors (Add adds the chain input
-    to the running value, so it reads two tensors and writes one)."""
-    return _chain_fit(vi, op, n, et, short, long)[0]
-
-
-def _chain_fit(vi, op: str, n: int, et: int, short: int, long: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """(seconds per node, seconds per run outside the nodes) of a chain of ``op``."""
-    from onnx import helper
-
-    def chain(length: int) -> float:
-        nodes = []
-        for i in range(length):
-            ins = [f"t{i}", "t0"] if op == "Add" else [f"t{i}"]
-            nodes.append(helper.make_node(op, ins, [f"t{i + 1}"]))
-        model = _graph(nodes, [vi("t0", et, [n])], [vi(f"t{length}", et, [n])])
-        x = np.random.default_rng(0).standard_normal(n).astype(np.float32) * 1e-3
-        return median_time(_session(model), {"t0": x}, 15 if n > 1 << 20 else 41)
-
-    t_short, t_long = chain(short), chain(long)
-    per_node = max((t_long - t_short) / (long - short), 1e-9)
-    return per_node, max(t_short - short * per_node, 0.0)
-
-
 def measure_cpu_profile() -> TargetProfile:
-    """Run the microbenchmarks (a few seconds) and return the measured profile."""
-    from onnx import TensorProto as TP
-    from onnx import helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    f32 = TP.FLOAT
-
-    def vi(name: str, et: int, shape: list[int]) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(name, et, shape)
-
-    # float32 matrix product
-    m, k, n = 256, 1024, 1024
-    w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
-    mm = _graph([helper.make_node("MatMul", ["x", "w"], ["y"])], [vi("x", f32, [m, k])], [vi("y", f32, [m, n])], [w])
-    t = median_time(_session(mm), {"x": rng.standard_normal((m, k)).astype(np.float32)}, 7)
-    matmul_fp32 = 2 * m * k * n / t
-
-    # int8 matrix product (uint8 activations x int8 weights, as quantized models run it)
-    wq = numpy_helper.from_array(rng.integers(-127, 127, (k, n), dtype=np.int8), "w")
-    mmi = _graph(
-        [helper.make_node("MatMulInteger", ["x", "w"], ["y"])],
-        [vi("x", TP.UINT8, [m, k])],
-        [vi("y", TP.INT32, [m, n])],
-        [wq],
-    )
-    t = median_time(_session(mmi), {"x": rng.integers(0, 255, (m, k), dtype=np.uint8)}, 7)
-    matmul_int8 = 2 * m * k * n / t
-
-    # Per-node times come from the difference between a long and a short chain of the same op,
-    # which cancels the fixed cost of a session run.
-    big, small = 1 << 23, 1 << 15
-    overhead, run_overhead = _chain_fit(vi, "Relu", 1, f32, 8, 72)
-    bandwidth = 3 * 4 * big / _chain_time(vi, "Add", big, f32, 2, 6)
-    cache_bandwidth = 3 * 4 * small / max(_chain_time(vi, "Add", small, f32, 8, 40) - overhead, 1e-9)
-    vector = 4 * small / max(_chain_time(vi, "Sigmoid", small, f32, 8, 40) - overhead, 1e-9)
-
+    """Calibrate this machine (:func:`onnxforge.cost.calibrate.measure`, a few seconds) and
+    return the profile; its headline rates (for the plain roofline and the tables) are read off
+    the calibration: a large float32 product, the int8 one, memory and L2 bandwidth."""
+    cal = calibrate()
+    fp32 = cal.rate("gemm", 512, 1024, 256)
+    l2 = _l2_bytes()
     return TargetProfile(
         name="cpu",
-        description=f"this CPU, onnxruntime, 1 thread ({platform.machine()})",
-        matmul_fp32=matmul_fp32,
-        matmul_fp16=matmul_fp32 / 2,  # CPUs without native fp16 GEMM convert; a conservative rate
-        matmul_int8=matmul_int8,
-        vector=vector,
-        bandwidth=bandwidth,
-        overhead_s=overhead,
+        description=f"this CPU, onnxruntime, 1 thread ({platform.machine()}), calibrated",
+        matmul_fp32=fp32,
+        matmul_fp16=fp32 / 2,  # CPUs without native fp16 GEMM convert; a conservative rate
+        matmul_int8=fp32 * cal.int8_speedup,
+        vector=cal.vector,
+        bandwidth=cal.bandwidth_at(1 << 30),
+        overhead_s=cal.overhead.get("elementwise", 0.0),
         source="measured",
-        cache_bytes=_l2_bytes(),
-        cache_bandwidth=max(cache_bandwidth, bandwidth),
-        run_overhead_s=run_overhead,
+        cache_bytes=l2,
+        cache_bandwidth=cal.bandwidth_at(l2),
+        run_overhead_s=cal.run_overhead,
+        calibration=cal,
     )
 
 

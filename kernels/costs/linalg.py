@@ -75,6 +75,21 @@ def _fused_conv(call: CostCall) -> OpCost:
     return OpCost(macs, 2 * macs + extra)
 
 
+#: onnxruntime's blocked-channel layout (NCHWc) domain, which its CPU optimizer writes.
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+
+
+@FORMULAS.register("Conv", kind=MATMUL, domain=NCHWC_DOMAIN)
+def _nchwc_conv(call: CostCall) -> OpCost:
+    """onnxruntime's NCHWc Conv: channels padded to the block (counted as run), an optional
+    fused Sum input and activation."""
+    macs = _conv_macs(call, 1)
+    y = call.require_output(0).numel
+    extra = y if call.input(2) is not None else 0
+    extra += y if call.input(3) is not None else 0
+    return OpCost(macs, 2 * macs + extra + activation_flops(call.attr("activation", ""), y))
+
+
 @FORMULAS.register("ConvTranspose", kind=MATMUL)
 def _conv_transpose(call: CostCall) -> OpCost:
     x = call.require_input(0)

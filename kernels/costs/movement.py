@@ -24,6 +24,7 @@ MOVEMENT_OPS = (
 ).split()
 
 
+@FORMULAS.register(["ReorderInput", "ReorderOutput"], kind=MOVEMENT, domain="com.microsoft.nchwc")
 @FORMULAS.register(MOVEMENT_OPS, kind=MOVEMENT)
 def _movement(call: CostCall) -> OpCost:
     return OpCost(0, 0)

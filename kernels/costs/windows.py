@@ -28,6 +28,7 @@ def _window(call: CostCall) -> int:
     return math.prod(kernel)
 
 
+@FORMULAS.register(["MaxPool", "AveragePool"], domain="com.microsoft.nchwc")
 @FORMULAS.register(["MaxPool", "AveragePool", "LpPool", "MaxRoiPool"])
 def _pool(call: CostCall) -> OpCost:
     y = call.require_output(0).numel
@@ -44,6 +45,7 @@ def _pool(call: CostCall) -> OpCost:
     return OpCost(0, y * per)
 
 
+@FORMULAS.register(["GlobalAveragePool", "GlobalMaxPool"], domain="com.microsoft.nchwc")
 @FORMULAS.register(["GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"])
 def _global_pool(call: CostCall) -> OpCost:
     x = call.require_input(0).numel
@@ -81,6 +83,7 @@ def _reduce(call: CostCall) -> OpCost:
     return OpCost(0, _REDUCE_PER_INPUT[call.op_type] * x + _REDUCE_PER_OUTPUT.get(call.op_type, 0) * y)
 
 
+@FORMULAS.register("Upsample", domain="com.microsoft.nchwc")
 @FORMULAS.register(["Resize", "Upsample"])
 def _resize(call: CostCall) -> OpCost:
     x = call.require_input(0)

@@ -1,0 +1,455 @@
+"""Per-machine calibration of the CPU roofline from micro-benchmarks (a few seconds, cached with
+the ``cpu`` profile by :mod:`onnxforge.cost.roofline`).
+
+Nothing here is fitted to a real model: every parameter is the time of a synthetic graph built
+below and run by onnxruntime on one thread, as the cost model's users run it.
+
+* **Matrix products by shape class**: MatMul against a constant weight on a grid of
+  ``(M, K, N)``; 2-D convolutions (which onnxruntime's CPU optimizer lays out as NCHWc),
+  depthwise convolutions and 1-D convolutions on grids of spatial size and channels. A node's
+  rate is interpolated in log space between the nearest measured shapes of its class
+  (:func:`interpolate`), so a 1-row product (a matrix-vector product, bound by reading its
+  weights) is not credited with the throughput of a large square one.
+* **Memory bandwidth by working-set size**: an Add over tensors from a few KiB (L1) to tens of
+  MiB (memory), per node bytes moved.
+* **Per-node overhead by op class** (:func:`op_class`): the per-node time of chains of tiny ops
+  (elementwise, views, copies, reductions and normalizations, products, convolutions, recurrent
+  cells, control flow), from the difference of a long and a short chain (which cancels the fixed
+  cost of a run, measured as the intercept). onnxruntime's dispatch cost per node dominates
+  small models, and it differs by kind: a tiny Conv costs several times a tiny Relu.
+* **Elementwise compute**: a cache-resident Sigmoid (transcendental work per element).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxforge.runtime.session import create_session
+
+log = logging.getLogger(__name__)
+
+#: (M, K, N, FLOP/s) measured points of one product class.
+RatePoints = tuple[tuple[float, float, float, float], ...]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured parameters of this machine (all from synthetic graphs, see the module doc)."""
+
+    gemm: RatePoints = ()
+    conv: RatePoints = ()
+    conv1d: RatePoints = ()
+    depthwise: RatePoints = ()
+    #: One step of an LSTM cell (batch 1) by hidden size: (batch, input + hidden, 4 x hidden).
+    recurrent: RatePoints = ()
+    #: Seconds per graph input or output beyond one of each (feeding, allocating, fetching).
+    io_overhead: float = 0.0
+    #: (bytes moved by a node, bytes/s) by working-set size, increasing.
+    bandwidth: tuple[tuple[float, float], ...] = ()
+    #: Seconds of dispatch per node, by :func:`op_class`.
+    overhead: dict[str, float] = field(default_factory=dict)
+    #: Transcendental elementwise FLOP/s (cache-resident Sigmoid).
+    vector: float = 0.0
+    #: int8 over float32 throughput of a large product (MatMulInteger vs MatMul).
+    int8_speedup: float = 1.0
+    #: Seconds of one run outside its nodes (inputs, outputs, scheduling).
+    run_overhead: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
+        def pts(key: str) -> RatePoints:
+            return tuple(tuple(float(x) for x in p) for p in d.get(key, ()))  # type: ignore[misc]
+
+        return cls(
+            gemm=pts("gemm"),
+            conv=pts("conv"),
+            conv1d=pts("conv1d"),
+            depthwise=pts("depthwise"),
+            recurrent=pts("recurrent"),
+            io_overhead=float(d.get("io_overhead", 0.0)),
+            bandwidth=tuple((float(a), float(b)) for a, b in d.get("bandwidth", ())),
+            overhead={str(k): float(v) for k, v in dict(d.get("overhead", {})).items()},
+            vector=float(d.get("vector", 0.0)),
+            int8_speedup=float(d.get("int8_speedup", 1.0)),
+            run_overhead=float(d.get("run_overhead", 0.0)),
+            seconds=float(d.get("seconds", 0.0)),
+        )
+
+    def bandwidth_at(self, nbytes: float) -> float:
+        """Bytes/s for a node moving ``nbytes`` (log-linear between measured sizes)."""
+        pts = self.bandwidth
+        if not pts:
+            return 1e10
+        if nbytes <= pts[0][0]:
+            return pts[0][1]
+        for (b0, r0), (b1, r1) in zip(pts, pts[1:]):
+            if nbytes <= b1:
+                f = (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
+                return math.exp(math.log(r0) + f * (math.log(r1) - math.log(r0)))
+        return pts[-1][1]
+
+    def rate(self, cls: str, m: float, k: float, n: float) -> float:
+        """FLOP/s of a product of class ``cls`` (gemm, conv, conv1d, depthwise, recurrent) at
+        (M, K, N)."""
+        points = getattr(self, cls, ()) or self.gemm
+        return interpolate(points, m, k, n)
+
+
+def interpolate(points: RatePoints, m: float, k: float, n: float) -> float:
+    """Inverse-distance-weighted rate of the 4 measured shapes nearest to (M, K, N) in
+    log2 space (an exact hit returns its own rate); shapes outside the grid take the edge."""
+    if not points:
+        return 1e10
+    q = (math.log2(max(m, 1.0)), math.log2(max(k, 1.0)), math.log2(max(n, 1.0)))
+    scored = []
+    for pm, pk, pn, r in points:
+        d2 = (q[0] - math.log2(pm)) ** 2 + (q[1] - math.log2(pk)) ** 2 + (q[2] - math.log2(pn)) ** 2
+        if d2 < 1e-9:
+            return r
+        scored.append((d2, r))
+    scored.sort()
+    near = scored[:4]
+    w = [1.0 / d2 for d2, _ in near]
+    return math.exp(sum(wi * math.log(r) for wi, (_, r) in zip(w, near)) / sum(w))
+
+
+# -- op classes ---------------------------------------------------------------------------
+
+_VIEWS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout"})
+_COPIES = frozenset(
+    {"Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND", "Pad", "Expand", "Tile",
+     "ReorderInput", "ReorderOutput", "Shape", "Size", "ConstantOfShape", "Range", "Where", "ScatterND",
+     "DepthToSpace", "SpaceToDepth", "Resize", "Upsample", "Cast"}
+)
+_REDUCES = frozenset(
+    {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceSumSquare",
+     "ReduceLogSumExp", "Softmax", "LogSoftmax", "LayerNormalization", "SkipLayerNormalization",
+     "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "GlobalAveragePool",
+     "GlobalMaxPool", "MaxPool", "AveragePool", "InstanceNormalization", "ArgMax", "ArgMin", "TopK",
+     "CumSum", "EmbedLayerNormalization", "GroupNorm"}
+)
+_PRODUCTS = frozenset(
+    {"MatMul", "Gemm", "FusedGemm", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+     "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulNBits", "Attention", "MultiHeadAttention", "Einsum",
+     "QAttention", "GroupQueryAttention"}
+)
+_CONVS = frozenset({"Conv", "FusedConv", "ConvInteger", "QLinearConv", "ConvTranspose", "NhwcConv"})
+_RECURRENT = frozenset({"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"})
+_CONTROL = frozenset({"If", "Loop", "Scan"})
+
+#: Op classes with a measured per-node overhead.
+OP_CLASSES = ("elementwise", "view", "copy", "reduce", "product", "conv", "recurrent", "control")
+
+
+def op_class(op_type: str) -> str:
+    """The overhead class of an op (domain-agnostic: onnxruntime's fused and NCHWc forms share
+    their plain op's dispatch)."""
+    if op_type in _VIEWS:
+        return "view"
+    if op_type in _COPIES:
+        return "copy"
+    if op_type in _REDUCES:
+        return "reduce"
+    if op_type in _PRODUCTS:
+        return "product"
+    if op_type in _CONVS:
+        return "conv"
+    if op_type in _RECURRENT:
+        return "recurrent"
+    if op_type in _CONTROL:
+        return "control"
+    return "elementwise"
+
+
+# -- micro-benchmarks -------------------------------------------------------------------------
+
+_F32 = TensorProto.FLOAT
+
+
+def _vi(name: str, shape: Sequence[int], et: int = _F32) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, et, list(shape))
+
+
+def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+           inits: Sequence[onnx.TensorProto] = ()) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "calibration", inputs, outputs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _time(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, level: str = "all", budget_s: float = 0.04,
+          min_runs: int = 7, max_runs: int = 201, fixed: float = 0.0) -> float:
+    """Median seconds per run (one thread, optimization ``level``), runs while under budget."""
+    sess = create_session(model, optimization=level, threads=1)
+    sess.run(None, feeds)
+    sess.run(None, feeds)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    return max(t - fixed, t / 10)  # ``fixed``: the run's and the node's dispatch, not the work
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def _per_node(build: Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray]]], fixed: float, dispatch: float) -> float:
+    """Seconds of the work of one node: ``build(r)`` gives a graph with ``r`` copies of the node
+    reading the same input and weights. Small nodes are timed as the difference between 5 copies
+    and 1 (which cancels the run's fixed cost) less the node's ``dispatch``; large ones as one
+    run less ``fixed``."""
+    one = _time(*build(1))
+    if one > 2e-3:
+        return max(one - fixed, one / 10)
+    five = _time(*build(5), budget_s=0.08)
+    per = (five - one) / 4
+    return max(per - dispatch, per / 10, 1e-9)
+
+
+def _matmul_rate(m: int, k: int, n: int, int8: bool = False, fixed: float = 0.0, dispatch: float = 0.0) -> float:
+    rng = _rng()
+    if int8:
+        w = numpy_helper.from_array(rng.integers(-127, 127, (k, n), dtype=np.int8), "w")
+        op, x_type, y_type = "MatMulInteger", TensorProto.UINT8, TensorProto.INT32
+        x = rng.integers(0, 255, (m, k), dtype=np.uint8)
+    else:
+        w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
+        op, x_type, y_type = "MatMul", _F32, _F32
+        x = rng.standard_normal((m, k)).astype(np.float32)
+
+    def build(r: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        nodes = [helper.make_node(op, ["x", "w"], [f"y{i}"]) for i in range(r)]
+        outs = [_vi(f"y{i}", [m, n], y_type) for i in range(r)]
+        return _model(nodes, [_vi("x", [m, k], x_type)], outs, [w]), {"x": x}
+
+    return 2 * m * k * n / _per_node(build, fixed, dispatch)
+
+
+def _conv_rate(
+    c_in: int, c_out: int, size: int, kernel: int, *, group: int = 1, dims: int = 2, fixed: float = 0.0,
+    dispatch: float = 0.0,
+) -> tuple[float, float, float, float]:
+    """(M, K, N, FLOP/s) of one convolution (stride 1, same padding)."""
+    rng = _rng()
+    spatial = [size] * dims
+    kshape = [kernel] * dims
+    w = numpy_helper.from_array(rng.standard_normal((c_out, c_in // group, *kshape)).astype(np.float32) * 0.1, "w")
+    b = numpy_helper.from_array(np.zeros(c_out, np.float32), "b")
+    pad = kernel // 2
+    x = rng.standard_normal((1, c_in, *spatial)).astype(np.float32)
+
+    def build(r: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        nodes = [
+            helper.make_node("Conv", ["x", "w", "b"], [f"y{i}"], group=group, pads=[pad] * (2 * dims), kernel_shape=kshape)
+            for i in range(r)
+        ]
+        outs = [_vi(f"y{i}", [1, c_out, *spatial]) for i in range(r)]
+        return _model(nodes, [_vi("x", [1, c_in, *spatial])], outs, [w, b]), {"x": x}
+
+    t = _per_node(build, fixed, dispatch)
+    m = float(size**dims)
+    k = float(c_in // group * kernel**dims)
+    n = float(c_out // group)
+    macs = m * k * n * group
+    if group > 1:  # depthwise: indexed by (spatial, kernel, channels)
+        return m, k, float(c_out), 2 * macs / t
+    return m, k, n, 2 * macs / t
+
+
+def _chain(make: Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray]]], short: int, long: int,
+           level: str = "disable") -> tuple[float, float]:
+    """(seconds per node, seconds per run outside the chain) from two chain lengths."""
+    a = _time(*make(short), level=level, budget_s=0.05, min_runs=21)
+    b = _time(*make(long), level=level, budget_s=0.05, min_runs=21)
+    per = max((b - a) / (long - short), 1e-9)
+    return per, max(a - short * per, 0.0)
+
+
+def _unary_chain(op: str, shape: Sequence[int], **attrs: Any) -> Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray]]]:
+    def make(n: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        nodes = [helper.make_node(op, [f"t{i}"], [f"t{i + 1}"], **attrs) for i in range(n)]
+        x = _rng().standard_normal(shape).astype(np.float32) * 1e-3
+        return _model(nodes, [_vi("t0", shape)], [_vi(f"t{n}", shape)]), {"t0": x}
+
+    return make
+
+
+def _with_init_chain(op: str, shape: Sequence[int], weight: np.ndarray, out_shape: Sequence[int] | None = None,
+                     **attrs: Any) -> Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray]]]:
+    """A chain of ``op(t_i, w) -> t_{i+1}`` sharing one constant ``w``."""
+
+    def make(n: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        nodes = [helper.make_node(op, [f"t{i}", "w"], [f"t{i + 1}"], **attrs) for i in range(n)]
+        x = _rng().standard_normal(shape).astype(np.float32) * 1e-3
+        return (
+            _model(nodes, [_vi("t0", shape)], [_vi(f"t{n}", out_shape or shape)], [numpy_helper.from_array(weight, "w")]),
+            {"t0": x},
+        )
+
+    return make
+
+
+def _alternating_chain(ops: Sequence[tuple[str, list[str], dict[str, Any]]], shape: Sequence[int],
+                       inits: Sequence[onnx.TensorProto] = ()) -> Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray]]]:
+    """A chain cycling through ``ops`` (each: op type, extra input names, attributes)."""
+
+    def make(n: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        nodes = []
+        for i in range(n):
+            op, extra, attrs = ops[i % len(ops)]
+            nodes.append(helper.make_node(op, [f"t{i}", *extra], [f"t{i + 1}"], **attrs))
+        x = _rng().standard_normal(shape).astype(np.float32)
+        return _model(nodes, [_vi("t0", shape)], [_vi(f"t{n}", shape)], inits), {"t0": x}
+
+    return make
+
+
+def _if_chain(n: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    nodes = []
+    for i in range(n):
+        then = helper.make_graph([helper.make_node("Relu", [f"t{i}"], [f"a{i}"])], f"then{i}", [], [_vi(f"a{i}", [4])])
+        other = helper.make_graph([helper.make_node("Neg", [f"t{i}"], [f"b{i}"])], f"else{i}", [], [_vi(f"b{i}", [4])])
+        nodes.append(helper.make_node("If", ["c"], [f"t{i + 1}"], then_branch=then, else_branch=other))
+    model = _model(nodes, [_vi("t0", [4]), _vi("c", [], TensorProto.BOOL)], [_vi(f"t{n}", [4])])
+    return model, {"t0": np.ones(4, np.float32), "c": np.array(True)}
+
+
+def _lstm_chain(n: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    rng = _rng()
+    h = 4
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 4 * h, h)).astype(np.float32) * 0.1, "W"),
+        numpy_helper.from_array(rng.standard_normal((1, 4 * h, h)).astype(np.float32) * 0.1, "R"),
+        numpy_helper.from_array(np.array([2], np.int64), "ax"),
+    ]
+    nodes = []
+    for i in range(n):  # [1, 1, h] -> LSTM -> Y [1, 1, 1, h] -> Squeeze axis 2 (view) -> [1, 1, h]
+        nodes.append(helper.make_node("LSTM", [f"t{i}", "W", "R"], [f"y{i}"], hidden_size=h))
+        nodes.append(helper.make_node("Squeeze", [f"y{i}", "ax"], [f"t{i + 1}"]))
+    model = _model(nodes, [_vi("t0", [1, 1, h])], [_vi(f"t{n}", [1, 1, h])], inits)
+    return model, {"t0": rng.standard_normal((1, 1, h)).astype(np.float32)}
+
+
+def measure(*, quick: bool = False) -> Calibration:
+    """Run the micro-benchmarks (about ten seconds; ``quick``: a coarse grid for tests)."""
+    start = time.perf_counter()
+    overhead: dict[str, float] = {}
+    overhead["elementwise"], run_overhead = _chain(_unary_chain("Relu", [4]), 8, 72)
+    overhead["view"], _ = _chain(_alternating_chain(
+        [("Reshape", ["s1"], {}), ("Reshape", ["s0"], {})], [2, 2],
+        [numpy_helper.from_array(np.array([4], np.int64), "s1"), numpy_helper.from_array(np.array([2, 2], np.int64), "s0")],
+    ), 8, 72)
+    overhead["copy"], _ = _chain(_unary_chain("Transpose", [2, 2], perm=[1, 0]), 8, 72)
+    overhead["reduce"], _ = _chain(_unary_chain("Softmax", [1, 8], axis=-1), 8, 72)
+    overhead["product"], _ = _chain(_with_init_chain("MatMul", [1, 8], np.eye(8, dtype=np.float32)), 8, 72)
+    conv_w = np.eye(8, dtype=np.float32).reshape(8, 8, 1, 1)
+    overhead["conv"], _ = _chain(_with_init_chain("Conv", [1, 8, 2, 2], conv_w), 8, 40, level="all")
+    lstm, _ = _chain(_lstm_chain, 4, 20)
+    overhead["recurrent"] = max(lstm - overhead["view"], 1e-9)
+    overhead["control"], _ = _chain(_if_chain, 4, 20)
+
+    # Rates of the work itself: the run's fixed cost and the node's dispatch are subtracted.
+    fixed_mm = run_overhead + overhead["product"]
+    fixed_conv = run_overhead + overhead["conv"]
+    ms = (1, 8, 64, 512) if not quick else (1, 64)
+    ks = (16, 64, 256, 1024) if not quick else (64, 256)
+    d_mm, d_conv = overhead["product"], overhead["conv"]
+    gemm = tuple(
+        (float(m), float(k), float(n), _matmul_rate(m, k, n, fixed=fixed_mm, dispatch=d_mm)) for m in ms for k in ks for n in ks
+    )
+    big = (256, 512, 512) if not quick else (64, 256, 256)
+    int8_speedup = _matmul_rate(*big, int8=True, fixed=fixed_mm, dispatch=d_mm) / _matmul_rate(*big, fixed=fixed_mm, dispatch=d_mm)
+
+    chans = (16, 64, 256) if not quick else (16, 64)
+    sizes = (8, 32, 64) if not quick else (8, 32)
+    conv = tuple(_conv_rate(c, c, s, k, fixed=fixed_conv, dispatch=d_conv) for c in chans for s in sizes for k in (1, 3))
+    conv = conv + tuple(_conv_rate(3, 32, s, 3, fixed=fixed_conv, dispatch=d_conv) for s in sizes)  # an image stem (3 channels)
+    depthwise = tuple(_conv_rate(c, c, s, 3, group=c, fixed=fixed_conv, dispatch=d_conv) for c in chans for s in sizes)
+    lengths = (1, 4, 32, 256) if not quick else (4, 64)
+    conv1d = tuple(_conv_rate(c, c, s, k, dims=1, fixed=fixed_conv, dispatch=d_conv) for c in chans for s in lengths for k in (1, 3))
+
+    hiddens = (16, 64, 128, 256) if not quick else (16, 64)
+    recurrent = tuple(_lstm_rate(h, fixed=run_overhead + overhead["recurrent"], dispatch=overhead["recurrent"]) for h in hiddens)
+    io = _io_cost(overhead["elementwise"])
+
+    bandwidth = []
+    for elems in ((1 << 10, 1 << 13, 1 << 16, 1 << 19, 1 << 22) if not quick else (1 << 10, 1 << 16)):
+        per, _ = _chain(functools.partial(_add_chain, elems=elems), 2 if elems > 1 << 18 else 4, 6 if elems > 1 << 18 else 20)
+        moved = 3 * 4 * elems
+        bandwidth.append((float(moved), moved / max(per - overhead["elementwise"], per / 10)))
+    small = 1 << 14
+    sig, _ = _chain(_unary_chain("Sigmoid", [small]), 4, 20)
+    vector = 4 * small / max(sig - overhead["elementwise"], 1e-9)
+    seconds = time.perf_counter() - start
+    log.info("calibrated the CPU roofline in %.1f s", seconds)
+    return Calibration(
+        gemm=gemm,
+        conv=conv,
+        conv1d=conv1d,
+        depthwise=depthwise,
+        recurrent=recurrent,
+        io_overhead=io,
+        bandwidth=tuple(bandwidth),
+        overhead=overhead,
+        vector=vector,
+        int8_speedup=int8_speedup,
+        run_overhead=run_overhead,
+        seconds=seconds,
+    )
+
+
+def _lstm_rate(hidden: int, *, fixed: float, dispatch: float, steps: int = 4) -> tuple[float, float, float, float]:
+    """(batch, input + hidden, 4 x hidden, FLOP/s) of an LSTM (input size = hidden) over
+    ``steps`` steps, its dispatch subtracted."""
+    rng = _rng()
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32) * 0.1, "W"),
+        numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32) * 0.1, "R"),
+    ]
+    x = rng.standard_normal((steps, 1, hidden)).astype(np.float32)
+
+    def build(r: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        nodes = [helper.make_node("LSTM", ["x", "W", "R"], [f"y{i}"], hidden_size=hidden) for i in range(r)]
+        outs = [_vi(f"y{i}", [steps, 1, 1, hidden]) for i in range(r)]
+        return _model(nodes, [_vi("x", [steps, 1, hidden])], outs, inits), {"x": x}
+
+    macs = steps * 4 * hidden * 2 * hidden
+    return 1.0, 2.0 * hidden, 4.0 * hidden, 2 * macs / _per_node(build, fixed, dispatch)
+
+
+def _io_cost(dispatch: float) -> float:
+    """Seconds per extra graph input and output: 5 inputs each through a Relu to its own output
+    against 1, less the Relus' dispatch."""
+
+    def build(r: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        nodes = [helper.make_node("Relu", [f"x{i}"], [f"y{i}"]) for i in range(r)]
+        model = _model(nodes, [_vi(f"x{i}", [4]) for i in range(r)], [_vi(f"y{i}", [4]) for i in range(r)])
+        return model, {f"x{i}": np.ones(4, np.float32) for i in range(r)}
+
+    one = _time(*build(1), budget_s=0.05, min_runs=21)
+    five = _time(*build(5), budget_s=0.05, min_runs=21)
+    return max((five - one) / 4 - dispatch, 0.0) / 2
+
+
+def _add_chain(n: int, elems: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    nodes = [helper.make_node("Add", [f"t{i}", "t0"], [f"t{i + 1}"]) for i in range(n)]
+    x = _rng().standard_normal(elems).astype(np.float32) * 1e-3
+    return _model(nodes, [_vi("t0", [elems])], [_vi(f"t{n}", [elems])]), {"t0": x}

@@ -1,0 +1,112 @@
+"""The per-machine calibration of the CPU roofline (issue 18): interpolation between measured
+shapes, bandwidth by working set, overhead by op class, the cache, and the graph onnxruntime
+executes. The micro-benchmarks run once here on the coarse ``quick`` grid."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxforge.cost import analyze, roofline
+from onnxforge.cost.calibrate import Calibration, interpolate, measure, op_class
+from onnxforge.cost.executed import executed_model
+from onnxforge.cost.roofline import NodeWork, TargetProfile
+from onnxforge.ir import from_proto
+from onnxforge.kernels.costs.registry import MATMUL, MOVEMENT, VECTOR
+
+_CAL = Calibration(
+    gemm=((1, 64, 64, 1e9), (64, 64, 64, 1e11), (1, 1024, 1024, 4e9), (64, 1024, 1024, 2e11)),
+    bandwidth=((1e3, 1e11), (1e6, 1e11), (1e8, 1e10)),
+    overhead={"elementwise": 1e-7, "conv": 1e-6, "product": 5e-7},
+    vector=1e10,
+    int8_speedup=4.0,
+    run_overhead=5e-6,
+    io_overhead=1e-6,
+)
+
+
+def _profile(cal: Calibration | None = _CAL) -> TargetProfile:
+    return TargetProfile(
+        name="cpu", description="test", matmul_fp32=1e11, matmul_fp16=5e10, matmul_int8=4e11, vector=1e10,
+        bandwidth=1e10, overhead_s=1e-7, source="measured", run_overhead_s=5e-6, calibration=cal,
+    )
+
+
+def test_rates_interpolate_in_log_space_between_measured_shapes() -> None:
+    pts = _CAL.gemm
+    assert interpolate(pts, 64, 64, 64) == 1e11  # a measured shape: its own rate
+    mid = interpolate(pts, 8, 64, 64)  # between 1 row (1e9) and 64 rows (1e11)
+    assert 1e9 < mid < 1e11
+    assert interpolate(pts, 1, 64, 64) < interpolate(pts, 64, 64, 64)  # a matrix-vector product is slower
+
+
+def test_bandwidth_falls_with_the_working_set() -> None:
+    assert _CAL.bandwidth_at(10) == 1e11
+    assert _CAL.bandwidth_at(1e7) == pytest.approx(10 ** 10.5)
+    assert _CAL.bandwidth_at(1e12) == 1e10
+
+
+def test_work_time_adds_the_class_overhead_to_the_slower_of_work_and_traffic() -> None:
+    p = _profile()
+    t, bound = p.work_time(NodeWork("MatMul", MATMUL, "fp32", 2 * 64**3, 1000, ("gemm", 64, 64, 64)))
+    assert bound == "compute" and t == pytest.approx(2 * 64**3 / 1e11 + 5e-7)
+    q, _ = p.work_time(NodeWork("MatMul", MATMUL, "int8", 2 * 64**3, 1000, ("gemm", 64, 64, 64)))
+    assert q == pytest.approx(2 * 64**3 / 4e11 + 5e-7)
+    t, bound = p.work_time(NodeWork("Add", VECTOR, "fp32", 10, 10**8))
+    assert bound == "memory" and t == pytest.approx(10**8 / 1e10 + 1e-7)
+    t, _ = p.work_time(NodeWork("Conv", MOVEMENT, "fp32", 0, 0))
+    assert t == pytest.approx(1e-6)
+    # without a calibration, the plain roofline
+    plain = _profile(None)
+    assert plain.work_time(NodeWork("Add", VECTOR, "fp32", 10, 10**8)) == plain.node_time(VECTOR, "fp32", 10, 10**8)
+
+
+def test_op_classes() -> None:
+    assert op_class("Reshape") == "view" and op_class("Transpose") == "copy" and op_class("ReorderInput") == "copy"
+    assert op_class("FusedConv") == op_class("Conv") == "conv" and op_class("FusedMatMul") == "product"
+    assert op_class("LayerNormalization") == "reduce" and op_class("LSTM") == "recurrent" and op_class("If") == "control"
+    assert op_class("Sigmoid") == "elementwise"
+
+
+def test_the_calibration_round_trips_through_the_profile_cache(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("ONNXFORGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(roofline, "measure_cpu_profile", _profile)
+    first = roofline.cpu_profile()
+    cached = json.loads(next(tmp_path.glob("cpu-profile-*.json")).read_text())
+    assert cached["calibration"]["overhead"]["conv"] == 1e-6
+    again = roofline.cpu_profile()
+    assert again == first and again.calibration == _CAL
+
+
+def _conv_relu() -> object:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], [w],
+    )
+    return from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_latency_is_estimated_on_the_graph_onnxruntime_executes() -> None:
+    model = _conv_relu()
+    ran = executed_model(model)  # type: ignore[arg-type]
+    assert ran is not None and "Relu" not in {n.op_type for n in ran.graph}  # fused into the convolution
+    r = analyze(model, target=_profile(), reorder=False)  # type: ignore[arg-type]
+    assert r.executed_nodes == len(ran.graph) and any("ORT_ENABLE_ALL" in n for n in r.notes)
+    plain = analyze(model, target=_profile(), reorder=False, executed=False)  # type: ignore[arg-type]
+    assert plain.executed_nodes is None and r.totals.macs == plain.totals.macs
+
+
+def test_quick_calibration_measures_every_parameter() -> None:
+    cal = measure(quick=True)
+    assert cal.gemm and cal.conv and cal.conv1d and cal.depthwise and cal.recurrent and cal.bandwidth
+    assert all(r > 0 for *_, r in cal.gemm + cal.conv + cal.depthwise)
+    assert set(cal.overhead) >= {"elementwise", "view", "copy", "reduce", "product", "conv", "recurrent", "control"}
+    assert cal.run_overhead > 0 and cal.vector > 0 and cal.int8_speedup > 0
+    big = max(cal.gemm, key=lambda p: p[0] * p[1] * p[2])[3]
+    assert cal.rate("gemm", 1, 64, 64) < big  # one row is slower per FLOP than a full product
