@@ -27,10 +27,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import sys
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI (a dependency there only)
+    import tomli as tomllib
 
 from onnxforge.errors import UsageError
 from onnxforge.passes import get_pass

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import tomllib
 
+from onnxforge.commands.config_file import tomllib  # tomli on Python 3.10
 from onnxforge.models.cnn import small_cnn
 
 README = Path(__file__).resolve().parents[2] / "README.md"
