@@ -13,7 +13,7 @@ from typing import Any
 from onnxforge.commands.common import add_verbosity
 from onnxforge.commands.reference import PIPELINE_FLAGS, option_rows, outline, tree
 from onnxforge.errors import UsageError
-from onnxforge.passes import registered_passes
+from onnxforge.passes import PASSES_BY_NAME, registered_passes
 from onnxforge.passes.fusion import ONNXRUNTIME_RULES, PORTABLE_RULES
 from onnxforge.passes.plugins import load_plugins
 from onnxforge.pipelines import PIPELINES, get_pipeline
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"unknown pipeline {args.pipeline!r} (known: {', '.join(PIPELINES)})")
         return _show_pipeline(args.pipeline, args.target, args.json)
     passes = registered_passes()
-    plugin_sources = load_plugins({}).sources
+    plugin_sources = load_plugins(PASSES_BY_NAME).sources
     if args.json:
         data = {
             "pipelines": {
