@@ -17,7 +17,7 @@ from onnxforge import modelio
 from onnxforge.analysis.shapes import bind_inputs
 from onnxforge.calibration.budget import Budget
 from onnxforge.cost import analyze
-from onnxforge.cost.analysis import CostTotals
+from onnxforge.cost.analysis import CostReport
 from onnxforge.equivalence import assert_equivalent, check_lossy, check_runtime_loadable
 from onnxforge.errors import UsageError, VerificationError
 from onnxforge.ir import Model, to_proto
@@ -42,6 +42,7 @@ from onnxforge.passmanager import (
 from onnxforge.pipelines import Verification, from_pass_names, get_pipeline, verification_for
 from onnxforge.progress import ProgressHook, Stage
 from onnxforge.report import ModelStats, Report
+from onnxforge.reporting.sketch import GraphSketch
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def compile(
     ir = loaded.model
     original = to_proto(ir) if verify else None
     before = ModelStats.of(ir)
+    sketch_before = GraphSketch.of(ir)
     cost_before = _cost(ir, shapes, verify_dims, cost_target) if cost else None
 
     calibrating = None
@@ -175,10 +177,16 @@ def compile(
     report.quantization = qreport
     report.compression = [ctx.records[k] for k in (SHARING_REPORT, LOW_RANK_REPORT, PACKED_REPORT) if k in ctx.records]
     report.pruning = ctx.records.get(PRUNE_REPORT)
+    report.sketch_before, report.sketch_after = sketch_before, GraphSketch.of(ir)
+    report.spans = list(timing.spans)
     if cost_before is not None:
+        cost_after = _cost(ir, shapes, verify_dims, cost_target)
         report.cost_target = cost_target
-        report.cost_before = cost_before
-        report.cost_after = _cost(ir, shapes, verify_dims, cost_target)
+        report.cost_before = cost_before.totals
+        report.cost_nodes_before = cost_before.nodes
+        if cost_after is not None:
+            report.cost_after = cost_after.totals
+            report.cost_nodes_after = cost_after.nodes
     if cost and (cost_before is None or report.cost_after is None):
         missing = bind_inputs(ir, shapes, verify_dims).missing_message()
         report.notes.append(f"cost estimate unavailable: {missing}" if missing else "cost estimate unavailable for this model (see the log)")
@@ -263,16 +271,17 @@ def _verify_int8(report: Report, qreport: Any, q: Int8Options, spec: Verificatio
 
 def _cost(
     ir: Model, shapes: Mapping[str, tuple[int, ...]] | None, dims: Mapping[str, int] | None, target: str
-) -> CostTotals | None:
-    """Cost totals for the report; None (with a warning) when the estimate itself fails, since
-    a report extra must not fail a compilation. Bad shape specs still raise UsageError."""
+) -> CostReport | None:
+    """The cost model's report (totals and per node); None (with a warning) when the estimate
+    itself fails, since a report extra must not fail a compilation. Bad shape specs still raise
+    UsageError."""
     log.info("estimating cost (%s profile)", target)
     try:
         report = analyze(ir, shapes=shapes, dims=dims, target=target, reorder=False)
         if not report.complete:  # totals at a height or sequence of 1 would be wrong figures
             log.warning("cost estimate unavailable: %s", report.bindings.missing_message())
             return None
-        return report.totals
+        return report
     except UsageError:
         raise
     except Exception as e:

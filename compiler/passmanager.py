@@ -237,20 +237,43 @@ class PassTiming:
     stats: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PassSpan:
+    """One run of a leaf pass: seconds from the first pass's start to its start and end."""
+
+    name: str
+    start: float
+    end: float
+    modified: bool
+
+
 class TimingInstrument(Instrument):
-    """Wall time, runs and summed statistics per pass name (leaf passes only)."""
+    """Wall time, runs and summed statistics per pass name (leaf passes only), and each run's
+    span in order (:attr:`spans`, the first :attr:`MAX_SPANS` runs) for a timeline."""
+
+    #: Runs kept in :attr:`spans` (a fixed-point pipeline on a big model runs passes often).
+    MAX_SPANS = 2000
 
     def __init__(self) -> None:
         self.per_pass: dict[str, PassTiming] = {}
+        self.spans: list[PassSpan] = []
         self._start: list[float] = []
+        self._origin: float | None = None
 
     def before_pass(self, p: Pass, model: Model, ctx: PassContext) -> None:
-        self._start.append(time.perf_counter())
+        now = time.perf_counter()
+        if self._origin is None:
+            self._origin = now
+        self._start.append(now)
 
     def after_pass(self, p: Pass, model: Model, result: PassResult, ctx: PassContext) -> None:
-        elapsed = time.perf_counter() - self._start.pop()
+        end = time.perf_counter()
+        started = self._start.pop()
+        elapsed = end - started
         if isinstance(p, CompositePass):
             return
+        if len(self.spans) < self.MAX_SPANS and self._origin is not None:
+            self.spans.append(PassSpan(p.name, started - self._origin, end - self._origin, bool(result.modified)))
         t = self.per_pass.setdefault(p.name, PassTiming(p.name))
         t.runs += 1
         t.seconds += elapsed

@@ -7,11 +7,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from onnxforge.ir import Model
-from onnxforge.passmanager import PassTiming
+from onnxforge.passmanager import PassSpan, PassTiming
+from onnxforge.reporting.sketch import GraphSketch
 from onnxforge.tables import format_table
 
 if TYPE_CHECKING:
-    from onnxforge.cost.analysis import CostTotals
+    from onnxforge.cost.analysis import CostTotals, NodeCost
 
 
 @dataclass
@@ -65,6 +66,15 @@ class Report:
     compression: list[Any] = field(default_factory=list)
     #: The pruning report (:class:`onnxforge.passes.compression.pruning.PruningReport`).
     pruning: Any = None
+    #: Per-node costs before/after (with ``cost_before``/``cost_after``): the HTML report's
+    #: per-layer charts (``--report FILE.html``).
+    cost_nodes_before: list[NodeCost] = field(default_factory=list)
+    cost_nodes_after: list[NodeCost] = field(default_factory=list)
+    #: The main graph before/after (drawn, or summarized per block, by the HTML report).
+    sketch_before: GraphSketch | None = None
+    sketch_after: GraphSketch | None = None
+    #: Every leaf pass run in order, for the HTML report's timeline.
+    spans: list[PassSpan] = field(default_factory=list)
 
     def explain(self, node_name: str) -> list[str]:
         """Which rules fired on ``node_name`` and why the others did not."""

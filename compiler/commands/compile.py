@@ -16,10 +16,10 @@ from onnxforge.commands.common import (
     check_profile,
     parse_dims,
     parse_shapes,
-    write_json_atomic,
 )
 from onnxforge.commands.config_file import apply_config, mark_explicit
 from onnxforge.commands.progress_view import ProgressView, progress_wanted
+from onnxforge.commands.report_files import check_report_paths, write_report
 from onnxforge.errors import UsageError
 from onnxforge.passes import get_pass
 from onnxforge.passes.compression.pruning import PruneChannels, PruneMagnitude
@@ -127,7 +127,12 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     )
     c.add_argument("--cost-target", default="cpu", metavar="PROFILE", help="cost profile: cpu (measured), h100, a100")
     c.add_argument("--no-cost", action="store_true", help="skip the before/after cost estimate")
-    c.add_argument("--report", metavar="FILE.json", help="write a JSON report (per-pass time, sizes before/after)")
+    c.add_argument(
+        "--report",
+        metavar="FILE",
+        help="write a report: FILE.json (per-pass time, sizes and cost before/after) or FILE.html (one standalone page "
+        "with per-layer charts, the pass timeline and the graph before/after, plus its numbers in FILE.json beside it)",
+    )
     c.add_argument("--dump-ir", metavar="DIR", help="save the model after every pass that changed it")
     c.add_argument("--check-ir", action="store_true", help="verify IR invariants after every pass (slower)")
     c.add_argument(
@@ -185,6 +190,7 @@ def _run(args: argparse.Namespace, view: ProgressView) -> int:
     # reads, or another output. This parses the model (load reuses it): shown as loading.
     Stage(view, "load", f"loading {src.name}: reading").start()
     inputs = modelio.check_output_paths(src, out, external_data=ext, report=report, dump_dir=args.dump_ir)
+    check_report_paths(report, inputs, out)
     view.model_bytes = sum(_size(p) for p in inputs)
     options = _pruning_options(args, _compression_options(args, parse_options(args.option)))
     shapes = parse_shapes(args.shape)
@@ -212,7 +218,7 @@ def _run(args: argparse.Namespace, view: ProgressView) -> int:
         result.save(out, external_data=ext)
     view.close()
     if report is not None:
-        write_json_atomic(report, result.report.to_dict(), inputs, taken={modelio.output_target(out): "output model"})
+        write_report(report, result.report, inputs, out, src)
     if not args.quiet:
         print(result.report.summary())
         for node in args.explain:

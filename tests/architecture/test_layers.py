@@ -18,9 +18,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ir", ("onnxforge.ir", "onnxforge.modelio")),
     ("infrastructure", ("onnxforge.passmanager", "onnxforge.rules", "onnxforge.analysis")),
     ("runtime", ("onnxforge.runtime",)),
-    ("measurement", ("onnxforge.equivalence", "onnxforge.calibration", "onnxforge.cost")),
+    ("measurement", ("onnxforge.equivalence", "onnxforge.calibration", "onnxforge.cost", "onnxforge.model_diff")),
     ("passes", ("onnxforge.passes",)),
-    ("driver", ("onnxforge.api", "onnxforge.pipelines", "onnxforge.report")),
+    ("driver", ("onnxforge.api", "onnxforge.pipelines", "onnxforge.report", "onnxforge.reporting")),
     ("tools", ("onnxforge", "onnxforge.cli", "onnxforge.commands", "onnxforge.conformance", "onnxforge.demo", "onnxforge.fuzz", "onnxforge.models")),
 ]
 
