@@ -7,9 +7,9 @@ one line by :func:`onnxforge.cli.main`. Add a command by writing its module and 
 
 from __future__ import annotations
 
-from onnxforge.commands import analyze, bench, compile, list_passes, lower, pack, tune, unpack
+from onnxforge.commands import analyze, bench, compile, diff, list_passes, lower, pack, tune, unpack
 
 #: Every subcommand, explicitly.
-COMMANDS = (compile, analyze, bench, tune, lower, pack, unpack, list_passes)
+COMMANDS = (compile, analyze, diff, bench, tune, lower, pack, unpack, list_passes)
 
 __all__ = ["COMMANDS"]
