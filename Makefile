@@ -7,7 +7,7 @@ PYTEST  := $(BIN)/pytest
 CORPUS  ?= $(CURDIR)/.corpus
 export ONNXFORGE_CORPUS := $(CORPUS)
 
-.PHONY: setup test test-all lint demo conformance corpus bench bench-scale bench-cost bench-fusion bench-quant bench-lowering bench-compression bench-pruning clean exports fuzz
+.PHONY: setup test test-all test-browser lint demo conformance corpus bench bench-scale bench-cost bench-fusion bench-quant bench-lowering bench-compression bench-pruning clean exports fuzz
 
 setup: $(STAMP)
 
@@ -21,11 +21,17 @@ $(STAMP): pyproject.toml
 ## Both test targets fetch the corpus first, so a missing corpus model fails instead of skipping.
 test test-all: export ONNXFORGE_REQUIRE_CORPUS ?= 1
 test: setup corpus
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow and not browser"
 
 ## Everything, including slow suites.
 test-all: setup corpus
 	$(PYTEST)
+
+## The HTML report rendered in headless Chromium: installs Debian's chromium when it is not on
+## PATH (apt-get, as root), then runs the tests marked browser.
+test-browser: setup
+	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
+	$(PYTEST) -m browser tests/browser
 
 lint: setup
 	$(BIN)/ruff check compiler passes kernels models tests benchmarks

@@ -34,7 +34,7 @@ main { max-width: 1640px; margin: 0 auto; padding: 20px 32px 48px; }
 section { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 16px 20px; margin: 0 0 18px; }
 h2 { font-size: 16px; margin: 0 0 4px; }
 p.hint { color: var(--muted); margin: 0 0 10px; font-size: 12.5px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 12px; margin-bottom: 18px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(235px, 1fr)); gap: 12px; margin-bottom: 18px; }
 .card { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; }
 .card .k { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 .card .v { font-size: 18px; font-weight: 600; margin-top: 2px; white-space: nowrap; }
@@ -42,7 +42,7 @@ p.hint { color: var(--muted); margin: 0 0 10px; font-size: 12.5px; }
 .down { color: var(--good); } .up { color: var(--bad); } .same { color: var(--muted); }
 .grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(620px, 1fr)); gap: 18px; margin-bottom: 18px; }
 svg.chart { max-width: 100%; height: auto; }
-.grid2 > section { margin: 0; }
+.grid2 > section { margin: 0; min-width: 0; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { padding: 3px 10px; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; }
 th { color: var(--muted); font-weight: 600; background: #fafbfc; }

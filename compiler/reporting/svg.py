@@ -18,7 +18,7 @@ WIDTH = 760
 _LABEL = 230  # left margin for row labels
 _VALUE = 90  # right margin for value text
 _ROW = 20
-_BAR = 11  # paired bars: one bar and its gap
+_BAR = 13  # paired bars: one bar and its gap
 
 
 @dataclass(frozen=True)
