@@ -271,7 +271,7 @@ def _sparsity(d: dict[str, Any]) -> str:
     marks = [la["target_sparsity"] * 100 for la in layers]
     rows, marks = _top(rows, marks)
     return (
-        f'<section><h2>Sparsity per layer</h2><p class="hint">{escape(pr["method"])}, scores {escape(pr["score"])}: '
+        f'<section id="sparsity"><h2>Sparsity per layer</h2><p class="hint">{escape(pr["method"])}, scores {escape(pr["score"])}: '
         f"{pr['sparsity']:.1%} of all weights zero ({pr['pruned_layers_sparsity']:.1%} over the pruned layers). "
         "Bars: fraction of each layer's weights that are zero; ticks: the target asked of it.</p>"
         + bars(rows, fmt=lambda v: f"{v:.1f}%", lo=0, hi=100, marks=marks, mark_label="target", bar_class="bar-after", label="sparsity")
@@ -304,7 +304,7 @@ def _sqnr(d: dict[str, Any]) -> str:
         marks: list[float | None] = [_db(e["input_sqnr_db"]) for e in errs]
         hi = max([v for _, v, _ in rows if math.isfinite(v)] + [m for m in marks if m is not None and math.isfinite(m)] + [1.0])
         out.append(
-            f'<section><h2>Quantization SQNR per layer (int8)</h2><p class="hint">Signal-to-quantization-noise ratio of each '
+            f'<section id="sqnr"><h2>Quantization SQNR per layer (int8)</h2><p class="hint">Signal-to-quantization-noise ratio of each '
             f"quantized layer's output against the float model, on {escape(q['budget']['data'] or 'held-out data')} "
             "(higher is better); ticks: the SQNR of its input, so the gap is what the layer itself adds.</p>"
             + bars(rows, fmt=lambda v: f"{v:.1f} dB", lo=0, hi=hi * 1.05, marks=marks, mark_label="input SQNR", bar_class="bar-metric", label="SQNR")
@@ -345,7 +345,7 @@ def _latency(d: dict[str, Any]) -> str:
     if not pairs and not notes:
         return ""
     chart = paired_bars(pairs, fmt=lambda v: f"{v:.4g} ms", label="latency") if pairs else ""
-    return f'<section><h2>Latency</h2><p class="hint">{"; ".join(notes)}.</p>{chart}</section>'
+    return f'<section id="latency"><h2>Latency</h2><p class="hint">{"; ".join(notes)}.</p>{chart}</section>'
 
 
 # -- passes ---------------------------------------------------------------------------------
@@ -366,7 +366,7 @@ def _passes(d: dict[str, Any]) -> str:
         else ""
     )
     return (
-        f'<section><h2>Pass timeline</h2><p class="hint">Every pass run in order, {d.get("seconds", 0):.2f} s in all '
+        f'<section id="passes"><h2>Pass timeline</h2><p class="hint">Every pass run in order, {d.get("seconds", 0):.2f} s in all '
         "(the timeline covers the passes; loading, cost estimates and verification are outside it).</p>"
         f"{chart}{fusions}<table><tr><th class=\"l\">pass</th><th>runs</th><th>changed</th><th>time (ms)</th>"
         f'<th class="l">statistics</th></tr>{rows}</table></section>'
@@ -390,7 +390,7 @@ def _graph(d: dict[str, Any]) -> str:
     if b["drawable"] and a["drawable"]:
         removed, added = set(g["removed"]), set(g["added"])
         return (
-            f'<section><h2>Graph before and after</h2><p class="hint">{summary}. Removed nodes are outlined red on the '
+            f'<section id="graph"><h2>Graph before and after</h2><p class="hint">{summary}. Removed nodes are outlined red on the '
             "left, added ones green on the right; hover a node for its name and tensors.</p>"
             '<div class="pair"><div><h3>before</h3><div class="scroll">'
             + graph_svg(b["graph"], highlight=removed, highlight_class="removed", label="graph before")
@@ -415,7 +415,7 @@ def _blocks(g: dict[str, Any], summary: str) -> str:
             f'<td class="wrap">{escape(ops) or "-"}</td></tr>'
         )
     return (
-        f'<section><h2>Blocks before and after</h2><p class="hint">{summary}. The graph is too large to draw; nodes are '
+        f'<section id="graph"><h2>Blocks before and after</h2><p class="hint">{summary}. The graph is too large to draw; nodes are '
         f"grouped by the first {blocks.get('depth', 1)} scope(s) of their names.</p><div class=\"scroll\"><table>"
         '<tr><th class="l">block</th><th>nodes before</th><th>after</th><th>FLOPs before</th><th>after</th>'
         '<th>params before</th><th>after</th><th class="l">op types changed (before→after)</th></tr>'
@@ -454,7 +454,7 @@ def _op_types(d: dict[str, Any]) -> str:
         for op in ops
     )
     return (
-        '<section><h2>Op types</h2><p class="hint">Nodes per op type in every graph (subgraphs included); changed types first.</p>'
+        '<section id="op-types"><h2>Op types</h2><p class="hint">Nodes per op type in every graph (subgraphs included); changed types first.</p>'
         f'<div class="scroll" style="max-height:420px"><table><tr><th class="l">op type</th><th>before</th><th>after</th>'
         f"<th>change</th></tr>{rows}</table></div></section>"
     )
