@@ -40,7 +40,7 @@ from onnxforge.passmanager import (
     VerifyInstrument,
 )
 from onnxforge.pipelines import Verification, from_pass_names, get_pipeline, verification_for
-from onnxforge.progress import ProgressHook, Stage
+from onnxforge.progress import ProgressHook, Stage, reporting
 from onnxforge.report import ModelStats, Report
 from onnxforge.reporting.sketch import GraphSketch
 
@@ -125,7 +125,8 @@ def compile(
     when neither is set). A ModelProto passed in is never modified. ``progress`` receives
     :class:`~onnxforge.progress.ProgressEvent` reports of loading (``"load"``), the pipeline
     (``"passes"``: one step per pass of the flattened pipeline) and int8 calibration
-    (``"calibration"``, unless ``quantization.progress`` is set); nothing is printed.
+    (``"calibration"``, unless ``quantization.progress`` is set), and the lossy passes' sensitivity
+    ranking (``"sensitivity"``) and budget loop (``"budget"``); nothing is printed.
     """
     start = time.perf_counter()
     loaded = modelio.load(model, progress=progress)
@@ -166,7 +167,8 @@ def compile(
     ctx = PassContext(instruments=inst, disabled=disable)
     log.info("running pipeline %s on %d nodes", pipe_name, before.nodes)
     try:
-        ir = ctx.run(pipe, ir).output(ir)
+        with reporting(progress):  # the lossy passes' sensitivity ranking and budget loop report too
+            ir = ctx.run(pipe, ir).output(ir)
     finally:
         for stage in (calibrating, shown):
             if stage is not None:

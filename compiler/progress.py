@@ -13,11 +13,19 @@ work (it is also the ``progress(done, total)`` callback calibration takes), ``st
 to change what the task says it is doing, ``stage.restart`` for the next task in the same
 place, ``stage.close()`` when the task ends. A stage without a hook does nothing, so callers
 never test for one.
+
+Work deep inside a pass (the sensitivity ranking and the budget loop of the lossy passes) does
+not get a hook passed down through every function: :func:`reporting` makes a hook the current
+one for a block (a context variable, so threads and nested compilations keep their own), and
+:func:`current_hook` reads it. ``compile()`` makes its ``progress`` hook current while the
+pipeline runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -104,3 +112,21 @@ class Stage:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+_current: ContextVar[ProgressHook | None] = ContextVar("onnxforge_progress_hook", default=None)
+
+
+@contextmanager
+def reporting(hook: ProgressHook | None) -> Iterator[None]:
+    """Make ``hook`` the :func:`current_hook` inside the block (None: no reporting)."""
+    token = _current.set(hook)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def current_hook() -> ProgressHook | None:
+    """The hook of the innermost :func:`reporting` block, None outside one."""
+    return _current.get()

@@ -26,6 +26,7 @@ import numpy as np
 
 from onnxforge.errors import BudgetError, UsageError
 from onnxforge.metrics.sqnr import below
+from onnxforge.progress import Stage, current_hook
 
 __all__ = ["Backoff", "Budget", "BudgetError", "Holdout", "back_off", "row_keys"]
 
@@ -136,6 +137,7 @@ def back_off(
     candidate = build(settings)
     missed = misses(candidate)
     result = Backoff(candidate, missed, settings)
+    stage = Stage(current_hook(), "budget", "meeting the accuracy budget", unit="steps")
     while missed and len(result.stepped) < max_steps:
         if result.ranking is None:
             result.ranking = list(ranking())
@@ -153,9 +155,14 @@ def back_off(
         settings[layer] = settings.get(layer, 0) + 1
         result.stepped.append(layer)
         log.info("backing off %s (level %d): the layer the outputs are most sensitive to", layer, settings[layer])
+        stage.step(len(result.stepped) - 1, f"meeting the accuracy budget: backing off {layer}")
         candidate = build(settings)
         missed = misses(candidate)
         result.candidate, result.misses = candidate, missed
+        stage(len(result.stepped))
+    if result.stepped:
+        stage.label = f"accuracy budget: {len(result.stepped)} step(s) backed off" + (" (missed)" if missed else "")
+        stage.close()
     result.settings = settings
     return result
 

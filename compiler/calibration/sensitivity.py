@@ -21,6 +21,7 @@ from onnxforge.calibration.collect import ProgressCallback
 from onnxforge.calibration.shared_weights import SharedWeightSessions
 from onnxforge.ir import Model, to_proto
 from onnxforge.metrics.sqnr import ErrorPairs, worst
+from onnxforge.progress import Stage, current_hook
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,14 @@ def sensitivity_ranking(
         )
         samples, ref = samples[:n], ref[:n]
     noise: dict[str, float] = {}
-    restart = getattr(progress, "restart", None)
-    if restart is not None:
-        restart("measuring layer sensitivity", "layers")
+    own = None
+    if progress is None:  # report to the current hook (compile's), if any
+        own = Stage(current_hook(), "sensitivity", "measuring layer sensitivity", unit="layers", total=len(layers))
+        progress = own.start()
+    else:
+        restart = getattr(progress, "restart", None)
+        if restart is not None:
+            restart("measuring layer sensitivity", "layers")
     for i, layer in enumerate(layers):
         q_sess = sessions.session(to_proto(build_only(layer)))
         pairs = ErrorPairs(padding_mask)
@@ -66,7 +72,8 @@ def sensitivity_ranking(
             for out, want, got in zip(outputs, f, q_sess.run(outputs, dict(feed))):
                 pairs.add(out, want, got, feed)
         noise[layer] = worst(pairs.sqnr(o) for o in outputs if o in pairs)
-        if progress is not None:
-            progress(i + 1, len(layers))
+        progress(i + 1, len(layers))
+    if own is not None:
+        own.close()
     # NaN (an output turned non-finite) is the most sensitive of all
     return sorted(noise.items(), key=lambda kv: -math.inf if math.isnan(kv[1]) else kv[1])

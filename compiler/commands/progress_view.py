@@ -5,8 +5,8 @@ terminal; this is the one place that draws them. Bars are drawn only when stderr
 never under CI (the ``CI`` environment variable set, as every CI service sets it), never with
 ``-q``, and ``ONNXFORGE_PROGRESS=off`` turns them off. Loading and the passes get bars only for
 models of :data:`BIG_MODEL_BYTES` or more (a small model compiles before a bar would be read;
-``ONNXFORGE_PROGRESS=all`` shows them for every model); calibration gets one for every model,
-since it runs the model over many samples.
+``ONNXFORGE_PROGRESS=all`` shows them for every model); calibration, the sensitivity ranking and
+the budget loop of the lossy passes get one for every model, since they run the model many times.
 
 While bars are drawn, the log's stderr handler writes through rich, so warnings appear above the
 bars instead of breaking them.
@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -99,12 +100,14 @@ class ProgressView:
         if not self.live:
             self._start()
         count = f"{event.done}/{event.total} {event.unit}" if event.total else f"{event.done} {event.unit}" if event.done else ""
+        # node and file names are arbitrary text: no control characters, no rich markup
+        label = escape("".join(ch if ch.isprintable() else "?" for ch in event.label))
         task = self.tasks.get(event.stage)
         if task is None:
-            task = self.bars.add_task(event.label, total=event.total, completed=event.done, count=count)
+            task = self.bars.add_task(label, total=event.total, completed=event.done, count=count)
             self.tasks[event.stage] = task
         else:
-            self.bars.update(task, description=event.label, total=event.total, completed=event.done, count=count)
+            self.bars.update(task, description=label, total=event.total, completed=event.done, count=count)
         if event.finished:
             if event.total is None:
                 self.bars.update(task, total=max(event.done, 1), completed=max(event.done, 1))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -73,6 +74,22 @@ def test_int8_calibration_reports_its_batches(tmp_path):
     counted = [e for e in calib if e.label == "calibrating" and e.total]
     assert counted and counted[-1].done == counted[-1].total > 0
     assert calib[-1].finished
+
+
+def test_the_budget_loop_and_sensitivity_report_inside_a_lossy_pass(tmp_path):
+    """Work deep in a pass reports to compile's hook without it being passed down."""
+    model, feeds = small_cnn()
+    samples = tmp_path / "samples.npz"
+    rng = np.random.default_rng(0)
+    np.savez(samples, **{k: rng.standard_normal((20, *v.shape[1:])).astype(v.dtype) for k, v in feeds.items()})
+    share = {"bits": 2, "min_elements": 16, "calibration": str(samples), "min_cosine": 0.9999, "allow_budget_miss": True}
+    events: list[ProgressEvent] = []
+    onnxforge.compile(model, "compress", options={"weight-sharing": share}, progress=events.append)
+    ranked = [e for e in events if e.stage == "sensitivity"]
+    assert ranked[0].done == 0 and ranked[-1].finished and ranked[-1].done == ranked[-1].total > 0
+    steps = [e for e in events if e.stage == "budget"]
+    assert steps and steps[-1].finished and steps[-1].done >= 1 and "backed off" in steps[-1].label
+    assert all("backing off" in e.label for e in steps[:-1])
 
 
 @pytest.mark.parametrize(
@@ -164,3 +181,11 @@ def test_bars_appear_on_a_terminal_and_not_under_ci_or_quiet(tmp_path):
     assert quiet.strip() == ""
     under_ci = _on_a_terminal(["compile", str(src), "-o", "o.onnx"], {**env, "CI": "1"}, tmp_path)
     assert "passes" not in under_ci and "\x1b[" not in under_ci and "wrote o.onnx" in under_ci
+
+
+def test_labels_are_text_not_markup():
+    out = Tty()
+    with ProgressView(enabled=True, stream=out, environ={}) as view:
+        view(ProgressEvent("calibration", "backing off /attn[bold]x[/] [/oops]\x1b[2J\nnext", 1, 2, "steps"))
+    text = out.getvalue()
+    assert "/attn[bold]x[/] [/oops]" in text and "\x1b[2J" not in text
