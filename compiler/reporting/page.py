@@ -403,6 +403,7 @@ def _graph(d: dict[str, Any]) -> str:
 
 def _blocks(g: dict[str, Any], summary: str) -> str:
     blocks = g.get("blocks") or {}
+    under = f" below {escape(blocks['prefix'])}/" if blocks.get("prefix") else ""
     rows = []
     for r in blocks.get("rows", []):
         ops = ", ".join(f"{op} {x}→{y}" for op, (x, y) in list(r["op_changes"].items())[:6])
@@ -416,7 +417,7 @@ def _blocks(g: dict[str, Any], summary: str) -> str:
         )
     return (
         f'<section id="graph"><h2>Blocks before and after</h2><p class="hint">{summary}. The graph is too large to draw; nodes are '
-        f"grouped by the first {blocks.get('depth', 1)} scope(s) of their names.</p><div class=\"scroll\"><table>"
+        f"grouped by the first {blocks.get('depth', 1)} scope(s) of their names{under}.</p><div class=\"scroll\"><table>"
         '<tr><th class="l">block</th><th>nodes before</th><th>after</th><th>FLOPs before</th><th>after</th>'
         '<th>params before</th><th>after</th><th class="l">op types changed (before→after)</th></tr>'
         + "".join(rows)
