@@ -51,6 +51,7 @@ from onnxforge.passes.compression.codebook import (
     MAX_BITS,
     MIN_BITS,
     Codebook,
+    assign_with_error_feedback,
     can_pack_4bit,
     emit_decode,
     emit_gather_decode,
@@ -86,7 +87,10 @@ class WeightSharingOptions(PassOptions):
     model when the budget cannot be met instead of failing. ``pack_4bit``: uint4 indices where
     the opset allows (21+). ``channel_scales``: divide each output channel of a MatMul/Gemm/Conv
     weight by its largest magnitude before clustering and keep those scales (one float per
-    channel): one codebook then serves channels of different ranges. ``samples``: calibration
+    channel): one codebook then serves channels of different ranges. ``error_feedback`` (with
+    ``refine`` and calibration data): indices chosen input channel by input channel, each
+    channel's rounding error compensated by the channels after it (GPTQ's update), before the
+    centroids are refined. ``samples``: calibration
     samples read at most. ``padding_mask``: as
     for int8. ``dims``: symbolic dims for random inputs.
     """
@@ -105,6 +109,7 @@ class WeightSharingOptions(PassOptions):
     allow_budget_miss: bool = False
     pack_4bit: bool = True
     channel_scales: bool = True
+    error_feedback: bool = True
     samples: int = 64
     padding_mask: str | None = "auto"
     dims: Mapping[str, int] | None = None
@@ -372,7 +377,10 @@ class _Codebooks:
         if self._opts.refine and w.layout is not None and w.layout[0] == "matmul" and w.activation is not None:
             g = self._stats.gram.get(w.activation)
             if g is not None and g.shape[0] == w.shape[w.layout[1]]:
-                cb = refine_centroids(cb, arr, g / max(self._stats.rows.get(w.activation, 0), 1), axis=w.layout[1])
+                g = g / max(self._stats.rows.get(w.activation, 0), 1)
+                if self._opts.error_feedback:
+                    cb = assign_with_error_feedback(cb, arr, g, axis=w.layout[1])
+                cb = refine_centroids(cb, arr, g, axis=w.layout[1])
                 refined = True
         self._cache[key] = (cb, refined)
         return cb, refined

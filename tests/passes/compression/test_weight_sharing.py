@@ -22,6 +22,7 @@ from onnxforge.passes.compression.codebook import (
     is_decode_node,
     kmeans_1d,
     packed_uint4,
+    assign_with_error_feedback,
     refine_centroids,
 )
 from onnxforge.passes.compression.weight_sharing import REPORT_KEY, ShareWeights
@@ -128,6 +129,32 @@ def test_refinement_lowers_the_layer_output_error():
     cbt = fit_codebook(wt, 3)
     rt = refine_centroids(cbt, wt, g, axis=1)
     assert float(np.square(x @ (w - rt.decode().T)).mean()) < float(np.square(x @ (w - cbt.decode().T)).mean())
+
+
+def test_error_feedback_assignment_lowers_the_output_error_and_keeps_zeros():
+    # correlated input channels: where rounding errors can cancel through the Gram matrix
+    mix = RNG.standard_normal((32, 32)) * 0.4 + np.eye(32)
+    x = RNG.standard_normal((512, 32)) @ mix * np.linspace(0.2, 2, 32)
+    w = RNG.standard_normal((32, 24)).astype(np.float32)
+    w[RNG.random(w.shape) < 0.3] = 0
+    g = x.T @ x / len(x)
+
+    def out_err(c, weight=w, axis=0):
+        d = c.decode() if axis == 0 else c.decode().T
+        return float(np.square(x @ (weight - d)).mean())
+
+    for scale_axis in (None, 1):
+        cb = fit_codebook(w, 3, scale_axis=scale_axis)
+        fed = assign_with_error_feedback(cb, w, g, axis=0)
+        assert out_err(fed) < 0.98 * out_err(cb)
+        assert np.array_equal(fed.centroids, cb.centroids)
+        assert np.array_equal(fed.decode() == 0, w == 0)  # pruned stay 0, kept weights never become 0
+    wt = np.ascontiguousarray(w.T)  # stored [N, K]: the input channels on axis 1
+    cbt = fit_codebook(wt, 3, scale_axis=0)
+    fedt = assign_with_error_feedback(cbt, wt, g, axis=1)
+    assert out_err(fedt, axis=1) < 0.98 * out_err(cbt, axis=1)
+    with pytest.raises(ValueError, match="input channels"):
+        assign_with_error_feedback(cb, w, g[:8, :8], axis=0)
 
 
 def test_shared_model_decodes_exactly_what_the_codebook_says():
