@@ -17,12 +17,12 @@ from onnxforge.ir import to_proto
 from onnxforge.kernels.registry import evaluate
 from onnxforge.passes import ConstantFolding
 from onnxforge.passes.compression.codebook import (
+    assign_with_error_feedback,
     decoded_weight,
     fit_codebook,
     is_decode_node,
     kmeans_1d,
     packed_uint4,
-    assign_with_error_feedback,
     refine_centroids,
 )
 from onnxforge.passes.compression.weight_sharing import REPORT_KEY, ShareWeights
