@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from onnxforge import modelio
+from onnxforge.analysis.shapes import bind_inputs
 from onnxforge.commands.common import add_verbosity, parse_dims, parse_shapes
 from onnxforge.commands.inputs import load_npz, run_feeds
 from onnxforge.commands.runtime_args import add_input_arguments
@@ -44,9 +45,16 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"cannot run both models on the same inputs: {problems[0]}{more}; --structure-only compares structure alone"
             )
+        given = load_npz(args.input) if args.input else {}
+        names = {v.name for v in a.graph.inputs}
+        shapes = {**parse_shapes(args.shape), **{k: tuple(v.shape) for k, v in given.items() if k in names}}
+        # sizes the model implies, a batch of 1; an open height, width or sequence is refused
+        # rather than run at 1, where the comparison would say little
+        bindings = bind_inputs(a, shapes, parse_dims(args.dim))
+        if not bindings.complete:
+            raise UsageError(f"cannot make inputs for the models: {bindings.missing_message()}")
         proto = modelio.read_proto(path_a)
-        given = load_npz(args.input) if args.input else None
-        feeds = run_feeds(proto, shapes=parse_shapes(args.shape), dims=parse_dims(args.dim), given=given, seed=args.seed)
+        feeds = run_feeds(proto, shapes=bindings.inputs, dims=bindings.dims, given=given, seed=args.seed)
         diff.feeds = {k: f"{v.dtype}[{'x'.join(str(d) for d in v.shape)}]" for k, v in feeds.items()}
         diff.outputs = numerical_diff(path_a, path_b, feeds)
     if args.json:

@@ -86,6 +86,8 @@ def test_dynamic_dims_take_dim_and_shape(tmp_path, capsys):
     assert d["run"]["feeds"] == {"x": "float32[5x4]"} and d["run"]["outputs"][0]["shape_a"] == [5, 3]
     d = json.loads(_run(["diff", str(a), str(a), "--json", "--shape", "x=7x4"], capsys)[1])
     assert d["run"]["feeds"] == {"x": "float32[7x4]"}
+    d = json.loads(_run(["diff", str(a), str(a), "--json"], capsys)[1])
+    assert d["run"]["feeds"] == {"x": "float32[1x4]"}  # a batch defaults to 1
 
 
 def _bad(tmp_path: Path) -> dict[str, tuple[list[str], int, str]]:
@@ -97,16 +99,20 @@ def _bad(tmp_path: Path) -> dict[str, tuple[list[str], int, str]]:
     renamed.graph.input[0].name = "z"
     renamed.graph.node[0].input[0] = "z"
     renamed_path = _save(renamed, tmp_path / "renamed.onnx")
+    open_width = mlp()
+    open_width.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "W"]))
+    open_path = _save(open_width, tmp_path / "open.onnx")
     return {
         "missing": ([str(a), str(tmp_path / "nope.onnx")], 2, "not found"),
         "not onnx": ([str(junk), str(a)], 1, "not a valid ONNX model"),
         "other width": ([str(a), str(other)], 2, "cannot run both models"),
         "other input": ([str(a), str(renamed_path)], 2, "only in A"),
         "bad dim": ([str(a), str(a), "--dim", "N=x"], 2, ""),
+        "open dim": ([str(open_path), str(open_path)], 2, "--dim W=N"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "not onnx", "other width", "other input", "bad dim"])
+@pytest.mark.parametrize("case", ["missing", "not onnx", "other width", "other input", "bad dim", "open dim"])
 def test_bad_input_is_one_line(tmp_path, capsys, case):
     args, exit_code, text = _bad(tmp_path)[case]
     code, out, err = _run(["diff", *args], capsys)
