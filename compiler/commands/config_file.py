@@ -137,10 +137,10 @@ def _bad_type(where: str, key: str, action: argparse.Action, value: Any) -> Usag
 def _convert(where: str, key: str, action: argparse.Action, value: Any) -> Any:
     """The value argparse would have stored for the flag, from the file's value."""
     kind = describe_type(action)
-    if kind == "boolean":
+    if kind == "boolean":  # true: as if the flag were given (a store_false flag stores False)
         if not isinstance(value, bool):
             raise _bad_type(where, key, action, value)
-        return value
+        return action.const if value else action.default
     if kind == "array of strings":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _bad_type(where, key, action, value)

@@ -110,9 +110,12 @@ def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tupl
 def warnings() -> Iterator[list[str]]:
     handler = _Lines()
     logger = logging.getLogger(plugins.__name__)
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # an earlier `main(["...", "-q"])` left the package logger at ERROR
     logger.addHandler(handler)
     yield handler.lines
     logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def _identity_model(path: Path) -> None:
