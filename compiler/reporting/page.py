@@ -17,8 +17,11 @@ from typing import Any
 from onnxforge.reporting.graph_svg import graph_svg
 from onnxforge.reporting.svg import Pair, Span, bars, human, paired_bars, timeline
 
-#: Per-layer charts show at most this many layers (the heaviest); the JSON has them all.
+#: Per-layer FLOPs/parameter charts show at most this many layers (the heaviest); the JSON has
+#: them all.
 MAX_CHART_ROWS = 40
+#: Sparsity and SQNR charts show at most this many layers (SQNR: the worst).
+MAX_METRIC_ROWS = 120
 
 STYLE = """
 :root { --before: #7b8fc7; --after: #f08a4b; --ink: #1f2430; --muted: #667085; --line: #e4e7ec;
@@ -268,21 +271,16 @@ def _sparsity(d: dict[str, Any]) -> str:
          f"target {la['target_sparsity']:.0%}" + (f"; {la['reason']}" if la.get("reason") else ""))
         for la in layers
     ]
-    marks = [la["target_sparsity"] * 100 for la in layers]
-    rows, marks = _top(rows, marks)
+    marks: list[float | None] = [la["target_sparsity"] * 100 for la in layers]
+    shown = f" The first {MAX_METRIC_ROWS} of {len(rows)} layers (all in the JSON)." if len(rows) > MAX_METRIC_ROWS else ""
+    rows, marks = rows[:MAX_METRIC_ROWS], marks[:MAX_METRIC_ROWS]
     return (
         f'<section id="sparsity"><h2>Sparsity per layer</h2><p class="hint">{escape(pr["method"])}, scores {escape(pr["score"])}: '
         f"{pr['sparsity']:.1%} of all weights zero ({pr['pruned_layers_sparsity']:.1%} over the pruned layers). "
-        "Bars: fraction of each layer's weights that are zero; ticks: the target asked of it.</p>"
+        f"Bars: fraction of each layer's weights that are zero; ticks: the target asked of it; hover for why less.{shown}</p>"
         + bars(rows, fmt=lambda v: f"{v:.1f}%", lo=0, hi=100, marks=marks, mark_label="target", bar_class="bar-after", label="sparsity")
         + "</section>"
     )
-
-
-def _top(rows: list[tuple[str, float, str]], marks: list[float | None]) -> tuple[list[tuple[str, float, str]], list[float | None]]:
-    if len(rows) <= MAX_CHART_ROWS:
-        return rows, marks
-    return rows[:MAX_CHART_ROWS], marks[:MAX_CHART_ROWS]
 
 
 def _db(v: Any) -> float:
@@ -294,9 +292,11 @@ def _sqnr(d: dict[str, Any]) -> str:
     q = d.get("quantization")
     if q and q.get("layer_sqnr_db"):
         errs = q["layer_sqnr_db"]
-        # the worst layers first when there are many
-        if len(errs) > MAX_CHART_ROWS:
-            errs = sorted(errs, key=lambda e: _db(e["sqnr_db"]))[:MAX_CHART_ROWS]
+        shown = ""
+        if len(errs) > MAX_METRIC_ROWS:  # the worst layers, in graph order
+            worst = {id(e) for e in sorted(errs, key=lambda e: _db(e["sqnr_db"]))[:MAX_METRIC_ROWS]}
+            shown = f" The {MAX_METRIC_ROWS} worst of {len(errs)} layers (all in the JSON)."
+            errs = [e for e in errs if id(e) in worst]
         rows = [
             (e["node"], _db(e["sqnr_db"]), f"{e['node']} ({e['op_type']}): output {e['sqnr_db']} dB, input {e['input_sqnr_db']} dB")
             for e in errs
@@ -306,7 +306,7 @@ def _sqnr(d: dict[str, Any]) -> str:
         out.append(
             f'<section id="sqnr"><h2>Quantization SQNR per layer (int8)</h2><p class="hint">Signal-to-quantization-noise ratio of each '
             f"quantized layer's output against the float model, on {escape(q['budget']['data'] or 'held-out data')} "
-            "(higher is better); ticks: the SQNR of its input, so the gap is what the layer itself adds.</p>"
+            f"(higher is better); ticks: the SQNR of its input, so the gap is what the layer itself adds.{shown}</p>"
             + bars(rows, fmt=lambda v: f"{v:.1f} dB", lo=0, hi=hi * 1.05, marks=marks, mark_label="input SQNR", bar_class="bar-metric", label="SQNR")
             + "</section>"
         )
@@ -318,7 +318,7 @@ def _sqnr(d: dict[str, Any]) -> str:
             (la["name"], _db(la["weight_sqnr_db"]) if la["weight_sqnr_db"] is not None else math.inf,
              f"{la['name']}: {la['bits']} bits, weight SQNR {la['weight_sqnr_db']} dB")
             for la in layers
-        ][:MAX_CHART_ROWS]
+        ][:MAX_METRIC_ROWS]
         out.append(
             '<section><h2>Weight SQNR per layer (weight sharing)</h2><p class="hint">SQNR of each shared weight against '
             "the original (higher is better).</p>"

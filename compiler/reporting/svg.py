@@ -15,7 +15,7 @@ from html import escape
 
 #: Chart width in pixels (the page's content column).
 WIDTH = 760
-_LABEL = 230  # left margin for row labels
+_LABEL = 250  # left margin for row labels
 _VALUE = 90  # right margin for value text
 _ROW = 20
 _BAR = 13  # paired bars: one bar and its gap
@@ -44,8 +44,27 @@ def human(v: float, unit: str = "") -> str:
     return f"{int(v)} {unit}".rstrip()
 
 
-def _clip(text: str, n: int = 34) -> str:
+def _clip(text: str, n: int = 38) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1) :]
+
+
+def common_prefix(labels: Sequence[str]) -> str:
+    """The leading scopes (up to a ``/``) every label shares, e.g. ``/inner/mobilenet_v2/``;
+    charts drop it from their row labels and name it once."""
+    if len(labels) < 2:
+        return ""
+    first, last = min(labels), max(labels)
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    cut = first[:n].rfind("/")
+    return first[: cut + 1] if cut > 0 else ""
+
+
+def _prefix_note(prefix: str, y: int) -> list[str]:
+    if not prefix:
+        return []
+    return [f'<text class="note" x="{WIDTH - 4}" y="{y}" text-anchor="end">names under {escape(_clip(prefix, 60))}</text>']
 
 
 def _svg(height: int, body: list[str], label: str) -> str:
@@ -72,12 +91,14 @@ def paired_bars(rows: Sequence[Pair], *, fmt: Callable[[float], str] = human, la
     height = top + len(rows) * step + 6
     scale = max([abs(v) for r in rows for v in (r.before, r.after) if v is not None] + [1e-30])
     span = WIDTH - _LABEL - _VALUE
-    body = _legend(13, (("bar-before", "before"), ("bar-after", "after")))
+    prefix = common_prefix([r.label for r in rows])
+    body = _legend(13, (("bar-before", "before"), ("bar-after", "after"))) + _prefix_note(prefix, 13)
     y = top
     for r in rows:
         tip = escape(r.tip or r.label)
         body.append(f"<g><title>{tip}: before {_exact(r.before)}, after {_exact(r.after)}</title>")
-        body.append(f'<text class="row-label" x="{_LABEL - 8}" y="{y + _BAR + 4}" text-anchor="end">{escape(_clip(r.label))}</text>')
+        text = escape(_clip(r.label[len(prefix) :]))
+        body.append(f'<text class="row-label" x="{_LABEL - 8}" y="{y + _BAR + 4}" text-anchor="end">{text}</text>')
         for i, (v, cls) in enumerate(((r.before, "bar-before"), (r.after, "bar-after"))):
             yy = y + i * _BAR
             if v is None:
@@ -104,13 +125,15 @@ def bars(
 ) -> str:
     """One bar per ``(label, value, tooltip)`` row on a linear scale from ``lo`` to ``hi``
     (default 0 to the largest value); ``marks`` draws a tick per row (e.g. the target)."""
-    top = 22 if marks else 6
+    prefix = common_prefix([name for name, _, _ in rows])
+    top = 22 if marks or prefix else 6
     height = top + len(rows) * _ROW + 6
     finite = [v for _, v, _ in rows if math.isfinite(v)]
     lo = 0.0 if lo is None else lo
     hi = max(finite + [lo + 1e-30]) if hi is None else hi
     span = WIDTH - _LABEL - _VALUE
     body = _legend(13, ((bar_class, "measured"), ("mark", mark_label))) if marks else []
+    body += _prefix_note(prefix, 13)
 
     def x_of(v: float) -> float:
         return _LABEL + (min(max(v, lo), hi) - lo) / (hi - lo) * span if hi > lo else _LABEL
@@ -118,7 +141,8 @@ def bars(
     y = top
     for i, (name, v, tip) in enumerate(rows):
         body.append(f"<g><title>{escape(tip or name)}</title>")
-        body.append(f'<text class="row-label" x="{_LABEL - 8}" y="{y + 13}" text-anchor="end">{escape(_clip(name))}</text>')
+        text = escape(_clip(name[len(prefix) :]))
+        body.append(f'<text class="row-label" x="{_LABEL - 8}" y="{y + 13}" text-anchor="end">{text}</text>')
         if math.isfinite(v):
             w = x_of(v) - _LABEL
             body.append(f'<rect class="{bar_class}" x="{_LABEL}" y="{y + 3}" width="{max(w, 0.5):.1f}" height="13"/>')
