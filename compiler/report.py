@@ -41,6 +41,37 @@ class ModelStats:
 
 
 @dataclass
+class MeasuredLatency:
+    """The input and the compiled model timed on onnxruntime, interleaved (``compile --measure``):
+    medians of per-run latency, the ratio after/before with its 95% interval, on what inputs."""
+
+    before_ms: float
+    after_ms: float
+    ratio_ci95: tuple[float, float]
+    rounds: int
+    target: str
+    inputs: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "before_ms": round(self.before_ms, 4),
+            "after_ms": round(self.after_ms, 4),
+            "ratio_ci95": [round(x, 4) for x in self.ratio_ci95],
+            "rounds": self.rounds,
+            "target": self.target,
+            "inputs": self.inputs,
+        }
+
+    def line(self) -> str:
+        lo, hi = self.ratio_ci95
+        speed = self.before_ms / self.after_ms if self.after_ms > 0 else float("inf")
+        return (
+            f"measured latency ({self.target}, p50 of {self.rounds} interleaved rounds on {self.inputs}): "
+            f"{self.before_ms:.3f} ms -> {self.after_ms:.3f} ms ({speed:.2f}x; after/before 95% interval {lo:.3f}..{hi:.3f})"
+        )
+
+
+@dataclass
 class Report:
     """The report of one :func:`onnxforge.compile` call (``--report FILE.json`` writes ``to_dict``)."""
 
@@ -75,6 +106,8 @@ class Report:
     sketch_after: GraphSketch | None = None
     #: Every leaf pass run in order, for the HTML report's timeline.
     spans: list[PassSpan] = field(default_factory=list)
+    #: Latency before/after measured on onnxruntime (``compile --measure``).
+    measured: MeasuredLatency | None = None
 
     def explain(self, node_name: str) -> list[str]:
         """Which rules fired on ``node_name`` and why the others did not."""
@@ -92,6 +125,8 @@ class Report:
             d["compression"] = [r.to_dict() for r in self.compression]
         if self.pruning is not None:
             d["pruning"] = self.pruning.to_dict()
+        if self.measured is not None:
+            d["measured_latency"] = self.measured.to_dict()
         if self.cost_before is not None and self.cost_after is not None:
             d["cost"] = {
                 "target": self.cost_target,
@@ -181,6 +216,9 @@ class Report:
         if self.pruning is not None:
             lines.append("")
             lines += self.pruning.summary_lines()
+        if self.measured is not None:
+            lines.append("")
+            lines.append(self.measured.line())
         if self.verified is not None:
             lines.append("")
             if not self.verified:

@@ -18,6 +18,7 @@ from onnxforge.commands.common import (
     parse_shapes,
 )
 from onnxforge.commands.config_file import apply_config, mark_explicit
+from onnxforge.commands.measure import measure
 from onnxforge.commands.progress_view import ProgressView, progress_wanted
 from onnxforge.commands.report_files import check_report_paths, write_report
 from onnxforge.errors import UsageError
@@ -128,6 +129,12 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--cost-target", default="cpu", metavar="PROFILE", help="cost profile: cpu (measured), h100, a100")
     c.add_argument("--no-cost", action="store_true", help="skip the before/after cost estimate")
     c.add_argument(
+        "--measure",
+        action="store_true",
+        help="time the input and the output on onnxruntime, interleaved (~4 s, on --target's provider; inputs from "
+        "--shape/--dim), for the summary and --report",
+    )
+    c.add_argument(
         "--report",
         metavar="FILE",
         help="write a report: FILE.json (per-pass time, sizes and cost before/after) or FILE.html (one standalone page "
@@ -216,6 +223,9 @@ def _run(args: argparse.Namespace, view: ProgressView) -> int:
     )
     with Stage(view, "save", f"writing {out.name}"):
         result.save(out, external_data=ext)
+    if args.measure:
+        with Stage(view, "measure", "timing before/after"):
+            measure(result.report, src, out, result.ir, args)
     view.close()
     if report is not None:
         write_report(report, result.report, inputs, out, src)

@@ -117,8 +117,15 @@ def _latency(report: Report) -> dict[str, Any]:
             "profile": report.cost_target,
             "source": "cost model (roofline)",
         }
+    m = report.measured
+    if m is not None:
+        out["measured_ms"] = {
+            "before": round(m.before_ms, 4),
+            "after": round(m.after_ms, 4),
+            "source": f"compile --measure: onnxruntime {m.target}, p50 of {m.rounds} interleaved rounds on {m.inputs}",
+        }
     pr = report.pruning
-    if pr is not None and pr.latency_ms is not None:
+    if pr is not None and pr.latency_ms is not None and "measured_ms" not in out:
         out["measured_ms"] = {
             "before": round(pr.latency_ms[0], 4),
             "after": round(pr.latency_ms[1], 4),

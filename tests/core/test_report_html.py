@@ -133,3 +133,23 @@ def test_block_depth(names, depth):
     assert choose_depth(names) == depth
     s = block_summaries([(n, "Op") for n in names], [])
     assert sum(r["nodes_before"] for r in s["rows"]) == len(names)
+
+
+def test_measure_times_both_models_for_the_report(tmp_path, monkeypatch):
+    from onnxforge.commands import measure
+
+    monkeypatch.setattr(measure, "SECONDS", 0.3)
+    page, data = _compile(tmp_path, small_cnn()[0], "--measure", name="timed")
+    m = data["measured_latency"]
+    assert m["before_ms"] > 0 and m["after_ms"] > 0 and m["rounds"] >= 5 and m["target"] == "cpu"
+    assert data["latency"]["measured_ms"]["before"] == m["before_ms"]
+    assert "measured" in page and f"{m['after_ms']:.4g} ms" in page
+
+
+def test_measure_refuses_an_open_spatial_dim_with_a_note(tmp_path):
+    model = small_cnn()[0]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    page, data = _compile(tmp_path, model, "--measure", name="open")
+    assert "measured_latency" not in data
+    assert any(n.startswith("latency not measured:") and "--shape" in n for n in data["notes"])
