@@ -153,3 +153,15 @@ def test_measure_refuses_an_open_spatial_dim_with_a_note(tmp_path):
     page, data = _compile(tmp_path, model, "--measure", name="open")
     assert "measured_latency" not in data
     assert any(n.startswith("latency not measured:") and "--shape" in n for n in data["notes"])
+
+
+def test_names_from_the_model_are_escaped(tmp_path):
+    from builders import mlp
+
+    model = mlp()
+    evil = '</title></text><script>alert("x")</script><img src="http://example.com/x.png">'
+    for i, node in enumerate(model.graph.node):
+        node.name = f"{evil}{i}"
+    page, data = _compile(tmp_path, model, name="evil")
+    assert "<script" not in page and "<img" not in page and not _EXTERNAL.search(page)
+    assert data["graph"]["before"]["graph"]["nodes"][0]["key"] == f"{evil}0"
