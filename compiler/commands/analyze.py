@@ -24,14 +24,15 @@ def add_arguments(a: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="INPUT=1x3x224x224",
-        help="fix an input's shape (repeatable); open dims are otherwise assumed 1",
+        help="fix an input's shape (repeatable); other open dims take the size the model implies, a batch 1, "
+        "else the size-dependent figures are refused",
     )
     a.add_argument("--dim", action="append", default=[], metavar="SYMBOL=N", help="fix a symbolic dim by name (repeatable)")
     a.add_argument("--target", default="cpu", metavar="PROFILE", help="latency profile: cpu (measured here, cached), h100, a100")
     a.add_argument("--json", action="store_true", help="print the full analysis as JSON")
     a.add_argument("--top", type=int, default=10, metavar="N", help="heaviest layers to list (default 10)")
     a.add_argument("--no-probe", action="store_true", help="static shape inference only (no onnxruntime run)")
-    a.add_argument("--refresh-profile", action="store_true", help="re-measure the cpu profile")
+    a.add_argument("--refresh-profile", action="store_true", help="re-calibrate the cpu profile (micro-benchmarks)")
     add_verbosity(a)
 
 

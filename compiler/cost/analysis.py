@@ -368,6 +368,9 @@ class _Walker:
             if not branches:
                 return 0
             best = max(branches, key=lambda b: b[0])
+            taken = self._known_condition(node)
+            if taken is not None and len(branches) == 2:
+                best = branches[0] if taken else branches[1]  # the condition follows from shapes/constants
             for f, start, end in branches:
                 if (f, start, end) != best:
                     for rec in self.records[start:end]:
@@ -393,6 +396,22 @@ class _Walker:
             else:
                 total += self.graph(g, f"{label}/{attr}", runs=runs, counted=counted)
         return total
+
+    def _known_condition(self, node: Node) -> bool | None:
+        """The value of an If's condition when constants and input shapes decide it (folded by
+        the shape analysis), else None (the costlier branch is counted)."""
+        cond = node.input(0)
+        if cond is None:
+            return None
+        value = self.table.folded.get(cond.name)
+        if value is None:
+            try:
+                value = constant_value(cond) if is_constant(cond) else None
+            except ValueError:
+                value = None
+        if value is None or np.asarray(value).size != 1:
+            return None
+        return bool(np.asarray(value).reshape(-1)[0])
 
     def _loop_trips(self, node: Node) -> int:
         try:
@@ -490,7 +509,9 @@ class _Walker:
             rec.bound, rec.est_ms = "memory", 0.0
             return
         first = next((v for v in node.inputs if v is not None), None)
-        cls = dtype_class(first.elem_type() if first is not None else None)
+        first_info = self.table.info(first)
+        # the shape table knows inferred and measured types (onnxruntime's optimized graph has none stored)
+        cls = dtype_class(first_info.elem_type if first_info is not None else first.elem_type() if first is not None else None)
         moved = rec.input_bytes + rec.output_bytes + rec.weight_read_bytes
         if rec.kind == MATMUL and _dequantized_input(node):
             cls = "int8"  # the runtime runs this op on its int8 operands
@@ -515,7 +536,7 @@ def _product_shape(node: Node, macs: int, infos_out: list[TensorInfo | None]) ->
         return None
     op = node.op_type
     if op in _CONV_OPS and out.rank >= 3:
-        channels = out.shape[1]
+        channels = out.shape[-1] if node.attr("channels_last", 0) else out.shape[1]
         group = int(node.attr("group", 1) or 1)
         pixels = out.numel // max(channels * out.shape[0], 1)  # per image: onnxruntime loops the batch
         k = macs / out.numel

@@ -32,7 +32,7 @@ from typing import Any
 
 import onnx
 
-from onnxforge.cost.calibrate import Calibration, op_class
+from onnxforge.cost.calibrate import Calibration, interpolate, op_class
 from onnxforge.cost.calibrate import measure as calibrate
 from onnxforge.errors import UsageError
 from onnxforge.kernels.costs.registry import MATMUL, MOVEMENT
@@ -88,15 +88,16 @@ class TargetProfile:
             return self.node_time(work.kind, work.dtype_class, work.flops, work.nbytes)
         compute = 0.0
         if work.kind == MATMUL and work.flops:
-            if work.product is not None:
-                cls, m, k, n = work.product
-                rate = cal.rate(cls, m, k, n)
+            cls, m, k, n = work.product if work.product is not None else ("gemm", 64.0, 256.0, 256.0)
+            int8_points = (cal.conv_int8 or cal.gemm_int8) if cls in ("conv", "conv1d", "depthwise") else cal.gemm_int8
+            if work.dtype_class == "int8" and int8_points:
+                rate = interpolate(int8_points, m, k, n)  # onnxruntime's integer kernels, measured
             else:
-                rate = cal.rate("gemm", 64, 256, 256)
-            if work.dtype_class == "int8":
-                rate *= cal.int8_speedup
-            elif work.dtype_class == "fp16":
-                rate /= 2
+                rate = cal.rate(cls, m, k, n)
+                if work.dtype_class == "int8":
+                    rate *= cal.int8_speedup
+                elif work.dtype_class == "fp16":
+                    rate /= 2
             compute = work.flops / rate
         elif work.kind != MOVEMENT and work.flops:
             compute = work.flops / (cal.vector or self.vector)

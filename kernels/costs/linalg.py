@@ -59,6 +59,7 @@ def _conv(call: CostCall) -> OpCost:
     return OpCost(macs, 2 * macs + bias)
 
 
+@FORMULAS.register("QLinearConv", kind=MATMUL, domain=MS_DOMAIN)  # onnxruntime's (NHWC with channels_last)
 @FORMULAS.register("QLinearConv", kind=MATMUL)
 def _qlinear_conv(call: CostCall) -> OpCost:
     macs = _conv_macs(call, 3)
@@ -113,6 +114,14 @@ def _gemm_macs(call: CostCall) -> int:
 def _gemm(call: CostCall) -> OpCost:
     macs = _gemm_macs(call)
     return OpCost(macs, 2 * macs + _bias_flops(call, 2))
+
+
+@FORMULAS.register("QGemm", kind=MATMUL, domain=MS_DOMAIN)
+def _qgemm(call: CostCall) -> OpCost:
+    """onnxruntime's int8 Gemm (A, a_scale, a_zp, B, b_scale, b_zp, C, y_scale, y_zp)."""
+    macs = _gemm_macs(call)
+    y = call.require_output(0).numel
+    return OpCost(macs, 2 * macs + _bias_flops(call, 6) + REQUANT_FLOPS * y)
 
 
 @FORMULAS.register("FusedGemm", kind=MATMUL, domain=MS_DOMAIN)

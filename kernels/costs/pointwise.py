@@ -122,6 +122,8 @@ for _op, _n in PER_ELEMENT.items():
     FORMULAS.register(_op)(elementwise(_n))
 for _op, _n in MS_PER_ELEMENT.items():
     FORMULAS.register(_op, domain=MS_DOMAIN)(elementwise(_n))
+# onnxruntime's optimizer writes its RMS-norm fusion in the default domain.
+FORMULAS.register("SimplifiedLayerNormalization")(elementwise(MS_PER_ELEMENT["SimplifiedLayerNormalization"]))
 
 
 @FORMULAS.register(["Sum", "Max", "Min", "Mean"])

@@ -29,6 +29,7 @@ def _window(call: CostCall) -> int:
 
 
 @FORMULAS.register(["MaxPool", "AveragePool"], domain="com.microsoft.nchwc")
+@FORMULAS.register(["NhwcMaxPool", "QLinearAveragePool"], domain="com.microsoft")
 @FORMULAS.register(["MaxPool", "AveragePool", "LpPool", "MaxRoiPool"])
 def _pool(call: CostCall) -> OpCost:
     y = call.require_output(0).numel
@@ -46,6 +47,7 @@ def _pool(call: CostCall) -> OpCost:
 
 
 @FORMULAS.register(["GlobalAveragePool", "GlobalMaxPool"], domain="com.microsoft.nchwc")
+@FORMULAS.register("QLinearGlobalAveragePool", domain="com.microsoft")
 @FORMULAS.register(["GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"])
 def _global_pool(call: CostCall) -> OpCost:
     x = call.require_input(0).numel
