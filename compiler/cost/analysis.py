@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from onnxforge.analysis.shapes import ShapeBindings, ShapeTable, bind_inputs
-from onnxforge.cost.executed import executed_model
+from onnxforge.cost.executed import branch_conditions, executed_model
 from onnxforge.cost.memory import MemoryProfile, activation_peak, memory_order
 from onnxforge.cost.probe import probe_types
 from onnxforge.cost.roofline import NodeWork, TargetProfile, dtype_class, get_profile
@@ -248,6 +248,8 @@ def _executed_latency_ms(
     try:
         table = ShapeTable(ran, bindings, probe=probe_types if probe else None, feeds=feeds)
         walker = _Walker(ran, table, profile)
+        if probe:  # the If branches that run on these inputs, not the costlier ones
+            walker.conditions = branch_conditions(ran, bindings.inputs, feeds)
         walker.graph(ran.graph, "main", runs=1, counted=True)
     except Exception as e:  # the model's own graph still has its estimate
         log.info("cannot estimate onnxruntime's executed graph: %s: %s", type(e).__name__, e)
@@ -331,6 +333,8 @@ class _Walker:
         self.notes: list[str] = []
         self._weights_seen: set[Value] = set()
         self._sub_peaks: dict[Node, int] = {}
+        #: Measured If conditions by value name (:func:`onnxforge.cost.executed.branch_conditions`).
+        self.conditions: dict[str, bool] = {}
 
     # -- shapes ---------------------------------------------------------------------------
     def value_bytes(self, v: Value) -> int:
@@ -403,6 +407,8 @@ class _Walker:
         cond = node.input(0)
         if cond is None:
             return None
+        if cond.name in self.conditions and node.graph is self.model.graph:
+            return self.conditions[cond.name]
         value = self.table.folded.get(cond.name)
         if value is None:
             try:

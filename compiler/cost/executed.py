@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import helper
 
+from onnxforge.equivalence import random_feeds
 from onnxforge.ir import Model, from_proto, to_proto
-from onnxforge.runtime.session import create_session
+from onnxforge.runtime.session import create_session, run_session
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +40,29 @@ def executed_model(model: Model | onnx.ModelProto) -> Model | None:
     except Exception as e:  # onnxruntime rejects or cannot serialize: estimate the graph as given
         log.info("onnxruntime's executed graph unavailable: %s", " ".join(str(e).split())[:200])
         return None
+
+
+def branch_conditions(
+    model: Model, input_shapes: Mapping[str, tuple[int, ...]], feeds: Mapping[str, np.ndarray] | None = None
+) -> dict[str, bool]:
+    """The value of each main-graph ``If`` condition (by value name) on one onnxruntime run of
+    ``model`` with ``feeds`` (default: seeded random inputs of ``input_shapes``): which branch
+    runs, for the latency of what onnxruntime executes. Empty when there is no ``If`` or the run
+    fails (logged)."""
+    proto = to_proto(model)
+    conds = [n.input[0] for n in proto.graph.node if n.op_type == "If" and n.domain in ("", "ai.onnx") and n.input]
+    if not conds:
+        return {}
+    outputs = {o.name for o in proto.graph.output}
+    for name in dict.fromkeys(conds):
+        if name not in outputs:
+            proto.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.BOOL, None))
+    try:
+        run_feeds = random_feeds(proto, shapes={k: list(v) for k, v in input_shapes.items()})
+        run_feeds.update(feeds or {})
+        sess = create_session(proto, optimization="disable", threads=1, guard=False)
+        values = run_session(sess, run_feeds, list(dict.fromkeys(conds)), seconds=5.0)
+    except Exception as e:  # the costlier branch is counted instead
+        log.info("If conditions not measured: %s", " ".join(str(e).split())[:200])
+        return {}
+    return {k: bool(np.asarray(v).reshape(-1)[0]) for k, v in values.items() if np.asarray(v).size == 1}
