@@ -110,3 +110,27 @@ def test_quick_calibration_measures_every_parameter() -> None:
     assert cal.run_overhead > 0 and cal.vector > 0 and cal.int8_speedup > 0
     big = max(cal.gemm, key=lambda p: p[0] * p[1] * p[2])[3]
     assert cal.rate("gemm", 1, 64, 64) < big  # one row is slower per FLOP than a full product
+
+
+def test_the_executed_latency_counts_the_if_branch_that_runs() -> None:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((256, 256)).astype(np.float32), "w")
+    heavy = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"])], "heavy", [], [helper.make_tensor_value_info("h", TensorProto.FLOAT, [64, 256])]
+    )
+    light = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["l"])], "light", [], [helper.make_tensor_value_info("l", TensorProto.FLOAT, [64, 256])]
+    )
+    g = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=heavy, else_branch=light)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 256])],
+        [w],
+    )
+    model = from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    taken = analyze(model, target=_profile(), feeds={"x": x, "c": np.array(True)}, reorder=False)
+    skipped = analyze(model, target=_profile(), feeds={"x": x, "c": np.array(False)}, reorder=False)
+    assert taken.totals.macs == skipped.totals.macs == 64 * 256 * 256  # MACs: the costlier branch, an upper bound
+    assert skipped.totals.est_latency_ms < taken.totals.est_latency_ms / 5
