@@ -166,6 +166,19 @@ def channel_scales(w: np.ndarray, axis: int) -> np.ndarray:
     return np.where(s > 0, s, np.float32(1.0)).astype(np.float32)
 
 
+def round_to_precision(x: np.ndarray, dtype: type[np.floating]) -> np.ndarray:
+    """``x`` (float32) rounded to the nearest value ``dtype`` represents, still float32; values
+    outside ``dtype``'s normal range (overflow, or a nonzero that would flush to zero or lose
+    precision as a subnormal) keep their float32 value."""
+    x = np.asarray(x, np.float32)
+    info = np.finfo(dtype)
+    a = np.abs(x)
+    ok = (a <= float(info.max)) & ((a >= float(info.smallest_normal)) | (a == 0))
+    with np.errstate(over="ignore"):
+        rounded = x.astype(dtype).astype(np.float32)
+    return np.where(ok, rounded, x).astype(np.float32)
+
+
 def fit_codebook(
     w: np.ndarray,
     bits: int,
@@ -173,12 +186,15 @@ def fit_codebook(
     keep_zero: bool = True,
     importance: np.ndarray | None = None,
     scale_axis: int | None = None,
+    scale_dtype: type[np.floating] | None = None,
     seed: int = 0,
 ) -> Codebook:
     """Cluster ``w`` into ``2^bits`` shared values (see the module docstring). ``importance``
     (broadcastable to ``w``) weights the k-means objective per element. With ``scale_axis``
     every channel along that axis is first divided by its largest magnitude (kept as a scale),
-    so that one codebook serves channels of different ranges."""
+    so that one codebook serves channels of different ranges; ``scale_dtype`` (e.g. float16)
+    rounds those scales to its precision first (they stay float32 tensors: an entropy coder
+    then stores them in about half the bytes)."""
     if not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"bits must be between {MIN_BITS} and {MAX_BITS}, got {bits}")
     k = 1 << bits
@@ -187,6 +203,8 @@ def fit_codebook(
     scales = None
     if scale_axis is not None:
         scales = channel_scales(x, scale_axis)
+        if scale_dtype is not None:
+            scales = round_to_precision(scales, scale_dtype)
         x = x / scales
         s2 = np.broadcast_to(np.square(scales.astype(np.float64)), x.shape)  # errors scale back by s
         imp = s2 if imp is None else imp * s2
