@@ -11,6 +11,7 @@ writes contrib ops and, for LayerNormalization, opset combinations the checker r
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,14 +33,42 @@ def executed_model(model: Model | onnx.ModelProto) -> Model | None:
     proto = to_proto(model) if isinstance(model, Model) else model
     try:
         with tempfile.TemporaryDirectory(prefix="onnxforge-executed-") as tmp:
-            out = Path(tmp) / "executed.onnx"
-            create_session(proto, optimization="all", threads=1, optimized_model_path=out, guard=False)
-            if not out.is_file():
+            src, out = Path(tmp) / "model.onnx", Path(tmp) / "executed.onnx"
+            src.write_bytes(proto.SerializeToString())
+            failure = _optimize(src, out)
+            if failure is not None or not out.is_file():
+                log.info("onnxruntime's executed graph unavailable: %s", failure or "nothing written")
                 return None
             return from_proto(onnx.load(str(out)))
     except Exception as e:  # onnxruntime rejects or cannot serialize: estimate the graph as given
         log.info("onnxruntime's executed graph unavailable: %s", " ".join(str(e).split())[:200])
         return None
+
+
+def _optimize(src: Path, out: Path) -> str | None:
+    """Let onnxruntime write its optimized ``src`` to ``out``, in a forked child where ``fork``
+    exists: its optimizer can abort the process on some invalid models (constant folding turns
+    computed pads into constants on which onnx's inference asserts), and an estimate must not
+    take the caller down. Returns why it failed, or None."""
+    if not hasattr(os, "fork"):
+        create_session(str(src), optimization="all", threads=1, optimized_model_path=out, guard=False)
+        return None
+    pid = os.fork()
+    if pid == 0:  # the child: one thread, exits without running the parent's cleanup
+        code = 1
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)  # an abort's message is the parent's to report, in one line
+            create_session(str(src), optimization="all", threads=1, optimized_model_path=out, guard=False)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return f"onnxruntime was killed by signal {os.WTERMSIG(status)} while optimizing"
+    if os.WEXITSTATUS(status) != 0:
+        return "onnxruntime refused the model"
+    return None
 
 
 def branch_conditions(
