@@ -523,7 +523,8 @@ class _Walker:
             cls = "int8"  # the runtime runs this op on its int8 operands
             moved = (rec.input_bytes + rec.weight_read_bytes) // 4 + rec.output_bytes
         product = _product_shape(node, rec.macs, infos_out or []) if rec.kind == MATMUL else None
-        work = NodeWork(node.op_type, rec.kind, cls, rec.flops, moved, product)
+        elements = sum(i.numel for i in (infos_out or []) if i is not None)
+        work = NodeWork(node.op_type, rec.kind, cls, rec.flops, moved, product, elements)
         seconds, rec.bound = self.profile.work_time(work)
         rec.est_ms = seconds * 1e3
 

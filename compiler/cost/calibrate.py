@@ -17,7 +17,8 @@ below and run by onnxruntime on one thread, as the cost model's users run it.
   cells, control flow), from the difference of a long and a short chain (which cancels the fixed
   cost of a run, measured as the intercept). onnxruntime's dispatch cost per node dominates
   small models, and it differs by kind: a tiny Conv costs several times a tiny Relu.
-* **Elementwise compute**: a cache-resident Sigmoid (transcendental work per element).
+* **Elementwise compute**: a cache-resident Sigmoid (transcendental work per element) and a
+  cache-resident Mul by a scalar (output elements per second of a simple op).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class Calibration:
     overhead: dict[str, float] = field(default_factory=dict)
     #: Transcendental elementwise FLOP/s (cache-resident Sigmoid).
     vector: float = 0.0
+    #: Output elements per second of a simple elementwise op (a cache-resident Mul by a scalar):
+    #: onnxruntime's binary kernels run below the cache bandwidth.
+    elementwise: float = 0.0
     #: int8 over float32 throughput of a large product (MatMulInteger vs MatMul).
     int8_speedup: float = 1.0
     #: Seconds of one run outside its nodes (inputs, outputs, scheduling).
@@ -91,6 +95,7 @@ class Calibration:
             bandwidth=tuple((float(a), float(b)) for a, b in d.get("bandwidth", ())),
             overhead={str(k): float(v) for k, v in dict(d.get("overhead", {})).items()},
             vector=float(d.get("vector", 0.0)),
+            elementwise=float(d.get("elementwise", 0.0)),
             int8_speedup=float(d.get("int8_speedup", 1.0)),
             run_overhead=float(d.get("run_overhead", 0.0)),
             seconds=float(d.get("seconds", 0.0)),
@@ -484,6 +489,9 @@ def measure(*, quick: bool = False) -> Calibration:
         bandwidth.append((float(moved), moved / max(per - overhead["elementwise"], per / 10)))
     for i in range(len(bandwidth) - 2, -1, -1):  # a larger working set never streams faster
         bandwidth[i] = (bandwidth[i][0], max(bandwidth[i][1], bandwidth[i + 1][1]))
+    mid = 1 << 16  # L2-resident: the per-element cost of a simple elementwise op, not memory's
+    mul = statistics.median(_chain(functools.partial(_scale_chain, elems=mid), 4, 20)[0] for _ in range(3))
+    elementwise = mid / max(mul - overhead["elementwise"], 1e-9)
     small = 1 << 14
     sig, _ = _chain(_unary_chain("Sigmoid", [small]), 4, 20)
     vector = 4 * small / max(sig - overhead["elementwise"], 1e-9)
@@ -497,6 +505,7 @@ def measure(*, quick: bool = False) -> Calibration:
         recurrent=recurrent,
         gemm_int8=gemm_int8,
         conv_int8=conv_int8,
+        elementwise=elementwise,
         io_overhead=io,
         bandwidth=tuple(bandwidth),
         overhead=overhead,
@@ -538,6 +547,13 @@ def _io_cost(dispatch: float) -> float:
     one = _time(*build(1), budget_s=0.05, min_runs=21)
     five = _time(*build(5), budget_s=0.05, min_runs=21)
     return max((five - one) / 4 - dispatch, 0.0) / 2
+
+
+def _scale_chain(n: int, elems: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    nodes = [helper.make_node("Mul", [f"t{i}", "k"], [f"t{i + 1}"]) for i in range(n)]
+    x = _rng().standard_normal(elems).astype(np.float32)
+    k = numpy_helper.from_array(np.array([1.0001], np.float32), "k")
+    return _model(nodes, [_vi("t0", [elems])], [_vi(f"t{n}", [elems])], [k]), {"t0": x}
 
 
 def _add_chain(n: int, elems: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

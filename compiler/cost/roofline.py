@@ -101,6 +101,8 @@ class TargetProfile:
             compute = work.flops / rate
         elif work.kind != MOVEMENT and work.flops:
             compute = work.flops / (cal.vector or self.vector)
+            if cal.elementwise:
+                compute = max(compute, work.elements / cal.elementwise)
         memory = work.nbytes / cal.bandwidth_at(work.nbytes) if work.nbytes else 0.0
         bound = "compute" if compute > memory else "memory"
         return max(compute, memory) + cal.overhead.get(op_class(work.op_type), self.overhead_s), bound
@@ -126,6 +128,8 @@ class NodeWork:
     flops: int
     nbytes: int
     product: tuple[str, float, float, float] | None = None
+    #: Output elements (elementwise work is bounded by a per-element rate too).
+    elements: int = 0
 
 
 _ACHIEVED_MATMUL = 0.7
