@@ -271,6 +271,10 @@ def _verify_int8(report: Report, qreport: Any, q: Int8Options, spec: Verificatio
         raise VerificationError(f"int8 outputs beyond the verification budget on {qreport.budget_data}: " + "; ".join(misses[:3]))
 
 
+#: Largest weights (bytes) for which compile's cost estimate uses the graph onnxruntime executes.
+EXECUTED_MAX_BYTES = 64 << 20
+
+
 def _cost(
     ir: Model, shapes: Mapping[str, tuple[int, ...]] | None, dims: Mapping[str, int] | None, target: str
 ) -> CostReport | None:
@@ -279,7 +283,11 @@ def _cost(
     UsageError."""
     log.info("estimating cost (%s profile)", target)
     try:
-        report = analyze(ir, shapes=shapes, dims=dims, target=target, reorder=False)
+        # onnxruntime's executed graph is written and read back per estimate (twice per compile):
+        # seconds for a model of hundreds of MB, so large models are estimated on their own graph.
+        weights = sum(v.const_nbytes() for v in ir.graph.initializers.values())
+        executed = None if weights <= EXECUTED_MAX_BYTES else False
+        report = analyze(ir, shapes=shapes, dims=dims, target=target, reorder=False, executed=executed)
         if not report.complete:  # totals at a height or sequence of 1 would be wrong figures
             log.warning("cost estimate unavailable: %s", report.bindings.missing_message())
             return None
