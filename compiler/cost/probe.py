@@ -138,14 +138,26 @@ def _run(
     m.opset_import.extend(proto.opset_import)
     m.functions.extend(proto.functions)
     m.graph.CopyFrom(g)
+    out = _session_run(m, {k: feeds[k] for k in inputs}, graph.name)
+    if out is None:
+        # Inputs declared at their concrete shapes let onnxruntime's type inference specialize
+        # every branch, including the one these inputs never take, where it may then fail (Silero
+        # VAD's 8 kHz branch squeezes a dim that is 2 at 16 kHz): retry with the dims left open.
+        for vi in m.graph.input:
+            for d in vi.type.tensor_type.shape.dim:
+                d.ClearField("dim_value")
+        out = _session_run(m, {k: feeds[k] for k in inputs}, graph.name)
+    return None if out is None else {k: v for k, v in out.items() if isinstance(v, np.ndarray)}
+
+
+def _session_run(m: onnx.ModelProto, feeds: dict[str, np.ndarray], name: str) -> dict[str, object] | None:
     try:
         # log_level 4: failures are expected (the branch not taken) and handled
         sess = create_session(m, log_level=4)
-        out = run_session(sess, {k: feeds[k] for k in inputs}, seconds=PROBE_SECONDS)
+        return dict(run_session(sess, feeds, seconds=PROBE_SECONDS))
     except Exception as e:
-        log.debug("shape probe of graph %r failed: %s", graph.name, str(e).splitlines()[0][:200])
+        log.debug("shape probe of graph %r failed: %s", name, str(e).splitlines()[0][:200])
         return None
-    return {k: v for k, v in out.items() if isinstance(v, np.ndarray)}
 
 
 def _probe_graph(

@@ -197,6 +197,29 @@ def test_data_dependent_shapes_are_measured_by_the_probe() -> None:
     assert any("measured" in n for n in probed.notes)
 
 
+def test_the_probe_runs_a_model_whose_untaken_branch_fails_at_concrete_shapes() -> None:
+    # Silero VAD's pattern: the branch for the other sample rate squeezes a dim that is 2 here.
+    # Declared at their concrete shapes, the inputs let onnxruntime's type inference specialize
+    # that branch, and session creation fails; the probe retries with the dims left open.
+    then = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["t"], name="mm")],
+        "then", [], [vi("t", None)],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Squeeze", ["x2", "ax"], ["q"]), helper.make_node("ReduceSum", ["q"], ["e"], keepdims=0)],
+        "else", [], [vi("e", None)],
+    )
+    nodes = [helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    inputs = [vi("x", [12]), vi("x2", [1, 2, 4]), vi("s", [2], TensorProto.INT64), vi("c", [], TensorProto.BOOL)]
+    ax = numpy_helper.from_array(np.array([1], np.int64), "ax")
+    m = model(nodes, inputs, [vi("y", None)], [init("W", 4, 5), ax])
+    feeds = {"s": np.array([3, 4], np.int64), "x": np.ones(12, np.float32), "c": np.array(True),
+             "x2": np.ones((1, 2, 4), np.float32)}
+    probed = run(m, feeds=feeds)
+    assert "mm" not in probed.unresolved()
+    assert probed.totals.macs == 3 * 4 * 5
+
+
 def test_peak_activation_memory_and_a_better_order() -> None:
     n = 1 << 12
     shape = numpy_helper.from_array(np.array([n, 64], np.int64), "shape")
