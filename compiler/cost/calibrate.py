@@ -69,6 +69,10 @@ class Calibration:
     #: Output elements per second of a simple elementwise op (a cache-resident Mul by a scalar):
     #: onnxruntime's binary kernels run below the cache bandwidth.
     elementwise: float = 0.0
+    #: Seconds per output element of common ops measured one by one on an L2-resident
+    #: activation (:data:`PER_ELEMENT_OPS`; ``binary`` / ``binary/bcast``: Add of two full tensors
+    #: / of a bias row): a transcendental Erf-GELU or a 4-D Transpose costs several times an Add.
+    per_element: dict[str, float] = field(default_factory=dict)
     #: int8 over float32 throughput of a large product (MatMulInteger vs MatMul).
     int8_speedup: float = 1.0
     #: Seconds of one run outside its nodes (inputs, outputs, scheduling).
@@ -96,6 +100,7 @@ class Calibration:
             overhead={str(k): float(v) for k, v in dict(d.get("overhead", {})).items()},
             vector=float(d.get("vector", 0.0)),
             elementwise=float(d.get("elementwise", 0.0)),
+            per_element={str(k): float(v) for k, v in dict(d.get("per_element", {})).items()},
             int8_speedup=float(d.get("int8_speedup", 1.0)),
             run_overhead=float(d.get("run_overhead", 0.0)),
             seconds=float(d.get("seconds", 0.0)),
@@ -185,6 +190,34 @@ def op_class(op_type: str) -> str:
     if op_type in _CONTROL:
         return "control"
     return "elementwise"
+
+
+#: Ops timed one by one for :attr:`Calibration.per_element` (key, op, domain, extra inputs).
+_BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
+_PER_ELEMENT_ROWS, _PER_ELEMENT_COLS = 128, 1536  # a transformer MLP activation: 786 kB, L2-resident
+PER_ELEMENT_OPS: tuple[tuple[str, str, str, tuple[str, ...], dict[str, Any]], ...] = (
+    ("binary", "Add", "", ("full",), {}),
+    ("binary/bcast", "Add", "", ("row",), {}),
+    ("Relu", "Relu", "", (), {}),
+    ("Erf", "Erf", "", (), {}),
+    ("Tanh", "Tanh", "", (), {}),
+    ("Sigmoid", "Sigmoid", "", (), {}),
+    ("Gelu", "Gelu", "com.microsoft", (), {}),
+    ("BiasGelu", "BiasGelu", "com.microsoft", ("row",), {}),
+    ("FastGelu", "FastGelu", "com.microsoft", ("row",), {}),
+    ("Softmax", "Softmax", "", (), {"axis": -1}),
+    ("LayerNormalization", "LayerNormalization", "", ("row", "row"), {"axis": -1}),
+    ("SkipLayerNormalization", "SkipLayerNormalization", "com.microsoft", ("full", "row", "row"), {}),
+    ("Transpose", "Transpose", "", (), {"perm": [0, 2, 1, 3]}),
+)
+
+
+def per_element_key(op_type: str, domain: str, broadcast: bool) -> str | None:
+    """The :attr:`Calibration.per_element` entry timing this node, or None."""
+    if op_type in _BINARY and domain in ("", "ai.onnx"):
+        return "binary/bcast" if broadcast else "binary"
+    known = {k for k, *_ in PER_ELEMENT_OPS}
+    return op_type if op_type in known else None
 
 
 # -- micro-benchmarks -------------------------------------------------------------------------
@@ -495,6 +528,7 @@ def measure(*, quick: bool = False) -> Calibration:
     small = 1 << 14
     sig, _ = _chain(_unary_chain("Sigmoid", [small]), 4, 20)
     vector = 4 * small / max(sig - overhead["elementwise"], 1e-9)
+    per_element = _per_element(overhead) if not quick else {}
     seconds = time.perf_counter() - start
     log.info("calibrated the CPU roofline in %.1f s", seconds)
     return Calibration(
@@ -506,6 +540,7 @@ def measure(*, quick: bool = False) -> Calibration:
         gemm_int8=gemm_int8,
         conv_int8=conv_int8,
         elementwise=elementwise,
+        per_element=per_element,
         io_overhead=io,
         bandwidth=tuple(bandwidth),
         overhead=overhead,
@@ -533,6 +568,44 @@ def _lstm_rate(hidden: int, *, fixed: float, dispatch: float, steps: int = 4) ->
 
     macs = steps * 4 * hidden * 2 * hidden
     return 1.0, 2.0 * hidden, 4.0 * hidden, 2 * macs / _per_node(build, fixed, dispatch)
+
+
+def _per_element_chain(op: str, domain: str, extras: Sequence[str], attrs: Mapping[str, Any]) -> Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray]]]:
+    """A chain of ``op`` on a [1, 128, 1536] activation (Transpose: [1, 128, 12, 128] under
+    its own inverse permutation); extra inputs are a full tensor or a row of 1536."""
+    rows, cols = _PER_ELEMENT_ROWS, _PER_ELEMENT_COLS
+    shape = [1, rows, 12, cols // 12] if op == "Transpose" else [1, rows, cols]
+    rng = _rng()
+    inits = []
+    names = []
+    for i, kind in enumerate(extras):
+        arr = rng.standard_normal(shape if kind == "full" else [cols]).astype(np.float32) * 1e-2
+        inits.append(numpy_helper.from_array(arr, f"e{i}"))
+        names.append(f"e{i}")
+
+    def make(n: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        nodes = [helper.make_node(op, [f"t{i}", *names], [f"t{i + 1}"], domain=domain, **attrs) for i in range(n)]
+        g = helper.make_graph(nodes, "calibration", [_vi("t0", shape)], [_vi(f"t{n}", shape)], inits)
+        opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+        x = rng.standard_normal(shape).astype(np.float32) * 0.5
+        return helper.make_model(g, opset_imports=opsets, ir_version=8), {"t0": x}
+
+    return make
+
+
+def _per_element(dispatch: Mapping[str, float]) -> dict[str, float]:
+    """Seconds per output element of each of :data:`PER_ELEMENT_OPS` (an op onnxruntime does
+    not have is left out)."""
+    out: dict[str, float] = {}
+    elems = _PER_ELEMENT_ROWS * _PER_ELEMENT_COLS
+    for key, op, domain, extras, attrs in PER_ELEMENT_OPS:
+        try:
+            per, _ = _chain(_per_element_chain(op, domain, extras, attrs), 2, 6)
+        except Exception as e:  # an older onnxruntime without the contrib op
+            log.info("per-element rate of %s not measured: %s", key, str(e).splitlines()[0][:120])
+            continue
+        out[key] = max(per - dispatch.get(op_class(op), 0.0), per / 10) / elems
+    return out
 
 
 def _io_cost(dispatch: float) -> float:

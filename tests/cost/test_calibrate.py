@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxforge.cost import analyze, roofline
-from onnxforge.cost.calibrate import Calibration, interpolate, measure, op_class
+from onnxforge.cost.calibrate import Calibration, interpolate, measure, op_class, per_element_key
 from onnxforge.cost.executed import executed_model
 from onnxforge.cost.roofline import NodeWork, TargetProfile
 from onnxforge.ir import from_proto
@@ -134,3 +134,48 @@ def test_the_executed_latency_counts_the_if_branch_that_runs() -> None:
     skipped = analyze(model, target=_profile(), feeds={"x": x, "c": np.array(False)}, reorder=False)
     assert taken.totals.macs == skipped.totals.macs == 64 * 256 * 256  # MACs: the costlier branch, an upper bound
     assert skipped.totals.est_latency_ms < taken.totals.est_latency_ms / 5
+
+
+def test_ops_with_a_measured_per_element_rate_use_it() -> None:
+    cal = Calibration(**{**_CAL.__dict__, "per_element": {"Erf": 1e-9, "binary/bcast": 1e-11}})
+    p = _profile(cal)
+    # an Erf over a million elements: the measured 1 ns per element, not the generic vector rate
+    t, bound = p.work_time(NodeWork("Erf", VECTOR, "fp32", 10**6, 8 * 10**6, elements=10**6, per_element_key="Erf"))
+    assert bound == "compute" and t == pytest.approx(1e-3 + 1e-7)
+    generic, _ = p.work_time(NodeWork("Erf", VECTOR, "fp32", 10**6, 8 * 10**6, elements=10**6))
+    assert generic < t / 2
+    assert per_element_key("Add", "", broadcast=True) == "binary/bcast"
+    assert per_element_key("Mul", "", broadcast=False) == "binary"
+    assert per_element_key("SkipLayerNormalization", "com.microsoft", broadcast=True) == "SkipLayerNormalization"
+    assert per_element_key("Conv", "", broadcast=False) is None
+
+
+def test_weights_beyond_the_cache_stream_in_on_every_run() -> None:
+    p = TargetProfile(**{**_profile().__dict__, "cache_bytes": 2 * 10**6})
+    mm = dict(op_type="MatMul", kind=MATMUL, dtype_class="fp32", flops=2 * 64**3, nbytes=10**6, product=("gemm", 64, 64, 64))
+    resident, _ = p.work_time(NodeWork(**mm, weight_bytes=10**6, model_weight_bytes=10**6))  # type: ignore[arg-type]
+    streamed, _ = p.work_time(NodeWork(**mm, weight_bytes=10**6, model_weight_bytes=10**8))  # type: ignore[arg-type]
+    # a product adds the time to bring its weights from a 100 MB working set (1e10 B/s here)
+    assert streamed - resident == pytest.approx(10**6 / 1e10)
+    # an elementwise node only pays the difference to the cache bandwidth it was charged at
+    add = dict(op_type="Add", kind=VECTOR, dtype_class="fp32", flops=10, nbytes=10**6)
+    a, _ = p.work_time(NodeWork(**add, weight_bytes=10**5, model_weight_bytes=10**6))  # type: ignore[arg-type]
+    b, _ = p.work_time(NodeWork(**add, weight_bytes=10**5, model_weight_bytes=10**8))  # type: ignore[arg-type]
+    assert b - a == pytest.approx(10**5 / 1e10 - 10**5 / 1e11)
+
+
+def test_an_embedding_gather_reads_its_rows_not_the_table() -> None:
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((30000, 384)).astype(np.float32), "table")
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["e"])],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 16, 384])],
+        [table],
+    )
+    model = from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    r = analyze(model, target=_profile(), reorder=False, executed=False)  # type: ignore[arg-type]
+    node = next(n for n in r.nodes if n.op_type == "Gather")
+    assert node.weight_bytes == 30000 * 384 * 4  # the table is still the model's parameters
+    assert node.weight_read_bytes == 16 * 384 * 4  # but one run reads 16 rows of it
