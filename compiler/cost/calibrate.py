@@ -18,7 +18,14 @@ below and run by onnxruntime on one thread, as the cost model's users run it.
   cost of a run, measured as the intercept). onnxruntime's dispatch cost per node dominates
   small models, and it differs by kind: a tiny Conv costs several times a tiny Relu.
 * **Elementwise compute**: a cache-resident Sigmoid (transcendental work per element) and a
-  cache-resident Mul by a scalar (output elements per second of a simple op).
+  cache-resident Mul by a scalar (output elements per second of a simple op); and, one by one,
+  13 common ops (:data:`PER_ELEMENT_OPS`: binary with and without broadcasting, GELU variants,
+  Softmax, the layer norms, a 4-D Transpose) on a cache-resident activation, whose rates differ
+  by 20x.
+* **Recurrent cells**: an LSTM as exporters write it, over 1 and 4 steps (a step's rate, and
+  what a call costs beyond its steps).
+* **Weight streaming** (:func:`_stream_point`): what a product pays per weight byte when its
+  weights are not cache-resident, at 1, 16 and 128 input rows.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxforge.runtime.session import create_session
 
 log = logging.getLogger(__name__)
+
+#: Bytes of distinct weights in the weight-streaming measurement: beyond any core's L2.
+STREAM_SET_BYTES = 16 << 20
 
 #: (M, K, N, FLOP/s) measured points of one product class.
 RatePoints = tuple[tuple[float, float, float, float], ...]
@@ -73,6 +83,12 @@ class Calibration:
     #: activation (:data:`PER_ELEMENT_OPS`; ``binary`` / ``binary/bcast``: Add of two full tensors
     #: / of a bias row): a transcendental Erf-GELU or a 4-D Transpose costs several times an Add.
     per_element: dict[str, float] = field(default_factory=dict)
+    #: (input rows, seconds per weight byte) a product pays on top of its work when its weights
+    #: are not cache-resident: a chain of distinct 256x256 weights (:data:`STREAM_SET_BYTES` in
+    #: all) against the same chain sharing one weight. Measured here: ~30 ps per byte for a
+    #: matrix-vector product, ~17 at 16 rows, 75-90 at 128-512 rows (the kernel's row blocks
+    #: read the weight panels more than once).
+    stream: tuple[tuple[float, float], ...] = ()
     #: int8 over float32 throughput of a large product (MatMulInteger vs MatMul).
     int8_speedup: float = 1.0
     #: Seconds of one run outside its nodes (inputs, outputs, scheduling).
@@ -101,6 +117,7 @@ class Calibration:
             vector=float(d.get("vector", 0.0)),
             elementwise=float(d.get("elementwise", 0.0)),
             per_element={str(k): float(v) for k, v in dict(d.get("per_element", {})).items()},
+            stream=tuple((float(r), float(c)) for r, c in d.get("stream", ())),
             int8_speedup=float(d.get("int8_speedup", 1.0)),
             run_overhead=float(d.get("run_overhead", 0.0)),
             seconds=float(d.get("seconds", 0.0)),
@@ -118,6 +135,27 @@ class Calibration:
                 f = (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
                 return math.exp(math.log(r0) + f * (math.log(r1) - math.log(r0)))
         return pts[-1][1]
+
+    def stream_cost(self, rows: float, working_set: float) -> float:
+        """Seconds per weight byte a product of ``rows`` input rows pays to stream weights out of
+        a set of ``working_set`` bytes (log-linear in rows between measured points, flat beyond
+        them; slower memory beyond :data:`STREAM_SET_BYTES` scales it up)."""
+        pts = self.stream
+        if not pts:
+            return 0.0
+        rows = max(rows, 1.0)
+        if rows <= pts[0][0]:
+            cost = pts[0][1]
+        elif rows >= pts[-1][0]:
+            cost = pts[-1][1]
+        else:
+            cost = pts[-1][1]
+            for (r0, c0), (r1, c1) in zip(pts, pts[1:]):
+                if rows <= r1:
+                    f = (math.log(rows) - math.log(r0)) / (math.log(r1) - math.log(r0))
+                    cost = math.exp(math.log(max(c0, 1e-15)) + f * (math.log(max(c1, 1e-15)) - math.log(max(c0, 1e-15))))
+                    break
+        return cost * max(1.0, self.bandwidth_at(STREAM_SET_BYTES) / self.bandwidth_at(working_set))
 
     def rate(self, cls: str, m: float, k: float, n: float) -> float:
         """FLOP/s of a product of class ``cls`` (gemm, conv, conv1d, depthwise, recurrent) at
@@ -510,7 +548,10 @@ def measure(*, quick: bool = False) -> Calibration:
     conv1d = tuple(_conv_rate(c, c, s, k, dims=1, fixed=fixed_conv, dispatch=d_conv) for c in chans for s in lengths for k in (1, 3))
 
     hiddens = (16, 64, 128, 256) if not quick else (16, 64)
-    recurrent = tuple(_lstm_rate(h, fixed=run_overhead + overhead["recurrent"], dispatch=overhead["recurrent"]) for h in hiddens)
+    lstms = [_lstm_rate(h, fixed=run_overhead + overhead["recurrent"], dispatch=overhead["recurrent"]) for h in hiddens]
+    recurrent = tuple(point for point, _ in lstms)
+    # what a call costs beyond its steps (gates' buffers, bias, initial states), for every size
+    overhead["recurrent"] += statistics.median(call for _, call in lstms)
     io = _io_cost(overhead["elementwise"])
 
     bandwidth = []
@@ -529,6 +570,7 @@ def measure(*, quick: bool = False) -> Calibration:
     sig, _ = _chain(_unary_chain("Sigmoid", [small]), 4, 20)
     vector = 4 * small / max(sig - overhead["elementwise"], 1e-9)
     per_element = _per_element(overhead) if not quick else {}
+    stream = tuple((float(r), _stream_point(r, STREAM_SET_BYTES >> (1 if quick else 0))) for r in ((1, 16) if quick else (1, 16, 128)))
     seconds = time.perf_counter() - start
     log.info("calibrated the CPU roofline in %.1f s", seconds)
     return Calibration(
@@ -541,6 +583,7 @@ def measure(*, quick: bool = False) -> Calibration:
         conv_int8=conv_int8,
         elementwise=elementwise,
         per_element=per_element,
+        stream=stream,
         io_overhead=io,
         bandwidth=tuple(bandwidth),
         overhead=overhead,
@@ -551,23 +594,58 @@ def measure(*, quick: bool = False) -> Calibration:
     )
 
 
-def _lstm_rate(hidden: int, *, fixed: float, dispatch: float, steps: int = 4) -> tuple[float, float, float, float]:
-    """(batch, input + hidden, 4 x hidden, FLOP/s) of an LSTM (input size = hidden) over
-    ``steps`` steps, its dispatch subtracted."""
+def _lstm_rate(hidden: int, *, fixed: float, dispatch: float) -> tuple[tuple[float, float, float, float], float]:
+    """((batch, input + hidden, 4 x hidden, FLOP/s of one step), seconds per call beyond the
+    steps) of an LSTM (input size = hidden) as exporters write it (bias, initial states), from
+    runs of 1 and 4 steps: a streaming model's single step costs ~2x a step of a sequence."""
     rng = _rng()
     inits = [
         numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32) * 0.1, "W"),
         numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32) * 0.1, "R"),
+        numpy_helper.from_array(rng.standard_normal((1, 8 * hidden)).astype(np.float32) * 0.1, "B"),
     ]
-    x = rng.standard_normal((steps, 1, hidden)).astype(np.float32)
+    h0 = rng.standard_normal((1, 1, hidden)).astype(np.float32)
 
-    def build(r: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-        nodes = [helper.make_node("LSTM", ["x", "W", "R"], [f"y{i}"], hidden_size=hidden) for i in range(r)]
-        outs = [_vi(f"y{i}", [steps, 1, 1, hidden]) for i in range(r)]
-        return _model(nodes, [_vi("x", [steps, 1, hidden])], outs, inits), {"x": x}
+    def build_for(steps: int) -> Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray]]]:
+        x = rng.standard_normal((steps, 1, hidden)).astype(np.float32)
 
-    macs = steps * 4 * hidden * 2 * hidden
-    return 1.0, 2.0 * hidden, 4.0 * hidden, 2 * macs / _per_node(build, fixed, dispatch)
+        def build(r: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+            nodes = [
+                helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "h0"], [f"y{i}"], hidden_size=hidden)
+                for i in range(r)
+            ]
+            outs = [_vi(f"y{i}", [steps, 1, 1, hidden]) for i in range(r)]
+            return _model(nodes, [_vi("x", [steps, 1, hidden]), _vi("h0", [1, 1, hidden])], outs, inits), {"x": x, "h0": h0}
+
+        return build
+
+    one = _per_node(build_for(1), fixed, dispatch)
+    four = _per_node(build_for(4), fixed, dispatch)
+    step = max((four - one) / 3, four / 8)
+    macs = 4 * hidden * 2 * hidden
+    return (1.0, 2.0 * hidden, 4.0 * hidden, 2 * macs / step), max(one - step, 0.0)
+
+
+def _stream_point(rows: int, total: int) -> float:
+    """Seconds per weight byte: a chain of 256x256 MatMuls on ``rows`` rows with distinct
+    weights (``total`` bytes in all) against the same chain sharing one weight."""
+    side = 256
+    count = max(total // (side * side * 4), 2)
+    rng = _rng()
+    weights = [rng.standard_normal((side, side)).astype(np.float32) * (1 / 16) for _ in range(count)]
+
+    def build(distinct: bool) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights if distinct else weights[:1])]
+        nodes = [helper.make_node("MatMul", [f"t{i}", f"w{i if distinct else 0}"], [f"t{i + 1}"]) for i in range(count)]
+        return _model(nodes, [_vi("t0", [rows, side])], [_vi(f"t{count}", [rows, side])], inits)
+
+    x = {"t0": rng.standard_normal((rows, side)).astype(np.float32)}
+    shared = create_session(build(False), optimization="all", threads=1)
+    distinct = create_session(build(True), optimization="all", threads=1)
+    # three interleaved pairs, the median difference: a slice of another job on the shared cores
+    # once erased the difference of a single pair
+    diffs = [_time_session(distinct, x, budget_s=0.03) - _time_session(shared, x, budget_s=0.03) for _ in range(3)]
+    return max(statistics.median(diffs), 0.0) / (count * side * side * 4)
 
 
 def _per_element_chain(op: str, domain: str, extras: Sequence[str], attrs: Mapping[str, Any]) -> Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray]]]:

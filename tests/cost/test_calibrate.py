@@ -108,6 +108,7 @@ def test_quick_calibration_measures_every_parameter() -> None:
     assert all(r > 0 for *_, r in cal.gemm + cal.conv + cal.depthwise)
     assert set(cal.overhead) >= {"elementwise", "view", "copy", "reduce", "product", "conv", "recurrent", "control"}
     assert cal.run_overhead > 0 and cal.vector > 0 and cal.int8_speedup > 0
+    assert [r for r, _ in cal.stream] == [1, 16] and cal.stream[0][1] > 0  # distinct weights cost more than one
     big = max(cal.gemm, key=lambda p: p[0] * p[1] * p[2])[3]
     assert cal.rate("gemm", 1, 64, 64) < big  # one row is slower per FLOP than a full product
 
@@ -151,17 +152,30 @@ def test_ops_with_a_measured_per_element_rate_use_it() -> None:
 
 
 def test_weights_beyond_the_cache_stream_in_on_every_run() -> None:
-    p = TargetProfile(**{**_profile().__dict__, "cache_bytes": 2 * 10**6})
-    mm = dict(op_type="MatMul", kind=MATMUL, dtype_class="fp32", flops=2 * 64**3, nbytes=10**6, product=("gemm", 64, 64, 64))
-    resident, _ = p.work_time(NodeWork(**mm, weight_bytes=10**6, model_weight_bytes=10**6))  # type: ignore[arg-type]
-    streamed, _ = p.work_time(NodeWork(**mm, weight_bytes=10**6, model_weight_bytes=10**8))  # type: ignore[arg-type]
-    # a product adds the time to bring its weights from a 100 MB working set (1e10 B/s here)
-    assert streamed - resident == pytest.approx(10**6 / 1e10)
-    # an elementwise node only pays the difference to the cache bandwidth it was charged at
-    add = dict(op_type="Add", kind=VECTOR, dtype_class="fp32", flops=10, nbytes=10**6)
-    a, _ = p.work_time(NodeWork(**add, weight_bytes=10**5, model_weight_bytes=10**6))  # type: ignore[arg-type]
-    b, _ = p.work_time(NodeWork(**add, weight_bytes=10**5, model_weight_bytes=10**8))  # type: ignore[arg-type]
-    assert b - a == pytest.approx(10**5 / 1e10 - 10**5 / 1e11)
+    cal = Calibration(**{**_CAL.__dict__, "stream": ((1.0, 4e-11), (16.0, 1e-11))})
+    p = TargetProfile(**{**_profile(cal).__dict__, "cache_bytes": 2 * 10**6})
+
+    def t(rows: int, model_bytes: int) -> float:
+        w = NodeWork("MatMul", MATMUL, "fp32", 2 * rows * 256 * 256, 256 * 256 * 4, ("gemm", rows, 256, 256),
+                     weight_bytes=256 * 256 * 4, model_weight_bytes=model_bytes)
+        return p.work_time(w)[0]
+
+    # weights that fit in the cache stay resident: nothing added
+    assert t(1, 2 * 10**6) == t(1, 10**6) == t(1, 1)
+    # a matrix-vector product pays the measured cost per byte, 4 rows one interpolated between
+    # the measured 1 and 16 rows, 64 rows that of the last measured point
+    full = 256 * 256 * 4 * cal.stream_cost(1, 10**8)
+    assert t(1, 10**8) - t(1, 10**6) == pytest.approx(full)
+    assert cal.stream_cost(4, 10**7) == pytest.approx(2e-11)  # halfway in log space
+    assert t(64, 10**8) - t(64, 10**6) == pytest.approx(full / 4)
+    # a weight set 1.41x the cache pays half (the ramp runs from the cache to twice it)
+    w = int(2 * 10**6 * 2**0.5)
+    assert t(1, w) - t(1, 10**6) == pytest.approx(256 * 256 * 4 * cal.stream_cost(1, w) / 2)
+    # slower memory beyond the measured 16 MB set scales the cost up; a set below it does not
+    assert cal.stream_cost(1, 10**8) > cal.stream_cost(1, 10**7) == 4e-11
+    # elementwise nodes carry small weights (biases): left to their memory term
+    add = NodeWork("Add", VECTOR, "fp32", 10, 10**6, weight_bytes=10**5, model_weight_bytes=10**8)
+    assert p.work_time(add) == p.work_time(NodeWork("Add", VECTOR, "fp32", 10, 10**6))
 
 
 def test_an_embedding_gather_reads_its_rows_not_the_table() -> None:
