@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from onnxforge.analysis.shapes import ShapeBindings, ShapeTable, bind_inputs
-from onnxforge.cost.calibrate import per_element_key
+from onnxforge.cost.calibrate import BINARY_OPS, per_element_key
 from onnxforge.cost.executed import branch_conditions, executed_model
 from onnxforge.cost.memory import MemoryProfile, activation_peak, memory_order
 from onnxforge.cost.probe import probe_types
@@ -532,7 +532,7 @@ class _Walker:
             moved = (rec.input_bytes + rec.weight_read_bytes) // 4 + rec.output_bytes
         product = _product_shape(node, rec.macs, infos_out or []) if rec.kind == MATMUL else None
         elements = sum(i.numel for i in (infos_out or []) if i is not None)
-        binary = node.op_type in _BINARY_OPS
+        binary = node.op_type in BINARY_OPS
         key = per_element_key(node.op_type, node.domain, binary and self._broadcasts(node, elements))
         work = NodeWork(
             node.op_type,
@@ -549,7 +549,6 @@ class _Walker:
         seconds, rec.bound = self.profile.work_time(work)
         rec.est_ms = seconds * 1e3
 
-
     def _broadcasts(self, node: Node, elements: int) -> bool:
         """Whether an input of ``node`` is smaller than its output (a bias or scale row)."""
         for v in node.inputs:
@@ -563,7 +562,6 @@ class _Walker:
 #: rows of its tokens, not the 47 MB table: counting the table made MiniLM's Gather 1.9 ms).
 _PARTIAL_READS = frozenset({"Gather", "GatherElements", "GatherND", "Slice"})
 
-_BINARY_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 _CONV_OPS = frozenset({"Conv", "FusedConv", "ConvInteger", "QLinearConv", "NhwcConv", "ConvTranspose"})
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}
 

@@ -125,36 +125,15 @@ class Calibration:
 
     def bandwidth_at(self, nbytes: float) -> float:
         """Bytes/s for a node moving ``nbytes`` (log-linear between measured sizes)."""
-        pts = self.bandwidth
-        if not pts:
-            return 1e10
-        if nbytes <= pts[0][0]:
-            return pts[0][1]
-        for (b0, r0), (b1, r1) in zip(pts, pts[1:]):
-            if nbytes <= b1:
-                f = (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
-                return math.exp(math.log(r0) + f * (math.log(r1) - math.log(r0)))
-        return pts[-1][1]
+        return _log_interp(self.bandwidth, nbytes) if self.bandwidth else 1e10
 
     def stream_cost(self, rows: float, working_set: float) -> float:
         """Seconds per weight byte a product of ``rows`` input rows pays to stream weights out of
         a set of ``working_set`` bytes (log-linear in rows between measured points, flat beyond
         them; slower memory beyond :data:`STREAM_SET_BYTES` scales it up)."""
-        pts = self.stream
-        if not pts:
+        if not self.stream:
             return 0.0
-        rows = max(rows, 1.0)
-        if rows <= pts[0][0]:
-            cost = pts[0][1]
-        elif rows >= pts[-1][0]:
-            cost = pts[-1][1]
-        else:
-            cost = pts[-1][1]
-            for (r0, c0), (r1, c1) in zip(pts, pts[1:]):
-                if rows <= r1:
-                    f = (math.log(rows) - math.log(r0)) / (math.log(r1) - math.log(r0))
-                    cost = math.exp(math.log(max(c0, 1e-15)) + f * (math.log(max(c1, 1e-15)) - math.log(max(c0, 1e-15))))
-                    break
+        cost = _log_interp(self.stream, max(rows, 1.0))
         return cost * max(1.0, self.bandwidth_at(STREAM_SET_BYTES) / self.bandwidth_at(working_set))
 
     def rate(self, cls: str, m: float, k: float, n: float) -> float:
@@ -162,6 +141,20 @@ class Calibration:
         (M, K, N)."""
         points = getattr(self, cls, ()) or self.gemm
         return interpolate(points, m, k, n)
+
+
+def _log_interp(points: tuple[tuple[float, float], ...], x: float) -> float:
+    """``y`` at ``x`` between measured ``(x, y)`` points, increasing in ``x``: linear in
+    log-log space, flat beyond the first and last points (a zero ``y`` stays reachable)."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x <= x1:
+            if y0 <= 0 or y1 <= 0:
+                return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+            f = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return math.exp(math.log(y0) + f * (math.log(y1) - math.log(y0)))
+    return points[-1][1]
 
 
 def interpolate(points: RatePoints, m: float, k: float, n: float) -> float:
@@ -230,8 +223,9 @@ def op_class(op_type: str) -> str:
     return "elementwise"
 
 
+#: Binary arithmetic, timed as ``binary`` or ``binary/bcast`` by whether an input broadcasts.
+BINARY_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 #: Ops timed one by one for :attr:`Calibration.per_element` (key, op, domain, extra inputs).
-_BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
 _PER_ELEMENT_ROWS, _PER_ELEMENT_COLS = 128, 1536  # a transformer MLP activation: 786 kB, L2-resident
 PER_ELEMENT_OPS: tuple[tuple[str, str, str, tuple[str, ...], dict[str, Any]], ...] = (
     ("binary", "Add", "", ("full",), {}),
@@ -250,12 +244,14 @@ PER_ELEMENT_OPS: tuple[tuple[str, str, str, tuple[str, ...], dict[str, Any]], ..
 )
 
 
+_PER_ELEMENT_KEYS = frozenset(k for k, *_ in PER_ELEMENT_OPS)
+
+
 def per_element_key(op_type: str, domain: str, broadcast: bool) -> str | None:
     """The :attr:`Calibration.per_element` entry timing this node, or None."""
-    if op_type in _BINARY and domain in ("", "ai.onnx"):
+    if op_type in BINARY_OPS and domain in ("", "ai.onnx"):
         return "binary/bcast" if broadcast else "binary"
-    known = {k for k, *_ in PER_ELEMENT_OPS}
-    return op_type if op_type in known else None
+    return op_type if op_type in _PER_ELEMENT_KEYS else None
 
 
 # -- micro-benchmarks -------------------------------------------------------------------------
