@@ -116,6 +116,23 @@ def parse_overrides(items: Any) -> dict[str, float]:
     return out
 
 
+#: :func:`auto_damp` between these: SparseGPT's 1% where rows far outnumber features, up to 11%
+#: where there are as many features as rows or more.
+DAMP_MIN, DAMP_RANGE = 0.01, 0.1
+
+
+def auto_damp(features: int, rows: int) -> float:
+    """The damping of a layer with ``features`` inputs seen on ``rows`` calibration rows:
+    ``0.01 + 0.1 * min(1, features / rows)``. SparseGPT's 1% assumes far more rows than features
+    (hundreds of thousands of tokens for a few thousand); MiniLM calibrated on 32 sentences has
+    about 400 token rows for 384- and 1536-wide inputs, a rank-deficient Gram matrix whose
+    undamped directions the row updates overfit: its held-out embedding cosine at 50% rose
+    from 0.866 to 0.903-0.906 at damp 0.1-0.3 on either half of its sentences, while the digits
+    CNN (tens of thousands of rows per convolution feature) lost up to 0.6 points at damp 0.1
+    with activation scores and least squares."""
+    return DAMP_MIN + DAMP_RANGE * min(1.0, features / max(rows, 1))
+
+
 @dataclass(frozen=True)
 class PruneOptions(PassOptions):
     """Options of :class:`PruneMagnitude` (``--pipeline prune``).
@@ -136,7 +153,7 @@ class PruneOptions(PassOptions):
     held-out data; layers the outputs are most sensitive to step back ``1/levels`` of their
     target at a time (at most ``max_steps`` steps); a budget still missed fails unless
     ``allow_budget_miss``. ``damp``: diagonal damping of the Gram matrices (fraction of their
-    mean). ``max_rows``: rows of statistics per layer. ``memory_mb``: statistics held at once.
+    mean); None: :func:`auto_damp`, more where a layer has few calibration rows per input feature. ``max_rows``: rows of statistics per layer. ``memory_mb``: statistics held at once.
     ``measure_latency``: time both models for the report.
     """
 
@@ -162,7 +179,7 @@ class PruneOptions(PassOptions):
     allow_budget_miss: bool = False
     max_steps: int = 32
     padding_mask: str | None = "auto"
-    damp: float = 0.01
+    damp: float | None = None
     max_rows: int = 8192
     max_samples: int = 1024
     memory_mb: int = 512
@@ -182,7 +199,7 @@ class PruneOptions(PassOptions):
             raise ValueError(f"threshold must be one of auto, {', '.join(THRESHOLDS)}, got {self.threshold!r}")
         if self.levels < 1 or self.max_steps < 0 or self.min_params < 0 or self.max_samples < 1 or self.max_rows < 1:
             raise ValueError("levels, max_samples and max_rows must be >= 1; max_steps and min_params >= 0")
-        if not self.damp > 0:
+        if self.damp is not None and not self.damp > 0:
             raise ValueError(f"damp must be > 0, got {self.damp}")
         parse_overrides(self.overrides)
 
@@ -341,7 +358,7 @@ class _Pruner:
                     b = waug[gi][:, :d] @ st.cross[gi][:d, :d].T
             else:
                 b = wg @ h_raw
-            h, b = toward(h_raw, b, wg, self.opts.damp)
+            h, b = toward(h_raw, b, wg, self.opts.damp if self.opts.damp is not None else auto_damp(d, st.rows))
             if self.score == "second-order":
                 start = solve_rows(h, b) if st.cross is not None else wg
                 prunable = np.arange(dim) < d

@@ -349,3 +349,22 @@ def test_conv_reconstruction_fits_the_bias_too():
     assert len(out.graph.node[2].input) == 3  # conv2 got a bias to absorb the removed mean
     assert from_proto(out).graph.inputs[0].shape() == (1, 8, 8, 8)
     assert report.reconstruction
+
+
+def test_auto_damping_grows_as_calibration_rows_get_scarce():
+    from onnxforge.passes.compression.pruning.magnitude import DAMP_MIN, DAMP_RANGE, auto_damp
+
+    assert auto_damp(108, 50_000) == pytest.approx(DAMP_MIN, abs=1e-3)  # plenty of rows: SparseGPT's 1%
+    assert auto_damp(384, 1200) < auto_damp(384, 400) < auto_damp(1536, 400) == DAMP_MIN + DAMP_RANGE
+    assert auto_damp(10, 0) == DAMP_MIN + DAMP_RANGE
+    PruneOptions(damp=None).validate()
+    with pytest.raises(ValueError, match="damp"):
+        PruneOptions(damp=0.0).validate()
+    # the default follows the data: with 8 rows for 64 features it differs from a fixed 1%
+    model = mlp()
+    feeds = [{"x": np.random.default_rng(1).standard_normal((8, 32)).astype(np.float32)}]
+    got = {}
+    for damp in (None, 0.01):
+        out, _, _ = _prune(model, sparsity=0.5, calibration=feeds, score="second-order", damp=damp, skip_first=False, min_params=0)
+        got[damp] = [numpy_helper.to_array(t) for t in out.graph.initializer]
+    assert any(not np.allclose(a, b) for a, b in zip(got[None], got[0.01]))
