@@ -5,41 +5,51 @@ the same message (tensors stored in typed fields such as ``float_data`` come bac
 ``raw_data``, with the same values; external data comes back embedded). :func:`is_archive`
 tells an archive from a model by its first bytes; :func:`onnxforge.modelio.load` reads either.
 
-Layout (integers little-endian)::
+Layout (fixed integers little-endian, the rest LEB128 varints)::
 
-    0   8 bytes   magic b"ONNXZ\\x1a\\r\\n"
-    8   u16       format version (1)
+    0   8 bytes   magic b"ONNXZ\x1a\r\n"
+    8   u16       format version (2; version 1 archives are still read)
     10  u16       flags (0)
     12  u32       index length I
-    16  I bytes   index: zlib-compressed JSON (below)
-    16+I          the blobs the index points at, back to back
+    16  I bytes   index (below)
+    16+I          the coded tensors' blobs in index order, then the skeleton's
 
-The index is ``{"skeleton": BLOB, "tensors": [TENSOR, ...]}``. A BLOB is ``{"offset", "length",
-"size", "crc32"}``: ``length`` bytes at ``offset`` (from the end of the index) decode to
-``size`` bytes whose CRC-32 is ``crc32``. The skeleton blob (``"codec"``: ``zlib``, the default,
-or ``xz``, whichever is smaller) is the serialized ModelProto
-with the data of every coded tensor left out. Each TENSOR is a BLOB plus ``"ref"`` (the
-tensor's position among all tensors of the model, in the order of
-:func:`onnxforge.ir.tensor_data.iter_tensors`: initializers and Constant values of every graph),
-``"name"`` (checked on unpack) and ``"codec"``, one of:
+Index::
 
-* ``raw``: the tensor's little-endian bytes as they are (not written by this version: a
-  tensor no codec shrinks stays in the skeleton, which is deflated as a whole).
-* ``huffman``: the bytes cut into ``planes`` byte planes (byte ``i`` of every element; one
-  plane for 1-byte and packed 4-bit types), each a Huffman stream (:mod:`onnxforge.ir.huffman`)
-  prefixed by its length as a LEB128 varint.
-* ``nibbles``: a packed 4-bit tensor (uint4/int4: codebook indices) as one Huffman stream of
+    skeleton:  codec (u8: 4 zlib, 5 xz), length, size, crc32 (u32)
+    count
+    count x    ref delta, codec (u8), transform (u8), length, size, crc32 (u32), codec parameters
+
+``length`` bytes decode to ``size`` bytes whose CRC-32 is ``crc32``; a blob starts where the
+one before it ended. The skeleton (``zlib`` or ``xz``, whichever is smaller) is the serialized
+ModelProto with the data of every coded tensor left out. A tensor's ``ref`` is its position
+among all tensors of the model, in the order of :func:`onnxforge.ir.tensor_data.iter_tensors`
+(initializers and Constant values of every graph), written as its difference from the previous
+entry's ref plus one (refs increase). ``transform`` 1 (``f16``): a float32 tensor whose every
+value is exactly a float16 is coded as its float16 bytes (half the size) and widened back on
+unpacking (per-channel scales and biases rounded to float16 precision by weight sharing). The
+codecs (u8), their parameters after the CRC:
+
+* 0 ``raw``: the bytes as they are (not written by this version: a
+  tensor no codec shrinks stays in the skeleton, which is compressed as a whole).
+* 1 ``huffman`` (parameter: planes, u8): the bytes cut into ``planes`` byte planes (byte ``i``
+  of every element; one plane for 1-byte and packed 4-bit types), each a Huffman stream
+  (:mod:`onnxforge.ir.huffman`) prefixed by its length as a LEB128 varint.
+* 2 ``nibbles``: a packed 4-bit tensor (uint4/int4: codebook indices) as one Huffman stream of
   its 4-bit values, low nibble first; an odd count ends with a zero nibble in the last byte.
-* ``runs``: 1-byte symbols (or ``nibbles`` of a 4-bit tensor, ``"unit": 4``) where one symbol
-  ``zero`` dominates (the index of a pruned weight's exact 0): two Huffman streams, each
-  prefixed by its LEB128 length. The first holds run tokens ``r``: 0..254 = ``r`` zeros then
-  the next value, 255 = 255 zeros and no value; the second the values (never ``zero``), in
-  order. Zeros after the last value fill the tensor up to its size (Deep Compression's
-  relative-index coding of sparse weights).
-* ``zlib``: deflate (small tensors with repeated patterns, such as shape constants).
-* ``xz``: LZMA2 (raw stream, no container; the filter ``{"id": FILTER_LZMA2, "preset": 6}``),
+* 3 ``runs`` (parameters: zero, u8; unit, u8: 8, or 4 for the nibbles of a 4-bit tensor):
+  symbols where one symbol ``zero`` dominates (the index of a pruned weight's exact 0): two
+  Huffman streams, each prefixed by its LEB128 length. The first holds run tokens ``r``:
+  0..254 = ``r`` zeros then the next value, 255 = 255 zeros and no value; the second the
+  values (never ``zero``), in order. Zeros after the last value fill the tensor up to its size
+  (Deep Compression's relative-index coding of sparse weights).
+* 4 ``zlib``: deflate (small tensors with repeated patterns, such as shape constants).
+* 5 ``xz``: LZMA2 (raw stream, no container; the filter ``{"id": FILTER_LZMA2, "preset": 6}``),
   tried on tensors up to 4 MB and on 1-byte tensors (index tables) up to 32 MB, whose repeats
   a Huffman code of single symbols cannot see.
+
+Format 1 (read, not written) had a zlib-compressed JSON index with names and offsets, the
+skeleton's blob last, and Huffman code lengths one byte each.
 
 Every tensor above 64 bytes takes the codec that makes it smallest. A damaged archive (bad magic, version,
 index, offsets, CRC, or a stream that does not decode) raises :class:`ArchiveError` with a
@@ -48,6 +58,7 @@ one-line reason; sizes are checked before anything is allocated.
 
 from __future__ import annotations
 
+import functools
 import json
 import lzma
 import math
@@ -67,7 +78,9 @@ from onnxforge.ir import huffman
 from onnxforge.ir.tensor_data import TensorStore, is_external, iter_tensors
 
 MAGIC = b"ONNXZ\x1a\r\n"
-VERSION = 1
+VERSION = 2
+#: Format versions :func:`unpack` reads.
+READABLE = (1, 2)
 SUFFIX = ".onnxz"
 _HEADER = struct.Struct("<8sHHI")
 #: Tensors of this size or less stay in the skeleton (their coding would cost more than it saves).
@@ -79,6 +92,10 @@ XZ_MAX_INDEX_BYTES = 32 << 20
 _XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
 ZLIB_MAX_BYTES = 1 << 20
 _FOUR_BIT = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+#: Codec ids of the format-2 index.
+CODECS = ("raw", "huffman", "nibbles", "runs", "zlib", "xz")
+#: Transform ids: how the coded bytes relate to the tensor's.
+TRANSFORMS = (None, "f16")
 _DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 
 
@@ -184,13 +201,47 @@ def _huffman_size(sym: np.ndarray) -> int:
     counts = np.bincount(sym, minlength=256)
     bits = huffman.coded_bits(counts)
     block = huffman.block_size(sym.size, bits / max(sym.size, 1))
-    return (bits + 7) // 8 + 16 + math.ceil(sym.size / block) * 2
+    used = np.flatnonzero(counts)
+    table = huffman.table_bytes(int(used[-1]) + 1) if used.size else 0
+    return (bits + 7) // 8 + 8 + table + math.ceil(sym.size / block) * 2
 
 
-def _candidates(raw: bytes, t: onnx.TensorProto) -> list[tuple[int, str, Callable[[], tuple[bytes, dict[str, Any]]]]]:
-    """(estimated size, codec, encoder) for every codec that applies."""
-    out: list[tuple[int, str, Callable[[], tuple[bytes, dict[str, Any]]]]] = [(len(raw), "raw", lambda: (raw, {}))]
-    size = _itemsize(t)
+Encoder = Callable[[], tuple[bytes, dict[str, Any]]]
+
+
+def _candidates(raw: bytes, t: onnx.TensorProto) -> list[tuple[int, str, Encoder]]:
+    """(estimated size, codec, encoder) for every codec that applies; an encoder's parameters
+    hold ``"transform": "f16"`` when it codes the tensor's float16 form."""
+    four_bit = t.data_type in _FOUR_BIT
+    out = _byte_candidates(raw, _itemsize(t), four_bit)
+    half = _as_f16(raw) if t.data_type == onnx.TensorProto.FLOAT else None
+    if half is not None:
+        for est, codec, enc in _byte_candidates(half, 2, False):
+            if codec != "raw":
+                out.append((est, codec, functools.partial(_as_transform, enc, "f16")))
+    return out
+
+
+def _as_transform(encode: Encoder, transform: str) -> tuple[bytes, dict[str, Any]]:
+    data, params = encode()
+    return data, {**params, "transform": transform}
+
+
+def _as_f16(raw: bytes) -> bytes | None:
+    """The float16 bytes of float32 ``raw`` when every value converts back bit for bit."""
+    if len(raw) % 4 or not raw:
+        return None
+    x = np.frombuffer(raw, "<f4")
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = x.astype("<f2")
+    if h.astype("<f4").tobytes() != raw:
+        return None
+    return h.tobytes()
+
+
+def _byte_candidates(raw: bytes, size: int, four_bit: bool) -> list[tuple[int, str, Encoder]]:
+    out: list[tuple[int, str, Encoder]] = [(len(raw), "raw", lambda: (raw, {}))]
+    itemsize = size
     b = np.frombuffer(raw, np.uint8)
     if size > 1 and b.size % size == 0:
         planes = [np.ascontiguousarray(p) for p in b.reshape(-1, size).T]
@@ -199,7 +250,7 @@ def _candidates(raw: bytes, t: onnx.TensorProto) -> list[tuple[int, str, Callabl
     est = sum(_huffman_size(p) for p in planes)
     out.append((est, "huffman", lambda: (b"".join(_with_length(huffman.encode(p)) for p in planes), {"planes": size})))
     symbols: list[tuple[np.ndarray, int]] = []
-    if t.data_type in _FOUR_BIT:
+    if four_bit:
         nib = _nibbles(raw)
         symbols.append((nib, 4))
         out.append((_huffman_size(nib), "nibbles", lambda: (huffman.encode(nib), {})))
@@ -213,17 +264,15 @@ def _candidates(raw: bytes, t: onnx.TensorProto) -> list[tuple[int, str, Callabl
         tokens, values = _run_tokens(sym, zero)
         est_runs = _huffman_size(tokens) + _huffman_size(values)
 
-        def enc(
-            tokens: np.ndarray = tokens, values: np.ndarray = values, zero: int = zero, unit: int = unit, count: int = int(sym.size)
-        ) -> tuple[bytes, dict[str, Any]]:
+        def enc(tokens: np.ndarray = tokens, values: np.ndarray = values, zero: int = zero, unit: int = unit) -> tuple[bytes, dict[str, Any]]:
             data = _with_length(huffman.encode(tokens)) + _with_length(huffman.encode(values))
-            return data, {"zero": zero, "unit": unit, "count": count}
+            return data, {"zero": zero, "unit": unit}
 
         out.append((est_runs, "runs", enc))
     if len(raw) <= ZLIB_MAX_BYTES:
         z = zlib.compress(raw, 9)
         out.append((len(z), "zlib", lambda: (z, {})))
-    if len(raw) <= (XZ_MAX_INDEX_BYTES if _itemsize(t) == 1 else XZ_MAX_BYTES):
+    if len(raw) <= (XZ_MAX_INDEX_BYTES if itemsize == 1 else XZ_MAX_BYTES):
         x = _xz(raw)
         out.append((len(x), "xz", lambda: (x, {})))
     return out
@@ -234,7 +283,6 @@ def pack(proto: onnx.ModelProto, store: TensorStore | None = None) -> bytes:
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(proto)
     blobs: list[bytes] = []
-    offset = 0
     entries: list[dict[str, Any]] = []
     for ref, t in enumerate(iter_tensors(skeleton)):
         raw = _tensor_bytes(t, store)
@@ -249,17 +297,14 @@ def pack(proto: onnx.ModelProto, store: TensorStore | None = None) -> bytes:
         best = min(_candidates(raw, t), key=lambda c: c[0])
         data, params = best[2]()
         codec = best[1]
-        if codec == "raw" or len(data) >= len(raw):  # nothing gained: the skeleton (deflated) holds it
+        if codec == "raw" or len(data) >= len(raw):  # nothing gained: the skeleton (compressed) holds it
             if is_external(t):
                 t.ClearField("external_data")
                 t.ClearField("data_location")
                 t.raw_data = raw
             continue
-        entries.append(
-            {"ref": ref, "name": t.name, "codec": codec, **params, **_blob(offset, data, raw)}
-        )
+        entries.append({"ref": ref, "codec": codec, **params, **_blob(data, raw)})
         blobs.append(data)
-        offset += len(data)
         for f in _DATA_FIELDS:
             t.ClearField(f)
         t.ClearField("raw_data")
@@ -271,10 +316,26 @@ def pack(proto: onnx.ModelProto, store: TensorStore | None = None) -> bytes:
     sk_x = _xz(sk)
     if len(sk_x) < len(sk_z):
         sk_z, sk_codec = sk_x, "xz"
-    index = {"skeleton": {**_blob(offset, sk_z, sk), "codec": sk_codec}, "tensors": entries}
-    blobs.append(sk_z)
-    index_z = zlib.compress(json.dumps(index, separators=(",", ":")).encode(), 9)
-    return _HEADER.pack(MAGIC, VERSION, 0, len(index_z)) + index_z + b"".join(blobs)
+    index = _write_index({**_blob(sk_z, sk), "codec": sk_codec}, entries)
+    return _HEADER.pack(MAGIC, VERSION, 0, len(index)) + index + b"".join(blobs) + sk_z
+
+
+def _write_index(skeleton: dict[str, Any], entries: list[dict[str, Any]]) -> bytes:
+    v = huffman._varint
+    out = bytearray([CODECS.index(skeleton["codec"])])
+    out += v(skeleton["length"]) + v(skeleton["size"]) + struct.pack("<I", skeleton["crc32"])
+    out += v(len(entries))
+    prev = -1
+    for e in entries:
+        out += v(e["ref"] - prev - 1)
+        prev = e["ref"]
+        out += bytes([CODECS.index(e["codec"]), TRANSFORMS.index(e.get("transform"))])
+        out += v(e["length"]) + v(e["size"]) + struct.pack("<I", e["crc32"])
+        if e["codec"] == "huffman":
+            out.append(e["planes"])
+        elif e["codec"] == "runs":
+            out += bytes([e["zero"], e["unit"]])
+    return bytes(out)
 
 
 def _xz(data: bytes) -> bytes:
@@ -292,8 +353,8 @@ def _unxz(data: bytes | memoryview, size: int, what: str) -> bytes:
     return out
 
 
-def _blob(offset: int, data: bytes, decoded: bytes) -> dict[str, int]:
-    return {"offset": offset, "length": len(data), "size": len(decoded), "crc32": zlib.crc32(decoded)}
+def _blob(data: bytes, decoded: bytes) -> dict[str, int]:
+    return {"length": len(data), "size": len(decoded), "crc32": zlib.crc32(decoded)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,36 +372,59 @@ def _inflate(data: bytes | memoryview, size: int, what: str) -> bytes:
 
 
 def _decode_tensor(e: dict[str, Any], data: memoryview) -> bytes:
-    codec, size = e["codec"], int(e["size"])
+    """The tensor bytes of index entry ``e`` from its blob ``data``."""
+    transform = e.get("transform")
+    if transform is None:
+        return _decode_payload(e, data, int(e["size"]))
+    if transform == "f16":
+        size = int(e["size"])
+        if size % 4:
+            raise ArchiveError(f"archive damaged: tensor {_label(e)} has a bad float16 size")
+        half = _decode_payload(e, data, size // 2)
+        if len(half) != size // 2:
+            raise ArchiveError(f"archive damaged: tensor {_label(e)} decodes to the wrong size")
+        return np.frombuffer(half, "<f2").astype("<f4").tobytes()
+    raise ArchiveError(f"archive has tensor {_label(e)} in unknown transform {transform!r}")
+
+
+def _label(e: dict[str, Any]) -> str:
+    return repr(e["name"]) if e.get("name") else f"#{e.get('ref')}"
+
+
+def _decode_payload(e: dict[str, Any], data: memoryview, size: int) -> bytes:
+    codec = e["codec"]
+    what = f"tensor {_label(e)}"
     if codec == "raw":
         return bytes(data)
     if codec == "zlib":
-        return _inflate(data, size, f"tensor {e['name']!r}")
+        return _inflate(data, size, what)
     if codec == "xz":
-        return _unxz(data, size, f"tensor {e['name']!r}")
+        return _unxz(data, size, what)
+    v1 = bool(e.get("v1"))
     try:
         if codec == "huffman":
             planes = int(e["planes"])
             if planes < 1 or size % planes:
-                raise ArchiveError(f"archive damaged: tensor {e['name']!r} has a bad plane count")
-            streams = [huffman.decode(s) for s in _split_streams(data, planes)]
+                raise ArchiveError(f"archive damaged: {what} has a bad plane count")
+            streams = [huffman.decode(s, byte_lengths=v1) for s in _split_streams(data, planes)]
             if any(s.size != size // planes for s in streams):
-                raise ArchiveError(f"archive damaged: tensor {e['name']!r} has planes of the wrong size")
+                raise ArchiveError(f"archive damaged: {what} has planes of the wrong size")
             return np.stack(streams, axis=1).tobytes() if planes > 1 else streams[0].tobytes()
         if codec == "nibbles":
-            return _pack_nibbles(huffman.decode(data)[: size * 2])
+            return _pack_nibbles(huffman.decode(data, byte_lengths=v1)[: size * 2])
         if codec == "runs":
-            unit, count, zero = int(e["unit"]), int(e["count"]), int(e["zero"])
-            if count != (size * 2 if unit == 4 else size) or not 0 <= zero < 256:
-                raise ArchiveError(f"archive damaged: tensor {e['name']!r} has a bad run header")
+            unit, zero = int(e["unit"]), int(e["zero"])
+            count = size * 2 if unit == 4 else size
+            if unit not in (4, 8) or int(e.get("count", count)) != count or not 0 <= zero < 256:
+                raise ArchiveError(f"archive damaged: {what} has a bad run header")
             tok_s, val_s = _split_streams(data, 2)
-            sym = _from_runs(huffman.decode(tok_s), huffman.decode(val_s), zero, count)
+            sym = _from_runs(huffman.decode(tok_s, byte_lengths=v1), huffman.decode(val_s, byte_lengths=v1), zero, count)
             return _pack_nibbles(sym) if unit == 4 else sym.tobytes()
     except huffman.HuffmanError as err:
-        raise ArchiveError(f"archive damaged: tensor {e['name']!r}: {err}") from None
+        raise ArchiveError(f"archive damaged: {what}: {err}") from None
     except (KeyError, TypeError, ValueError) as err:
-        raise ArchiveError(f"archive damaged: tensor {e['name']!r}: {err}") from None
-    raise ArchiveError(f"archive has tensor {e['name']!r} in unknown codec {codec!r}")
+        raise ArchiveError(f"archive damaged: {what}: {err}") from None
+    raise ArchiveError(f"archive has {what} in unknown codec {codec!r}")
 
 
 def _slice(body: memoryview, e: dict[str, Any], what: str) -> memoryview:
@@ -354,26 +438,96 @@ def _slice(body: memoryview, e: dict[str, Any], what: str) -> memoryview:
 
 
 def read_index(data: bytes | memoryview) -> dict[str, Any]:
-    """The parsed index of an archive (for tools that list its contents)."""
+    """The parsed index of an archive: ``{"skeleton": BLOB, "tensors": [ENTRY, ...], "_body":
+    offset of the first blob}``, every blob with its ``offset`` from ``_body`` (format 1 and 2)."""
     view = memoryview(data)
     if len(view) < _HEADER.size:
         raise ArchiveError("archive truncated: shorter than its header")
     magic, version, _flags, n = _HEADER.unpack(view[: _HEADER.size])
     if magic != MAGIC:
         raise ArchiveError("not an .onnxz archive (bad magic)")
-    if version != VERSION:
-        raise ArchiveError(f"archive format version {version} is not supported (this onnxforge reads {VERSION})")
+    if version not in READABLE:
+        raise ArchiveError(f"archive format version {version} is not supported (this onnxforge reads {', '.join(map(str, READABLE))})")
     if _HEADER.size + n > len(view):
         raise ArchiveError("archive truncated: the index is cut off")
+    raw = view[_HEADER.size : _HEADER.size + n]
+    index = _read_index_v1(raw) if version == 1 else _read_index_v2(raw)
+    index["_body"] = _HEADER.size + n
+    return index
+
+
+def _read_index_v1(raw: memoryview) -> dict[str, Any]:
     try:
-        raw = zlib.decompress(view[_HEADER.size : _HEADER.size + n])
-        index = json.loads(raw)
+        index = json.loads(zlib.decompress(raw))
     except (zlib.error, ValueError) as e:
         raise ArchiveError(f"archive damaged: bad index ({e})") from None
     if not isinstance(index, dict) or not isinstance(index.get("tensors"), list) or not isinstance(index.get("skeleton"), dict):
         raise ArchiveError("archive damaged: bad index")
-    index["_body"] = _HEADER.size + n
+    for entry in index["tensors"]:
+        if isinstance(entry, dict):
+            entry["v1"] = True
     return index
+
+
+def _read_index_v2(raw: memoryview) -> dict[str, Any]:
+    r = huffman._Reader(raw)
+
+    def u8() -> int:
+        return int(r.take(1)[0])
+
+    def u32() -> int:
+        return int(struct.unpack("<I", r.take(4))[0])
+
+    def codec(i: int) -> str:
+        if i >= len(CODECS):
+            raise ArchiveError(f"archive has a tensor in unknown codec #{i}")
+        return CODECS[i]
+
+    try:
+        sk_codec = codec(u8())
+        skeleton: dict[str, Any] = {"codec": sk_codec, "length": r.varint(), "size": r.varint(), "crc32": u32()}
+        count = r.varint()
+        if count > len(raw):  # every entry takes several bytes
+            raise ArchiveError("archive damaged: bad index")
+        tensors: list[dict[str, Any]] = []
+        ref, offset = -1, 0
+        for _ in range(count):
+            ref += r.varint() + 1
+            e: dict[str, Any] = {"ref": ref, "codec": codec(u8())}
+            t = u8()
+            if t >= len(TRANSFORMS):
+                raise ArchiveError(f"archive has tensor #{ref} in unknown transform #{t}")
+            e["transform"] = TRANSFORMS[t]
+            e["length"], e["size"], e["crc32"] = r.varint(), r.varint(), u32()
+            if e["codec"] == "huffman":
+                e["planes"] = u8()
+            elif e["codec"] == "runs":
+                e["zero"], e["unit"] = u8(), u8()
+            e["offset"] = offset
+            offset += e["length"]
+            tensors.append(e)
+        skeleton["offset"] = offset
+    except huffman.HuffmanError:
+        raise ArchiveError("archive damaged: the index is cut off") from None
+    if r.pos != len(raw):
+        raise ArchiveError("archive damaged: bad index")
+    return {"skeleton": skeleton, "tensors": tensors}
+
+
+def _skeleton(body: memoryview, sk: dict[str, Any]) -> onnx.ModelProto:
+    """The skeleton ModelProto (coded tensors without data), CRC-checked."""
+    codec = sk.get("codec", "zlib")
+    if codec not in ("zlib", "xz"):
+        raise ArchiveError(f"archive damaged: the skeleton is in codec {codec!r}")
+    inflate = _unxz if codec == "xz" else _inflate
+    sk_bytes = inflate(_slice(body, sk, "the skeleton"), int(sk.get("size", -1)), "the skeleton")
+    _check_crc(sk_bytes, sk, "the skeleton")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(sk_bytes)
+    except (DecodeError, RuntimeError, ValueError) as err:
+        raise ArchiveError(f"archive damaged: the skeleton is not a model ({err})") from None
+    return proto
 
 
 def unpack(data: bytes | memoryview) -> onnx.ModelProto:
@@ -381,23 +535,16 @@ def unpack(data: bytes | memoryview) -> onnx.ModelProto:
     view = memoryview(data)
     index = read_index(view)
     body = view[index.pop("_body") :]
-    sk = index["skeleton"]
-    unpack_skeleton = _unxz if sk.get("codec", "zlib") == "xz" else _inflate
-    sk_bytes = unpack_skeleton(_slice(body, sk, "the skeleton"), int(sk.get("size", -1)), "the skeleton")
-    _check_crc(sk_bytes, sk, "the skeleton")
-    proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(sk_bytes)
-    except (DecodeError, RuntimeError, ValueError) as err:
-        raise ArchiveError(f"archive damaged: the skeleton is not a model ({err})") from None
+    proto = _skeleton(body, index["skeleton"])
     tensors = list(iter_tensors(proto))
     for e in index["tensors"]:
         if not isinstance(e, dict):
             raise ArchiveError("archive damaged: bad tensor entry")
         ref = e.get("ref")
-        if not isinstance(ref, int) or not 0 <= ref < len(tensors) or tensors[ref].name != e.get("name"):
-            raise ArchiveError(f"archive damaged: tensor entry {e.get('name')!r} does not match the skeleton")
+        if not isinstance(ref, int) or not 0 <= ref < len(tensors) or ("name" in e and tensors[ref].name != e["name"]):
+            raise ArchiveError(f"archive damaged: tensor entry {_label(e)} does not match the skeleton")
         t = tensors[ref]
+        e["name"] = t.name
         size = int(e.get("size", -1))
         if size != _expected_bytes(t):
             raise ArchiveError(f"archive damaged: tensor {t.name!r} has {size} bytes, its shape needs {_expected_bytes(t)}")
@@ -422,9 +569,19 @@ def _check_crc(data: bytes, e: dict[str, Any], what: str) -> None:
 
 
 def summary(data: bytes | memoryview) -> list[dict[str, Any]]:
-    """Per coded tensor: name, codec, decoded and coded bytes (for reports)."""
-    index = read_index(data)
-    return [
-        {"name": e.get("name"), "codec": e.get("codec"), "bytes": e.get("size"), "coded": e.get("length")}
-        for e in index["tensors"]
-    ]
+    """Per coded tensor: name, codec (with ``+f16`` when coded as float16), decoded and coded
+    bytes; and the skeleton as a last row named ``(graph)`` (for reports)."""
+    view = memoryview(data)
+    index = read_index(view)
+    body = view[index.pop("_body") :]
+    sk = index["skeleton"]
+    proto = _skeleton(body, sk)
+    names = [t.name for t in iter_tensors(proto)]
+    rows = []
+    for e in index["tensors"]:
+        ref = e.get("ref")
+        name = e.get("name") or (names[ref] if isinstance(ref, int) and 0 <= ref < len(names) else None)
+        codec = str(e.get("codec")) + ("+f16" if e.get("transform") == "f16" else "")
+        rows.append({"name": name, "codec": codec, "bytes": e.get("size"), "coded": e.get("length")})
+    rows.append({"name": "(graph)", "codec": sk.get("codec", "zlib"), "bytes": sk.get("size"), "coded": sk.get("length")})
+    return rows

@@ -3,13 +3,14 @@
 The entropy coder of the ``.onnxz`` archive (:mod:`onnxforge.ir.archive`), Deep Compression's
 third stage. A stream codes ``n`` symbols from an alphabet of at most 256 with a canonical code
 (limited to :data:`MAX_LENGTH` bits, so a 2^16-entry table decodes any code word in one
-lookup). The symbols are cut into blocks coded one after the other; the bit length of every
+lookup, and a code length fits a nibble). The symbols are cut into blocks coded one after the other; the bit length of every
 block is stored, so that the decoder runs all blocks side by side (one numpy step per symbol of
 a block, over all blocks at once) instead of one Python step per symbol.
 
 Layout of :func:`encode`'s bytes (all integers LEB128 varints)::
 
-    n, block, count of code lengths L, L code lengths (one byte per symbol 0..L-1, 0 = unused),
+    n, block, count of code lengths L, L code lengths (4 bits per symbol 0..L-1, 0 = unused,
+    two per byte, low nibble first; streams of archive format 1 had one byte per length),
     the bit length of each of the ceil(n / block) blocks (the first as it is, then each one's
     difference from the one before, zigzag-coded), then the blocks' bits, MSB first, each
     block starting on the bit where the previous one ended; zero bits pad the last byte.
@@ -25,8 +26,10 @@ import math
 
 import numpy as np
 
-#: Longest code word.
-MAX_LENGTH = 16
+#: Longest code word :func:`encode` writes (a length fits a nibble).
+MAX_LENGTH = 15
+#: Longest code word :func:`decode` reads (format-1 streams allowed 16 bits): the size of its table.
+_DECODE_BITS = 16
 #: Fewest symbols per block (a shorter stream is one block).
 _MIN_BLOCK = 128
 
@@ -132,14 +135,29 @@ def block_size(n: int, bits_per_symbol: float) -> int:
     return max(1, min(n, max(_MIN_BLOCK, min(4096, target))))
 
 
+def pack_lengths(lengths: np.ndarray) -> bytes:
+    """Code lengths (each at most 15) two per byte, low nibble first."""
+    v = np.asarray(lengths, np.uint8)
+    if v.size % 2:
+        v = np.concatenate([v, np.zeros(1, np.uint8)])
+    return ((v[0::2] & 0x0F) | (v[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def table_bytes(top: int) -> int:
+    """Bytes the code lengths of symbols ``0..top-1`` take in a stream."""
+    return (top + 1) // 2
+
+
 def encode(symbols: np.ndarray, lengths: np.ndarray | None = None) -> bytes:
-    """Huffman-code ``symbols`` (uint8 values); ``lengths`` (code length per symbol value) is
-    computed from the symbols' counts when not given."""
+    """Huffman-code ``symbols`` (uint8 values); ``lengths`` (code length per symbol value, at
+    most :data:`MAX_LENGTH`) is computed from the symbols' counts when not given."""
     sym = np.ascontiguousarray(symbols, np.uint8).ravel()
     n = sym.size
     if lengths is None:
         lengths = code_lengths(np.bincount(sym, minlength=256))
     lengths = np.asarray(lengths, np.uint8)
+    if lengths.size and lengths.max() > MAX_LENGTH:
+        raise ValueError(f"code lengths above {MAX_LENGTH} bits")
     top = int(np.flatnonzero(lengths)[-1]) + 1 if lengths.any() else 0
     if n and (sym.max() >= top or not lengths[sym].all()):
         raise ValueError("a symbol has no code")
@@ -149,7 +167,7 @@ def encode(symbols: np.ndarray, lengths: np.ndarray | None = None) -> bytes:
     block = block_size(n, float(ends[-1]) / n if n else 1.0)
     nblocks = math.ceil(n / block) if n else 0
     block_bits = np.diff(np.concatenate([[0], ends[np.minimum(np.arange(1, nblocks + 1) * block, n) - 1]])) if n else np.zeros(0, np.int64)
-    head = bytearray(_varint(n) + _varint(block) + _varint(top) + lengths[:top].tobytes())
+    head = bytearray(_varint(n) + _varint(block) + _varint(top) + pack_lengths(lengths[:top]))
     # block lengths: the first, then each one's difference from the one before (zigzag)
     prev = 0
     for b in block_bits:
@@ -173,18 +191,23 @@ def encode(symbols: np.ndarray, lengths: np.ndarray | None = None) -> bytes:
     return bytes(head) + body[: (total + 7) // 8].astype(np.uint8).tobytes()
 
 
-def decode(data: bytes | memoryview) -> np.ndarray:
-    """The uint8 symbols of a stream made by :func:`encode`."""
+def decode(data: bytes | memoryview, *, byte_lengths: bool = False) -> np.ndarray:
+    """The uint8 symbols of a stream made by :func:`encode` (``byte_lengths``: a stream of
+    archive format 1, one byte per code length)."""
     r = _Reader(data)
     n = r.varint()
     block = r.varint()
     top = r.varint()
     if top > 256 or block < 1 or n > (1 << 40):
         raise HuffmanError("bad stream header")
-    lengths = np.frombuffer(r.take(top), np.uint8)
+    if byte_lengths:
+        lengths = np.frombuffer(r.take(top), np.uint8)
+    else:
+        b = np.frombuffer(r.take(table_bytes(top)), np.uint8)
+        lengths = np.stack([b & 0x0F, b >> 4], axis=1).reshape(-1)[:top]
     if n == 0:
         return np.zeros(0, np.uint8)
-    if not lengths.any() or lengths.max() > MAX_LENGTH:
+    if not lengths.any() or lengths.max() > _DECODE_BITS:
         raise HuffmanError("bad code lengths")
     nblocks = math.ceil(n / block)
     if nblocks > len(r.data):  # every block length takes a byte at least
@@ -197,15 +220,15 @@ def decode(data: bytes | memoryview) -> np.ndarray:
     total = int(block_bits.sum())
     if (total + 7) // 8 > body.size:
         raise HuffmanError("stream ends early")
-    # A table indexed by the next MAX_LENGTH bits: (symbol, code length).
+    # A table indexed by the next _DECODE_BITS bits: (symbol, code length).
     codes = canonical_codes(lengths)
-    table_sym = np.zeros(1 << MAX_LENGTH, np.uint8)
-    table_len = np.zeros(1 << MAX_LENGTH, np.int64)
+    table_sym = np.zeros(1 << _DECODE_BITS, np.uint8)
+    table_len = np.zeros(1 << _DECODE_BITS, np.int64)
     for s in np.flatnonzero(lengths):
         ln = int(lengths[s])
-        lo = int(codes[s]) << (MAX_LENGTH - ln)
-        table_sym[lo : lo + (1 << (MAX_LENGTH - ln))] = s
-        table_len[lo : lo + (1 << (MAX_LENGTH - ln))] = ln
+        lo = int(codes[s]) << (_DECODE_BITS - ln)
+        table_sym[lo : lo + (1 << (_DECODE_BITS - ln))] = s
+        table_len[lo : lo + (1 << (_DECODE_BITS - ln))] = ln
     padded = np.concatenate([body, np.zeros(4, np.uint8)]).astype(np.uint32)
     pos = np.concatenate([[0], np.cumsum(block_bits)[:-1]])
     end = pos + block_bits
@@ -217,7 +240,7 @@ def decode(data: bytes | memoryview) -> np.ndarray:
         p = pos[live]
         byte = p >> 3
         word = (padded[byte] << 24) | (padded[byte + 1] << 16) | (padded[byte + 2] << 8) | padded[byte + 3]
-        bits = (word >> (32 - MAX_LENGTH - (p & 7)).astype(np.uint32)) & ((1 << MAX_LENGTH) - 1)
+        bits = (word >> (32 - _DECODE_BITS - (p & 7)).astype(np.uint32)) & ((1 << _DECODE_BITS) - 1)
         ln = table_len[bits]
         if not ln.all():
             raise HuffmanError("invalid code word")

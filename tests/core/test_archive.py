@@ -93,7 +93,9 @@ def test_archive_round_trip_is_lossless_and_picks_a_codec_per_tensor():
     data = archive.pack(m)
     assert archive.is_archive(data) and not archive.is_archive(m.SerializeToString())
     back = archive.unpack(data)
-    codecs = {e["name"]: e["codec"] for e in archive.summary(data)}
+    rows = archive.summary(data)
+    assert rows[-1]["name"] == "(graph)" and rows[-1]["coded"] < rows[-1]["bytes"]
+    codecs = {e["name"]: e["codec"] for e in rows[:-1]}
     assert codecs["idx"] in ("runs", "xz")  # the pruned index table: zero runs (Huffman) or LZMA
     assert codecs["w"] == "huffman"  # float weights: Huffman per byte plane
     assert "book" not in codecs  # 64 bytes or less stay in the skeleton
@@ -122,7 +124,7 @@ def test_packed_4bit_tensors_round_trip():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
     m.ir_version = 10
     data = archive.pack(m)
-    assert {e["codec"] for e in archive.summary(data)} <= {"runs", "nibbles", "huffman"}  # pairs of nibbles may win
+    assert {e["codec"] for e in archive.summary(data)[:-1]} <= {"runs", "nibbles", "huffman"}  # pairs of nibbles may win
     assert archive.unpack(data).SerializeToString() == m.SerializeToString()
 
 
@@ -198,3 +200,82 @@ def test_each_codec_round_trips():
             assert archive._decode_tensor(entry, memoryview(data)) == raw, codec
             seen.add(codec)
     assert seen == {"raw", "huffman", "nibbles", "runs", "zlib", "xz"}
+
+
+def _with_float(name: str, values: np.ndarray) -> onnx.ModelProto:
+    m = _model()
+    m.graph.initializer.pop()  # "pos" is int64_data: it comes back as raw_data, the same values
+    m.graph.initializer.append(numpy_helper.from_array(values.astype(np.float32), name))
+    return m
+
+
+def test_float32_tensors_of_float16_values_are_coded_at_half_size():
+    half = RNG.standard_normal(600).astype(np.float16).astype(np.float32)  # rounded scales or biases
+    half[:4] = [0.0, -0.0, np.inf, 65504.0]
+    m = _with_float("scales", half)
+    data = archive.pack(m)
+    rows = {r["name"]: r for r in archive.summary(data)}
+    assert rows["scales"]["codec"].endswith("+f16") and rows["scales"]["coded"] <= 0.55 * 2400
+    assert archive.unpack(data).SerializeToString() == m.SerializeToString()  # -0.0 and inf kept bit for bit
+    almost = half.copy()
+    almost[7] = np.nextafter(np.float32(almost[7]), np.float32(np.inf))  # one value float16 cannot hold
+    m2 = _with_float("scales", almost)
+    data2 = archive.pack(m2)
+    assert not {r["name"]: r for r in archive.summary(data2)}["scales"]["codec"].endswith("+f16")
+    assert archive.unpack(data2).SerializeToString() == m2.SerializeToString()
+
+
+def _v1_archive(m: onnx.ModelProto) -> bytes:
+    """The model as format 1 wrote it: a zlib JSON index with names and offsets, Huffman code
+    lengths one byte each, the skeleton last (kept readable)."""
+    import json
+    import zlib
+
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(m)
+    entries, blobs, offset = [], [], 0
+    for ref, t in enumerate(archive.iter_tensors(skeleton)):
+        if t.name == "idx":  # a Huffman stream in the old layout
+            stream = huffman.encode(np.frombuffer(t.raw_data, np.uint8))
+            r = huffman._Reader(stream)
+            n, block, top = r.varint(), r.varint(), r.varint()
+            packed = np.frombuffer(r.take(huffman.table_bytes(top)), np.uint8)
+            lengths = np.stack([packed & 15, packed >> 4], axis=1).reshape(-1)[:top].astype(np.uint8)
+            old = huffman._varint(n) + huffman._varint(block) + huffman._varint(top) + lengths.tobytes() + bytes(r.data[r.pos :])
+            blob, params = huffman._varint(len(old)) + old, {"codec": "huffman", "planes": 1}
+        elif t.name == "w":
+            blob, params = zlib.compress(t.raw_data), {"codec": "zlib"}
+        else:
+            continue
+        entries.append({"ref": ref, "name": t.name, "offset": offset, "length": len(blob), "size": len(t.raw_data), "crc32": zlib.crc32(t.raw_data), **params})
+        blobs.append(blob)
+        offset += len(blob)
+        t.ClearField("raw_data")
+    sk = skeleton.SerializeToString()
+    sk_z = zlib.compress(sk)
+    index = {"skeleton": {"offset": offset, "length": len(sk_z), "size": len(sk), "crc32": zlib.crc32(sk), "codec": "zlib"}, "tensors": entries}
+    index_z = zlib.compress(json.dumps(index).encode())
+    return archive._HEADER.pack(archive.MAGIC, 1, 0, len(index_z)) + index_z + b"".join(blobs) + sk_z
+
+
+def test_format_1_archives_are_still_read():
+    m = _model()
+    m.graph.initializer[-1].CopyFrom(numpy_helper.from_array(np.arange(400, dtype=np.int64) % 4, "pos"))
+    old = _v1_archive(m)
+    assert archive.unpack(old).SerializeToString() == m.SerializeToString()
+    assert {r["name"]: r["codec"] for r in archive.summary(old)}["idx"] == "huffman"
+
+
+def test_every_damaged_index_byte_is_refused_or_harmless():
+    m = _model()
+    data = archive.pack(m)
+    end = archive.read_index(data)["_body"]
+    for pos in range(8, end):
+        bad = bytearray(data)
+        bad[pos] ^= 0x5A
+        try:
+            back = archive.unpack(bytes(bad))
+        except ModelError as e:
+            assert "\n" not in str(e)
+            continue
+        assert back.SerializeToString() == archive.unpack(data).SerializeToString(), pos  # e.g. the flags
