@@ -226,6 +226,27 @@ def fit_codebook(
     return Codebook(centroids, indices, bits, zero_index, scales)
 
 
+def compact(cb: Codebook, dtype: type[np.floating] | None = None) -> Codebook:
+    """``cb`` with only the centroids some element uses (the exact zero, when kept, stays entry
+    0), indices renumbered; ``dtype`` (e.g. float16) rounds the centroids to its precision
+    first (they stay float32). The weight it decodes to is unchanged but for that rounding."""
+    centroids = cb.centroids if dtype is None else round_to_precision(cb.centroids, dtype)
+    if cb.zero_index is not None:
+        centroids = centroids.copy()
+        centroids[cb.zero_index] = 0.0
+    used = np.unique(cb.indices)
+    if cb.zero_index is not None and cb.zero_index not in used:
+        used = np.concatenate([[cb.zero_index], used]).astype(used.dtype)
+    if used.size == centroids.size:
+        return Codebook(centroids, cb.indices, cb.bits, cb.zero_index, cb.scales)
+    if cb.zero_index is not None:  # the zero first, the others in their order
+        used = np.concatenate([[cb.zero_index], used[used != cb.zero_index]]).astype(used.dtype)
+    remap = np.zeros(centroids.size, np.uint8)
+    remap[used] = np.arange(used.size, dtype=np.uint8)
+    zero = 0 if cb.zero_index is not None else None
+    return Codebook(centroids[used].astype(np.float32), remap[cb.indices], cb.bits, zero, cb.scales)
+
+
 def refine_centroids(cb: Codebook, w0: np.ndarray, gram: np.ndarray, *, axis: int = 0, iters: int = 16) -> Codebook:
     """Centroids minimizing ``tr((W0 - W)^T G (W0 - W))`` for the fixed assignment, where the
     weight's ``axis`` is the input-channel axis ``G`` (``[K, K]``) is over; the zero centroid

@@ -53,6 +53,7 @@ from onnxforge.passes.compression.codebook import (
     Codebook,
     assign_with_error_feedback,
     can_pack_4bit,
+    compact,
     emit_decode,
     emit_gather_decode,
     fit_codebook,
@@ -91,8 +92,8 @@ class WeightSharingOptions(PassOptions):
     channel): one codebook then serves channels of different ranges. ``error_feedback`` (with
     ``refine`` and calibration data): indices chosen input channel by input channel, each
     channel's rounding error compensated by the channels after it (GPTQ's update), before the
-    centroids are refined. ``round_side_tensors``: the per-channel scales and the biases of
-    the shared layers' readers (Conv/ConvTranspose/Gemm input 2) rounded to float16 precision,
+    centroids are refined. ``round_side_tensors``: the centroids, the per-channel scales and
+    the biases of the shared layers' readers (Conv/ConvTranspose/Gemm input 2) rounded to float16 precision,
     still float32 in the model (relative error below 2^-11, inside what the budget measures):
     an entropy-coded archive stores them in about half the bytes. ``samples``: calibration
     samples read at most. ``padding_mask``: as
@@ -391,6 +392,7 @@ class _Codebooks:
                     cb = assign_with_error_feedback(cb, arr, g, axis=w.layout[1])
                 cb = refine_centroids(cb, arr, g, axis=w.layout[1])
                 refined = True
+        cb = compact(cb, np.float16 if self._opts.round_side_tensors else None)
         self._cache[key] = (cb, refined)
         return cb, refined
 
@@ -501,10 +503,14 @@ class ShareWeights(Pass[WeightSharingOptions]):
         where = {w.label: (w.graph_index, w.name) for w in weights}
         floated: set[str] = set()  # weights the second stage of the budget keeps float
 
+        size = {w.label: math.prod(w.shape) for w in weights}
+
         def bits_at(level: int, name: str = "") -> int | None:
             if name in floated:
                 return None
-            return ladder[min(level, len(ladder) - 1)]
+            b = ladder[min(level, len(ladder) - 1)]
+            # as many centroids as elements: the codebook would only add bytes, the weight stays float
+            return None if name and (1 << b) >= size.get(name, 1 << 30) else b
 
         def build_with(settings: Mapping[str, int], only: str | None, stage1: Mapping[str, int] | None) -> Model:
             m = from_proto(float_proto)
@@ -513,9 +519,9 @@ class ShareWeights(Pass[WeightSharingOptions]):
                 if only is not None and name != only:
                     continue
                 if stage1 is None:
-                    b = bits_at(settings.get(name, 0))
+                    b = bits_at(settings.get(name, 0), name)
                 else:  # second stage: level 1 is float, level 0 what the first stage chose
-                    b = None if settings.get(name, 0) >= 1 else bits_at(stage1.get(name, 0))
+                    b = None if settings.get(name, 0) >= 1 else bits_at(stage1.get(name, 0), name)
                 if b is not None:
                     chosen[where[name]] = books.get(name, b)[0]
             if opts.round_side_tensors:

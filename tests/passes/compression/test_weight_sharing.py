@@ -17,7 +17,9 @@ from onnxforge.ir import to_proto
 from onnxforge.kernels.registry import evaluate
 from onnxforge.passes import ConstantFolding
 from onnxforge.passes.compression.codebook import (
+    Codebook,
     assign_with_error_feedback,
+    compact,
     decoded_weight,
     fit_codebook,
     is_decode_node,
@@ -264,6 +266,31 @@ def test_small_weights_and_graph_inputs_stay_float():
     ctx = PassContext()
     assert ctx.run(ShareWeights(min_elements=10_000), ir).modified is False
     assert "no weight" in ctx.records[REPORT_KEY].notes[0]
+
+
+def test_compact_drops_unused_centroids_and_keeps_the_zero_first():
+    centroids = np.array([0.0, -1.0, -0.5, 0.25, 0.5, 1.0, 2.0, 3.0], np.float32)
+    idx = np.array([[0, 5, 5, 2], [0, 2, 7, 7]], np.uint8)  # 4 of 8 centroids used
+    cb = Codebook(centroids, idx, 3, zero_index=0)
+    small = compact(cb)
+    assert small.centroids.size == 4 and small.zero_index == 0 and small.centroids[0] == 0.0
+    np.testing.assert_array_equal(small.decode(), cb.decode())
+    third = np.float32(1 / 3)  # not a float16 value: rounded to one
+    rounded = compact(Codebook(np.array([third, 1.0], np.float32), np.array([0, 1, 1], np.uint8), 1), np.float16)
+    assert rounded.centroids[0] == np.float32(np.float16(third)) and rounded.centroids[1] == 1.0
+
+
+def test_a_codebook_as_large_as_its_weight_leaves_it_float():
+    model = _mlp()  # w1 has 1,024 elements, w2 2,048
+    tiny = RNG.standard_normal((16, 8)).astype(np.float32)  # 128 elements: 8 bits would give 256 centroids
+    model.graph.initializer.append(numpy_helper.from_array(tiny, "w3"))
+    model.graph.node.append(helper.make_node("MatMul", ["x", "w3"], ["z"], name="mm3"))
+    model.graph.output.append(vi("z", shape=["b", 8]))
+    out, report = _share(model, bits=8)
+    bits = {layer.name: layer.bits for layer in report.layers}
+    assert bits["w3"] is None and bits["w1"] == 8 and bits["w2"] == 8
+    assert "w3" in {t.name for t in out.graph.initializer}
+    assert all(layer.centroids <= 2**8 for layer in report.layers)
 
 
 def test_weights_inside_if_branches_are_shared_too():
