@@ -114,7 +114,8 @@ def markdown(passes: Sequence[type[Pass]] = ALL_PASSES) -> str:
         rows = option_rows(cls.Options)
         if rows:
             out += ["| option | type | default |", "|---|---|---|"]
-            out += [f"| `{n}` | `{t}` | `{d}` |" for n, t, d in rows]
+            # a "|" splits a Markdown table cell even inside a code span: escape it
+            out += [f"| `{n}` | `{_cell(t)}` | `{_cell(d)}` |" for n, t, d in rows]
         else:
             out.append("No options.")
         out.append("")
@@ -124,6 +125,10 @@ def markdown(passes: Sequence[type[Pass]] = ALL_PASSES) -> str:
         shown = f"`{default}`" if default else ""
         out.append(f"| `{key}` | {typ} | {shown} | {help_text.replace('|', '/')} |")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def generated_block(text: str) -> str:
