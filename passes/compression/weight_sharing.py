@@ -93,8 +93,8 @@ class WeightSharingOptions(PassOptions):
     ``refine`` and calibration data): indices chosen input channel by input channel, each
     channel's rounding error compensated by the channels after it (GPTQ's update), before the
     centroids are refined. ``round_side_tensors``: the centroids, the per-channel scales and
-    the biases of the shared layers' readers (Conv/ConvTranspose/Gemm input 2) rounded to float16 precision,
-    still float32 in the model (relative error below 2^-11, inside what the budget measures):
+    the biases of the shared layers' readers (Conv/ConvTranspose/Gemm input 2) rounded to
+    float16 precision, still float32 in the model (relative error below 2^-11, inside what the budget measures):
     an entropy-coded archive stores them in about half the bytes. ``samples``: calibration
     samples read at most. ``padding_mask``: as
     for int8. ``dims``: symbolic dims for random inputs.

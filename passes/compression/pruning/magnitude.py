@@ -153,8 +153,9 @@ class PruneOptions(PassOptions):
     held-out data; layers the outputs are most sensitive to step back ``1/levels`` of their
     target at a time (at most ``max_steps`` steps); a budget still missed fails unless
     ``allow_budget_miss``. ``damp``: diagonal damping of the Gram matrices (fraction of their
-    mean); None: :func:`auto_damp`, more where a layer has few calibration rows per input feature. ``max_rows``: rows of statistics per layer. ``memory_mb``: statistics held at once.
-    ``measure_latency``: time both models for the report.
+    mean); None: :func:`auto_damp`, more where a layer has few calibration rows per input
+    feature. ``max_rows``: rows of statistics per layer. ``memory_mb``: statistics held at
+    once. ``measure_latency``: time both models for the report.
     """
 
     sparsity: float = 0.5
