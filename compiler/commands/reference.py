@@ -123,7 +123,7 @@ def markdown(passes: Sequence[type[Pass]] = ALL_PASSES) -> str:
             "|---|---|---|---|"]
     for key, typ, default, help_text in config_reference(_compile_parser()):
         shown = f"`{default}`" if default else ""
-        out.append(f"| `{key}` | {typ} | {shown} | {help_text.replace('|', '/')} |")
+        out.append(f"| `{key}` | {typ} | {shown} | {_cell(help_text)} |")
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -75,7 +75,7 @@ from onnx import helper, numpy_helper
 
 from onnxforge.errors import ModelError
 from onnxforge.ir import huffman
-from onnxforge.ir.tensor_data import TensorStore, is_external, iter_tensors
+from onnxforge.ir.tensor_data import TensorStore, is_external, iter_tensors, pack_nibbles, unpack_nibbles
 
 MAGIC = b"ONNXZ\x1a\r\n"
 VERSION = 2
@@ -153,21 +153,6 @@ def _split_streams(data: memoryview, count: int) -> list[memoryview]:
         n = r.varint()
         out.append(r.take(n))
     return out
-
-
-def _nibbles(raw: bytes) -> np.ndarray:
-    b = np.frombuffer(raw, np.uint8)
-    out = np.empty(b.size * 2, np.uint8)
-    out[0::2] = b & 0x0F
-    out[1::2] = b >> 4
-    return out
-
-
-def _pack_nibbles(values: np.ndarray) -> bytes:
-    v = values.astype(np.uint8)
-    if v.size % 2:
-        v = np.concatenate([v, np.zeros(1, np.uint8)])
-    return ((v[0::2] & 0x0F) | (v[1::2] << 4)).astype(np.uint8).tobytes()
 
 
 def _run_tokens(sym: np.ndarray, zero: int) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +236,7 @@ def _byte_candidates(raw: bytes, size: int, four_bit: bool) -> list[tuple[int, s
     out.append((est, "huffman", lambda: (b"".join(_with_length(huffman.encode(p)) for p in planes), {"planes": size})))
     symbols: list[tuple[np.ndarray, int]] = []
     if four_bit:
-        nib = _nibbles(raw)
+        nib = unpack_nibbles(raw)
         symbols.append((nib, 4))
         out.append((_huffman_size(nib), "nibbles", lambda: (huffman.encode(nib), {})))
     elif size == 1:
@@ -411,7 +396,7 @@ def _decode_payload(e: dict[str, Any], data: memoryview, size: int) -> bytes:
                 raise ArchiveError(f"archive damaged: {what} has planes of the wrong size")
             return np.stack(streams, axis=1).tobytes() if planes > 1 else streams[0].tobytes()
         if codec == "nibbles":
-            return _pack_nibbles(huffman.decode(data, byte_lengths=v1)[: size * 2])
+            return pack_nibbles(huffman.decode(data, byte_lengths=v1)[: size * 2])
         if codec == "runs":
             unit, zero = int(e["unit"]), int(e["zero"])
             count = size * 2 if unit == 4 else size
@@ -419,7 +404,7 @@ def _decode_payload(e: dict[str, Any], data: memoryview, size: int) -> bytes:
                 raise ArchiveError(f"archive damaged: {what} has a bad run header")
             tok_s, val_s = _split_streams(data, 2)
             sym = _from_runs(huffman.decode(tok_s, byte_lengths=v1), huffman.decode(val_s, byte_lengths=v1), zero, count)
-            return _pack_nibbles(sym) if unit == 4 else sym.tobytes()
+            return pack_nibbles(sym) if unit == 4 else sym.tobytes()
     except huffman.HuffmanError as err:
         raise ArchiveError(f"archive damaged: {what}: {err}") from None
     except (KeyError, TypeError, ValueError) as err:

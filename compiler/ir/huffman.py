@@ -26,6 +26,8 @@ import math
 
 import numpy as np
 
+from onnxforge.ir.tensor_data import pack_nibbles, unpack_nibbles
+
 #: Longest code word :func:`encode` writes (a length fits a nibble).
 MAX_LENGTH = 15
 #: Longest code word :func:`decode` reads (format-1 streams allowed 16 bits): the size of its table.
@@ -135,14 +137,6 @@ def block_size(n: int, bits_per_symbol: float) -> int:
     return max(1, min(n, max(_MIN_BLOCK, min(4096, target))))
 
 
-def pack_lengths(lengths: np.ndarray) -> bytes:
-    """Code lengths (each at most 15) two per byte, low nibble first."""
-    v = np.asarray(lengths, np.uint8)
-    if v.size % 2:
-        v = np.concatenate([v, np.zeros(1, np.uint8)])
-    return ((v[0::2] & 0x0F) | (v[1::2] << 4)).astype(np.uint8).tobytes()
-
-
 def table_bytes(top: int) -> int:
     """Bytes the code lengths of symbols ``0..top-1`` take in a stream."""
     return (top + 1) // 2
@@ -167,7 +161,7 @@ def encode(symbols: np.ndarray, lengths: np.ndarray | None = None) -> bytes:
     block = block_size(n, float(ends[-1]) / n if n else 1.0)
     nblocks = math.ceil(n / block) if n else 0
     block_bits = np.diff(np.concatenate([[0], ends[np.minimum(np.arange(1, nblocks + 1) * block, n) - 1]])) if n else np.zeros(0, np.int64)
-    head = bytearray(_varint(n) + _varint(block) + _varint(top) + pack_lengths(lengths[:top]))
+    head = bytearray(_varint(n) + _varint(block) + _varint(top) + pack_nibbles(lengths[:top]))
     # block lengths: the first, then each one's difference from the one before (zigzag)
     prev = 0
     for b in block_bits:
@@ -203,8 +197,7 @@ def decode(data: bytes | memoryview, *, byte_lengths: bool = False) -> np.ndarra
     if byte_lengths:
         lengths = np.frombuffer(r.take(top), np.uint8)
     else:
-        b = np.frombuffer(r.take(table_bytes(top)), np.uint8)
-        lengths = np.stack([b & 0x0F, b >> 4], axis=1).reshape(-1)[:top]
+        lengths = unpack_nibbles(r.take(table_bytes(top)))[:top]
     if n == 0:
         return np.zeros(0, np.uint8)
     if not lengths.any() or lengths.max() > _DECODE_BITS:

@@ -204,3 +204,22 @@ def iter_tensors(
     for f in model.functions:
         for n in f.node:
             yield from from_attrs(n.attribute)
+
+
+def pack_nibbles(values: np.ndarray) -> bytes:
+    """4-bit values two per byte, the first in the low nibble (an odd count ends with a zero
+    nibble): the layout of ONNX's uint4/int4 tensors (and of Huffman code lengths in
+    :mod:`onnxforge.ir.huffman`)."""
+    v = np.asarray(values, np.uint8).ravel()
+    if v.size % 2:
+        v = np.concatenate([v, np.zeros(1, np.uint8)])
+    return ((v[0::2] & 0x0F) | ((v[1::2] & 0x0F) << 4)).astype(np.uint8).tobytes()
+
+
+def unpack_nibbles(data: bytes | memoryview | np.ndarray) -> np.ndarray:
+    """The 4-bit values of :func:`pack_nibbles`' bytes (two per byte, low nibble first)."""
+    b = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
+    out = np.empty(b.size * 2, np.uint8)
+    out[0::2] = b & 0x0F
+    out[1::2] = b >> 4
+    return out

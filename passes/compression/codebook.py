@@ -47,6 +47,7 @@ from onnx import helper
 
 from onnxforge.ir import Graph, Node, Value
 from onnxforge.ir.constants import add_constant, constant_value
+from onnxforge.ir.tensor_data import pack_nibbles
 
 #: Provenance of the nodes that decode codebook weights.
 PROVENANCE = "weight-sharing"
@@ -231,16 +232,13 @@ def compact(cb: Codebook, dtype: type[np.floating] | None = None) -> Codebook:
     0), indices renumbered; ``dtype`` (e.g. float16) rounds the centroids to its precision
     first (they stay float32). The weight it decodes to is unchanged but for that rounding."""
     centroids = cb.centroids if dtype is None else round_to_precision(cb.centroids, dtype)
-    if cb.zero_index is not None:
+    used = np.unique(cb.indices)
+    if cb.zero_index is not None:  # the zero first (used or not), then the others in their order
         centroids = centroids.copy()
         centroids[cb.zero_index] = 0.0
-    used = np.unique(cb.indices)
-    if cb.zero_index is not None and cb.zero_index not in used:
-        used = np.concatenate([[cb.zero_index], used]).astype(used.dtype)
-    if used.size == centroids.size:
+        used = np.concatenate([[cb.zero_index], used[used != cb.zero_index]]).astype(np.int64)
+    if np.array_equal(used, np.arange(centroids.size)):
         return Codebook(centroids, cb.indices, cb.bits, cb.zero_index, cb.scales)
-    if cb.zero_index is not None:  # the zero first, the others in their order
-        used = np.concatenate([[cb.zero_index], used[used != cb.zero_index]]).astype(used.dtype)
     remap = np.zeros(centroids.size, np.uint8)
     remap[used] = np.arange(used.size, dtype=np.uint8)
     zero = 0 if cb.zero_index is not None else None
@@ -373,11 +371,8 @@ def weight_sqnr(w: np.ndarray, cb: Codebook) -> float:
 # --------------------------------------------------------------------------------------------
 def packed_uint4(indices: np.ndarray) -> onnx.TensorProto:
     """A uint4 tensor of ``indices`` (values < 16), two per byte, the first in the low nibble."""
-    flat = np.ascontiguousarray(indices, np.uint8).reshape(-1)
-    if flat.size % 2:
-        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
-    raw = (flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)
-    return helper.make_tensor("", onnx.TensorProto.UINT4, list(indices.shape), raw.astype(np.uint8).tobytes(), raw=True)
+    raw = pack_nibbles(indices)
+    return helper.make_tensor("", onnx.TensorProto.UINT4, list(indices.shape), raw, raw=True)
 
 
 def can_pack_4bit(graph: Graph) -> bool:

@@ -14,6 +14,7 @@ from onnxforge.cli import main
 from onnxforge.equivalence import OrtRunner
 from onnxforge.errors import ModelError
 from onnxforge.ir import archive, huffman
+from onnxforge.ir.tensor_data import unpack_nibbles
 from onnxforge.runtime.session import create_session
 
 RNG = np.random.default_rng(0)
@@ -239,8 +240,7 @@ def _v1_archive(m: onnx.ModelProto) -> bytes:
             stream = huffman.encode(np.frombuffer(t.raw_data, np.uint8))
             r = huffman._Reader(stream)
             n, block, top = r.varint(), r.varint(), r.varint()
-            packed = np.frombuffer(r.take(huffman.table_bytes(top)), np.uint8)
-            lengths = np.stack([packed & 15, packed >> 4], axis=1).reshape(-1)[:top].astype(np.uint8)
+            lengths = unpack_nibbles(r.take(huffman.table_bytes(top)))[:top]
             old = huffman._varint(n) + huffman._varint(block) + huffman._varint(top) + lengths.tobytes() + bytes(r.data[r.pos :])
             blob, params = huffman._varint(len(old)) + old, {"codec": "huffman", "planes": 1}
         elif t.name == "w":
