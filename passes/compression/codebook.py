@@ -45,7 +45,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxforge.ir import Graph, Node, Value
+from onnxforge.ir import PROVENANCE_KEY, Graph, Node, Value
 from onnxforge.ir.constants import add_constant, constant_value
 from onnxforge.ir.tensor_data import pack_nibbles
 
@@ -442,7 +442,8 @@ def emit_decode(graph: Graph, stored: StoredCodebook, name: str, type_: onnx.Typ
 
 def emit_gather_decode(graph: Graph, stored: StoredCodebook, node: Node) -> None:
     """Rewrite an embedding lookup ``Gather(W, ids, axis=0)`` to gather the indices first:
-    ``Gather(codebook, Cast(Gather(indices, ids)))``; the node's output keeps its value."""
+    ``Gather(codebook, Cast(Gather(indices, ids)))``, times the per-column scales when the
+    codebook has them; the node's output keeps its value."""
     ids = node.input(1)
     out = node.output(0)
     assert ids is not None and out is not None
@@ -465,6 +466,14 @@ def emit_gather_decode(graph: Graph, stored: StoredCodebook, node: Node) -> None
     )
     node.set_input(0, stored.codebook)
     node.set_input(1, cast.output(0))
+    if stored.scales is not None:  # per-column scales ([1, D]) multiply the gathered rows
+        model = graph.model
+        assert model is not None
+        raw = Value(model.unique_name(f"{out.name}_codebook_values"))
+        node.set_outputs([raw])
+        mul = Node("Mul", [raw, stored.scales], [out], name=model.unique_node_name(f"{base}_codebook_scale"))
+        mul.metadata_props.append(onnx.StringStringEntryProto(key=PROVENANCE_KEY, value=PROVENANCE))
+        graph.append(mul)
 
 
 def _codebook_const(v: Value | None) -> np.ndarray | None:

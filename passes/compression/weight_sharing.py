@@ -86,10 +86,11 @@ class WeightSharingOptions(PassOptions):
     refinement (both need calibration data). ``min_cosine``/``min_sqnr``/``max_accuracy_drop``
     (with ``eval_data``: inputs plus ``labels``): the budget; None everywhere: no budget, every
     weight at ``bits``. ``max_steps``: bits added at most. ``allow_budget_miss``: return the best
-    model when the budget cannot be met instead of failing. ``pack_4bit``: uint4 indices where
+    model when the budget cannot be met instead of failing. ``pack_4bit``: uint4 indices (not for tables looked up by Gather, whose rows onnxruntime cannot gather from uint4) where
     the opset allows (21+). ``channel_scales``: divide each output channel of a MatMul/Gemm/Conv
-    weight by its largest magnitude before clustering and keep those scales (one float per
-    channel): one codebook then serves channels of different ranges. ``error_feedback`` (with
+    weight (each column of an embedding table read only by Gather) by its largest magnitude
+    before clustering and keep those scales (one float per channel): one codebook then serves
+    channels of different ranges. ``error_feedback`` (with
     ``refine`` and calibration data): indices chosen input channel by input channel, each
     channel's rounding error compensated by the channels after it (GPTQ's update), before the
     centroids are refined. ``round_side_tensors``: the centroids, the per-channel scales and
@@ -314,10 +315,12 @@ def bit_ladder(bits: int) -> list[int]:
 
 
 def _scale_axis(w: _Weight) -> int | None:
-    """The output-channel axis of a weight for per-channel codebook scales (None: one scale,
-    as for embeddings read by row, whose rows would need their scales gathered too)."""
+    """The axis of a weight's per-channel codebook scales: the output channels of a
+    MatMul/Gemm/Conv weight; the columns (hidden dimensions) of a 2-D table read only by
+    ``Gather`` (each looked-up row is multiplied by them, so no scale has to be gathered);
+    None (no scales) for a table also read by a MatMul, whose two readers want different axes."""
     if any(r.startswith("Gather") for r in w.kinds):
-        return None
+        return 1 if all(r.startswith("Gather") for r in w.kinds) and len(w.shape) == 2 else None
     if w.layout is None:
         return None
     kind, arg = w.layout
@@ -407,7 +410,7 @@ def apply_codebooks(model: Model, chosen: Mapping[tuple[int, str], Codebook], pa
             continue
         graph = v.graph
         dtype = np.dtype(_FLOAT.get(v.const.data_type, np.float32))
-        stored = store_codebook(graph, cb, name, dtype, pack=pack and can_pack_4bit(graph))
+        stored = store_codebook(graph, cb, name, dtype, pack=pack and can_pack_4bit(graph) and not _row_gathered(v))
         sizes[(gi, name)] = stored.nbytes
         decoded: Value | None = None
         for node, i in list(v.uses()):
@@ -420,6 +423,12 @@ def apply_codebooks(model: Model, chosen: Mapping[tuple[int, str], Codebook], pa
         if not v.num_uses() and not v.is_graph_output():
             graph.remove_initializer(v)
     return sizes
+
+
+def _row_gathered(v: Value) -> bool:
+    """Whether a table's rows are looked up (``Gather`` axis 0 reads it): its indices then stay
+    uint8, as onnxruntime's Gather does not take uint4 tensors."""
+    return any(node.op_type == "Gather" and i == 0 for node, i in v.uses())
 
 
 #: Readers whose input 2 is a bias.
@@ -562,7 +571,7 @@ class ShareWeights(Pass[WeightSharingOptions]):
                 report.layers.append(SharedLayer(w.label, ", ".join(w.readers), w.shape, None, 0, int((arr == 0).sum()), math.inf, before, before))
                 continue
             cb, refined = books.get(w.label, b)
-            packed = opts.pack_4bit and b <= 4 and can_pack_4bit(model.graph)
+            packed = opts.pack_4bit and b <= 4 and can_pack_4bit(model.graph) and not any(k == "Gather" for k in w.kinds)
             after = (cb.indices.size + 1) // 2 if packed else cb.indices.size
             after += (cb.centroids.size + (cb.scales.size if cb.scales is not None else 0)) * arr.dtype.itemsize
             report.layers.append(

@@ -221,7 +221,9 @@ class LowerPackedWeights(Pass[PackedWeightsOptions]):
 
     # -- embeddings ---------------------------------------------------------------------------
     def _lower_embedding(self, graph: Graph, node: Node, report: PackedWeightsReport, opts: PackedWeightsOptions) -> int:
-        """``Gather(codebook, Cast(Gather(indices, ids)))`` -> GatherBlockQuantized(ids)."""
+        """``Gather(codebook, Cast(Gather(indices, ids)))`` -> GatherBlockQuantized(ids). A ``Mul``
+        by the codebook's per-column scales after it stays: quantizing the scaled rows into
+        blocks would add error, the 16 or 256 shared values before scaling requantize better."""
         book = constant_value(node.input(0))
         cast = node.input(1).producer if node.input(1) is not None else None  # type: ignore[union-attr]
         rows = cast.input(0).producer if cast is not None and cast.op_type == "Cast" and cast.input(0) is not None else None  # type: ignore[union-attr]

@@ -79,6 +79,8 @@ def _decoded_reference(model: onnx.ModelProto, compressed: onnx.ModelProto) -> o
             dense = got[0]
         elif f"{t.name}_codebook" in inits:  # read by a Gather only: no dense decode
             dense = inits[f"{t.name}_codebook"].array()[inits[f"{t.name}_codebook_indices"].array().astype(np.int64)]
+            if f"{t.name}_codebook_scales" in inits:  # per-column scales of the table
+                dense = dense * inits[f"{t.name}_codebook_scales"].array()
         else:
             continue
         t.CopyFrom(numpy_helper.from_array(dense.astype(np.float32), t.name))
@@ -199,6 +201,30 @@ def test_tied_weight_gets_one_codebook_and_the_embedding_gathers_indices():
     assert (embed.input[0], cast.op_type, rows.op_type, rows.input[0]) == ("w1_codebook", "Cast", "Gather", "w1_codebook_indices")
     feeds = {"x": RNG.standard_normal((2, 16)).astype(np.float32), "ids": np.array([0, 15, 3], np.int64)}
     assert_equivalent(_decoded_reference(model, out), out, feeds=feeds, rtol=0, atol=0)
+
+
+def test_an_embedding_table_gets_column_scales_applied_after_the_lookup():
+    rng = np.random.default_rng(7)
+    # hidden dimensions of ranges 0.01 to 10, as embedding tables with outlier dimensions have
+    table = (rng.standard_normal((40, 24)) * np.logspace(-2, 1, 24)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed", axis=0)],
+        [vi("ids", TensorProto.INT64, [2, 5])], [vi("emb", shape=[2, 5, 24])], [const("table", table)], opset=21,
+        ir_version=10,
+    )
+    out, report = _share(model, bits=4)
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert inits["table_codebook_scales"].shape == (1, 24)
+    mul = next(n for n in out.graph.node if n.op_type == "Mul")
+    assert mul.output[0] == "emb" and mul.input[1] == "table_codebook_scales"
+    feeds = {"ids": rng.integers(0, 40, (2, 5)).astype(np.int64)}
+    assert_equivalent(_decoded_reference(model, out), out, feeds=feeds, rtol=0, atol=0)
+    # every dimension keeps its own relative precision (one codebook without scales would
+    # round the small dimensions to a single value)
+    ref = _decoded_reference(model, out)
+    dense = numpy_helper.to_array(next(t for t in ref.graph.initializer if t.name == "table"))
+    rel = np.sqrt(np.square(dense - table).mean(0) / np.square(table).mean(0))
+    assert rel.max() < 0.2 and report.layers[0].weight_sqnr_db > 15
 
 
 def test_4bit_indices_are_packed_at_opset_21():
