@@ -292,6 +292,7 @@ def minilm_section(tmp: Path) -> list[str]:
         ("4-bit per-layer codebooks as in the paper (no scales, no data)", {"bits": 4, "calibration": None, "min_cosine": None, "channel_scales": False}),
         ("4-bit codebooks with channel scales, no data", {"bits": 4, "calibration": None, "min_cosine": None}),
         ("4-bit codebooks with channel scales, data-aware", {"bits": 4, "calibration": calib, "min_cosine": None}),
+        ("4 bits on average (--mixed-bits: 2-6 bits per weight by measured sensitivity), data-aware", {"bits": 4, "calibration": calib, "min_cosine": None, "mixed_bits": True}),
         ("4-bit asked, budget cosine >= 0.98 (bits per layer by back_off)", {"bits": 4, "calibration": calib, "min_cosine": 0.98}),
         ("8-bit codebooks with channel scales, data-aware", {"bits": 8, "calibration": calib, "min_cosine": None}),
     ]

@@ -53,6 +53,10 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     z = c.add_argument_group("compression (--pipeline compress; the budget flags below apply too)")
     z.add_argument("--sparsity", type=float, metavar="S", help="fraction of each layer's weights pruned (0..1; compress: default 0)")
     z.add_argument("--bits", type=int, metavar="B", help="k-means codebooks of 2^B shared values per weight (2..8; compress: default 4)")
+    z.add_argument(
+        "--mixed-bits", action="store_true",
+        help="B is the mean: each weight gets B-2..B+2 bits by its measured effect on the outputs, B bits per weight in total",
+    )  # fmt: skip
     r = c.add_argument_group("pruning (--pipeline prune, with --sparsity S; the budget flags below apply too)")
     r.add_argument("--structured", action="store_true", help="remove whole channels and attention heads (shrinks the graph) instead of zeroing weights")
     r.add_argument("--n-m", metavar="N:M", help="N:M sparsity along input channels, e.g. 2:4 (TensorRT's sparse layout)")
@@ -277,11 +281,11 @@ def _compression_options(args: argparse.Namespace, options: dict[str, dict[str, 
     """``options`` plus what the compression flags say, for the compress and low-rank
     pipelines (``--option`` values win)."""
     if args.pipeline not in _COMPRESSION:
-        if args.bits is not None or (args.sparsity is not None and args.pipeline != "prune"):
-            raise UsageError("--bits and --sparsity need --pipeline compress")
+        if args.bits is not None or args.mixed_bits or (args.sparsity is not None and args.pipeline != "prune"):
+            raise UsageError("--bits, --mixed-bits and --sparsity need --pipeline compress")
         return options
-    if args.bits is not None and args.pipeline != "compress":
-        raise UsageError("--bits needs --pipeline compress")
+    if (args.bits is not None or args.mixed_bits) and args.pipeline != "compress":
+        raise UsageError("--bits and --mixed-bits need --pipeline compress")
     budget = {
         "calibration": args.calibration,
         "min_cosine": args.min_cosine or None,
@@ -296,7 +300,7 @@ def _compression_options(args: argparse.Namespace, options: dict[str, dict[str, 
     if args.pipeline == "low-rank":
         out["low-rank"] = {**budget, **options.get("low-rank", {})}
         return out
-    share = {**budget, **({"bits": args.bits} if args.bits is not None else {})}
+    share = {**budget, **({"bits": args.bits} if args.bits is not None else {}), **({"mixed_bits": True} if args.mixed_bits else {})}
     out["weight-sharing"] = {**share, **options.get("weight-sharing", {})}
     if args.sparsity:
         if not 0 < args.sparsity < 1:

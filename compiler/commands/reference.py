@@ -29,7 +29,7 @@ PIPELINE_FLAGS: dict[str, tuple[str, ...]] = {
         "--max-accuracy-drop", "--eval", "--eval-data", "--allow-budget-miss", "--no-speed-guard", "--smooth-alpha",
         "--padding-mask",
     ),
-    "compress": ("--sparsity", "--bits", *_BUDGET),
+    "compress": ("--sparsity", "--bits", "--mixed-bits", *_BUDGET),
     "low-rank": _BUDGET,
     "prune": ("--sparsity", "--n-m", "--structured", "--prune-score", "--channel-multiple", *_BUDGET, "--eval", "--exclude"),
 }

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxforge.calibration.allocation import allocate_bits, noise_power
 from onnxforge.calibration.budget import Budget, BudgetError
+from onnxforge.calibration.sensitivity import sensitivity_ranking
 from onnxforge.errors import UsageError
 from onnxforge.ir import Graph, Model, Value, from_proto, to_proto
 from onnxforge.ir.constants import constant_value
@@ -98,7 +101,12 @@ class WeightSharingOptions(PassOptions):
     float16 precision, still float32 in the model (relative error below 2^-11, inside what the budget measures):
     an entropy-coded archive stores them in about half the bytes. ``samples``: calibration
     samples read at most. ``padding_mask``: as
-    for int8. ``dims``: symbolic dims for random inputs.
+    for int8. ``dims``: symbolic dims for random inputs. ``mixed_bits``: ``bits`` is the mean
+    instead of every weight's width: each weight's output noise at ``bits`` alone is measured
+    (on the budget's held-out samples), and each weight gets from ``bits - 2`` to ``bits + 2``
+    (within 2..8) so that the index bits in total stay ``bits`` per element and the predicted
+    output noise is smallest (:func:`~onnxforge.calibration.allocation.allocate_bits`); the
+    budget, if any, then steps from those widths.
     """
 
     bits: int = 4
@@ -120,6 +128,7 @@ class WeightSharingOptions(PassOptions):
     samples: int = 64
     padding_mask: str | None = "auto"
     dims: Mapping[str, int] | None = None
+    mixed_bits: bool = False
 
     def validate(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS:
@@ -307,6 +316,38 @@ def find_weights(model: Model, min_elements: int) -> list[_Weight]:
                 elif node.op_type == "Conv" and len(w.shape) >= 3:
                     w.activation, w.layout = act.name, ("conv", int(node.attr("group", 1)))
     return list(out.values())
+
+
+def _mixed_bits(
+    bits: int,
+    names: Sequence[str],
+    size: Mapping[str, int],
+    float_proto: onnx.ModelProto,
+    measure: OutputMeasure,
+    build_only: Callable[[str], Model],
+    report: WeightSharingReport,
+    samples: int = 8,
+) -> dict[str, int]:
+    """Bits per weight with ``bits`` as the mean over ``names`` (see ``mixed_bits``), noted in
+    ``report``; {} when the outputs cannot be measured."""
+    if measure.failed is not None or not names:
+        report.notes.append("mixed_bits: every weight at the asked bits (" + (measure.failed or "no weight to share") + ")")
+        return {}
+    ranked = sensitivity_ranking(float_proto, list(names), measure.data.held[:samples], measure.data.mask, build_only)
+    choices = {}
+    for n in names:
+        top = min(MAX_BITS, bits + 2)
+        while top > bits and (1 << top) >= size[n]:  # as many centroids as elements: no gain
+            top -= 1
+        choices[n] = range(max(MIN_BITS, bits - 2), top + 1)
+    alloc = allocate_bits({n: noise_power(db) for n, db in ranked}, size, bits, choices)
+    counts = Counter(alloc.values())
+    mean = sum(size[n] * b for n, b in alloc.items()) / max(sum(size[n] for n in alloc), 1)
+    report.notes.append(
+        f"mixed_bits: {mean:.2f} bits per element on average, by measured sensitivity: "
+        + ", ".join(f"{counts[b]} weight(s) at {b}" for b in sorted(counts))
+    )
+    return alloc
 
 
 def bit_ladder(bits: int) -> list[int]:
@@ -514,10 +555,12 @@ class ShareWeights(Pass[WeightSharingOptions]):
 
         size = {w.label: math.prod(w.shape) for w in weights}
 
+        base: dict[str, int] = {}  # a weight's bits at level 0 when they are not opts.bits (mixed_bits)
+
         def bits_at(level: int, name: str = "") -> int | None:
             if name in floated:
                 return None
-            b = ladder[min(level, len(ladder) - 1)]
+            b = base.get(name, ladder[0]) if level == 0 else ladder[min(level, len(ladder) - 1)]
             # as many centroids as elements: the codebook would only add bytes, the weight stays float
             return None if name and (1 << b) >= size.get(name, 1 << 30) else b
 
@@ -538,6 +581,9 @@ class ShareWeights(Pass[WeightSharingOptions]):
             apply_codebooks(m, chosen, opts.pack_4bit)
             _finish(m)
             return m
+
+        if opts.mixed_bits:
+            base.update(_mixed_bits(opts.bits, [n for n in names if bits_at(0, n) is not None], size, float_proto, measure, lambda n: build_with({}, n, None), report))
 
         # The budget in two stages: weights step from the asked bits to 8, most sensitive first
         # (back_off takes a weight to its top level before it moves the next, so float comes

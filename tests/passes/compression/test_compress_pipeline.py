@@ -4,6 +4,7 @@ through every pipeline (an embedding and its LM head, tied through a Transpose o
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import onnx
@@ -107,3 +108,18 @@ def test_low_rank_pipeline_and_flag_errors(lenet, capsys):
     assert main(["compile", str(d / "mlp.onnx"), "-o", str(d / "x.onnx"), "--bits", "4"]) == 2
     assert main(["compile", str(d / "mlp.onnx"), "-o", str(d / "x.onnx"), "--pipeline", "low-rank", "--bits", "4"]) == 2
     assert "--bits" in capsys.readouterr().err
+    assert main(["compile", str(d / "mlp.onnx"), "-o", str(d / "x.onnx"), "--pipeline", "low-rank", "--mixed-bits"]) == 2
+    assert "--mixed-bits" in capsys.readouterr().err
+
+
+def test_mixed_bits_from_the_command_line(lenet, capsys):
+    d = lenet
+    out, report = d / "mlp.mixed.onnx", d / "mixed.json"
+    args = ["compile", str(d / "mlp.onnx"), "-o", str(out), "--pipeline", "compress", "--bits", "3", "--mixed-bits",
+            "--calibration", str(d / "calib.npz"), "--no-cost", "-q", "--report", str(report)]  # fmt: skip
+    assert main(args) == 0
+    sharing = json.loads(report.read_text())["compression"][0]
+    layers = [layer for layer in sharing["layers"] if layer["bits"] is not None]
+    total = sum(math.prod(layer["shape"]) for layer in layers)
+    assert sum(math.prod(layer["shape"]) * layer["bits"] for layer in layers) <= 3 * total
+    assert len({layer["bits"] for layer in layers}) > 1  # the three layers do not all keep 3 bits

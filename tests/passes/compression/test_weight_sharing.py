@@ -266,6 +266,34 @@ def test_budget_adds_bits_to_the_sensitive_layers():
     assert missed.budget_missed
 
 
+def test_mixed_bits_keep_the_mean_and_move_bits_to_the_weight_the_output_feels():
+    # y = x @ w_loud + 0.01 * (x @ w_quiet): the same size, 40 dB apart at the output
+    rng = np.random.default_rng(11)
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["x", "w_loud"], ["a"], name="loud"),
+            helper.make_node("MatMul", ["x", "w_quiet"], ["b"], name="quiet"),
+            helper.make_node("Mul", ["b", "k"], ["c"], name="damp"),
+            helper.make_node("Add", ["a", "c"], ["y"], name="add"),
+        ],
+        [vi("x", shape=["n", 32])], [vi("y", shape=["n", 48])],
+        [const("w_loud", rng.standard_normal((32, 48))), const("w_quiet", rng.standard_normal((32, 48))),
+         const("k", np.array(0.01))],
+    )  # fmt: skip
+    feeds = {"x": rng.standard_normal((64, 32)).astype(np.float32)}
+    ref = OrtRunner().run(model, feeds)["y"]
+    errs, bits = [], []
+    for mixed in (False, True):
+        out, report = _share(model, bits=3, mixed_bits=mixed)
+        bits.append({layer.name: layer.bits for layer in report.layers})
+        errs.append(float(np.square(OrtRunner().run(out, feeds)["y"] - ref).mean()))
+        assert report.mean_bits == pytest.approx(3.0)  # the same index bits in total
+    assert bits[0] == {"w_loud": 3, "w_quiet": 3}
+    assert bits[1] == {"w_loud": 4, "w_quiet": 2}  # 2 bits is the least a codebook takes
+    assert any("mixed_bits" in note for note in report.notes)
+    assert errs[1] < errs[0] / 3, errs  # one more bit: ~6 dB less noise from the loud weight
+
+
 def test_calibration_makes_clustering_data_aware():
     # The first 4 input channels carry the signal and meet small weights; the other 12 are
     # nearly silent and meet large ones. Clustering by weight error spends the centroids on
