@@ -297,6 +297,11 @@ def minilm_section(path: str, sentences: Mapping[str, np.ndarray]) -> list[str]:
             (target, "second-order (SparseGPT)", {**kw, "calibration": calib, "score": "second-order", "reconstruct": False}),
             (target, "second-order (SparseGPT) + least squares", {**kw, "calibration": calib, "score": "second-order"}),
         ]
+        if "sparsity" in kw:  # N:M fixes every layer's sparsity: nothing to allocate
+            variants += [
+                (target, "activation-aware + least squares, sparsity allocated (--allocate-sparsity)", {**kw, "calibration": calib, "allocate": True}),
+                (target, "SparseGPT + least squares, sparsity allocated", {**kw, "calibration": calib, "score": "second-order", "allocate": True}),
+            ]
     rows = []
     for target, label, kw in variants:
         start = time.perf_counter()

@@ -66,6 +66,10 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
         help="what ranks weights/channels (default: activation-aware with --calibration, else magnitude/l2)",
     )
     r.add_argument(
+        "--allocate-sparsity", action="store_true",
+        help="S is the mean: each layer pruned S-0.2..S+0.2 by its measured effect on the outputs (needs --calibration)",
+    )  # fmt: skip
+    r.add_argument(
         "--channel-multiple", type=int, default=8, metavar="K", help="--structured: kept channel counts are multiples of K (default 8)"
     )
     q = c.add_argument_group("int8 quantization (--pipeline int8)")
@@ -321,13 +325,15 @@ class _Given(argparse.Action):
 def _pruning_options(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` plus the pruning pass's options from the flags (``--pipeline prune``):
     ``prune`` (unstructured, N:M) or ``prune-channels`` (``--structured``)."""
-    flags = args.structured or args.n_m is not None or args.prune_score is not None
+    flags = args.structured or args.n_m is not None or args.prune_score is not None or args.allocate_sparsity
     if args.pipeline != "prune":
         if flags:
-            raise UsageError("--structured, --n-m and --prune-score need --pipeline prune")
+            raise UsageError("--structured, --n-m, --prune-score and --allocate-sparsity need --pipeline prune")
         return options
     if args.structured and args.n_m is not None:
         raise UsageError("--n-m is unstructured sparsity: leave out --structured")
+    if args.allocate_sparsity and (args.structured or args.n_m is not None):
+        raise UsageError("--allocate-sparsity spreads unstructured --sparsity: leave out --structured and --n-m")
     sparsity = args.sparsity
     if sparsity is None and args.n_m is None:
         raise UsageError("--pipeline prune needs --sparsity S (a fraction in [0, 1)) or --n-m N:M")
@@ -358,6 +364,8 @@ def _pruning_options(args: argparse.Namespace, options: dict[str, Any]) -> dict[
                 opts["n_m"] = parse_n_m(args.n_m)
             except ValueError as e:
                 raise UsageError(f"--n-m: {e}") from None
+        if args.allocate_sparsity:
+            opts["allocate"] = True
         name = PruneMagnitude.name
     out = dict(options)
     out[name] = {**opts, **options.get(name, {})}

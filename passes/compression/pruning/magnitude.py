@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from onnxforge.calibration.allocation import allocate_levels, noise_power
 from onnxforge.calibration.budget import Budget
+from onnxforge.calibration.sensitivity import sensitivity_ranking
 from onnxforge.errors import UsageError
 from onnxforge.ir import Model, Node, to_proto
 from onnxforge.passes.compression.pruning.flow import (
@@ -155,7 +157,12 @@ class PruneOptions(PassOptions):
     ``allow_budget_miss``. ``damp``: diagonal damping of the Gram matrices (fraction of their
     mean); None: :func:`auto_damp`, more where a layer has few calibration rows per input
     feature. ``max_rows``: rows of statistics per layer. ``memory_mb``: statistics held at
-    once. ``measure_latency``: time both models for the report.
+    once. ``measure_latency``: time both models for the report. ``allocate`` (unstructured, with
+    data): ``sparsity`` becomes the mean over the layers it applies to: each layer alone is
+    pruned by magnitude at ``sparsity`` and 0.1 and 0.2 either side, the output noise is
+    measured on the held-out samples, and each layer gets the sparsity that keeps the same
+    number of zeros in total with the least summed noise
+    (:func:`~onnxforge.calibration.allocation.allocate_levels`).
     """
 
     sparsity: float = 0.5
@@ -186,6 +193,7 @@ class PruneOptions(PassOptions):
     memory_mb: int = 512
     measure_latency: bool = True
     dims: Mapping[str, int] | None = None
+    allocate: bool = False
 
     def validate(self) -> None:
         if not 0 <= self.sparsity < 1:
@@ -493,6 +501,8 @@ def prune_weights(model: Model, opts: PruneOptions) -> tuple[Model, PruningRepor
         return one
 
     measure = Measure(pruner.base_proto, data) if data is not None else None
+    if opts.allocate:
+        _allocate(pruner, copies, layers, target, reasons, measure, opts, nm is not None, report)
     budget = Budget(opts.min_cosine, opts.min_sqnr, opts.max_accuracy_drop if data is not None and data.evaluate else None)
     fitted = fit_budget(build_recorded, names, levels, measure, budget, build_only, report, bopts, "layers")
     cand = fitted.candidate
@@ -523,6 +533,53 @@ def prune_weights(model: Model, opts: PruneOptions) -> tuple[Model, PruningRepor
     _fill_costs(report, model, cand.model, layers, data, opts)
     report.seconds = time.perf_counter() - start
     return cand.model, report
+
+
+def _allocate(
+    pruner: _Pruner,
+    copies: Copies,
+    layers: list[Layer],
+    target: dict[str, float],
+    reasons: dict[str, str],
+    measure: Measure | None,
+    opts: PruneOptions,
+    nm: bool,
+    report: PruningReport,
+) -> None:
+    """Spread ``opts.sparsity`` over the layers by measured sensitivity (``allocate``), in
+    ``target`` and ``reasons``."""
+    free = [la for la in layers if la.name not in reasons and target[la.name] == opts.sparsity > 0]
+    if nm or measure is None or len(free) < 2:
+        why = "N:M fixes every layer's sparsity" if nm else "it needs calibration data" if measure is None else "fewer than 2 layers to share"
+        report.notes.append(f"allocate: every layer at the asked sparsity ({why})")
+        return
+    # a level is the fraction of weights kept, in hundredths: its cost is elements x level
+    base = round((1 - opts.sparsity) * 100)
+    steps = [base + d for d in (-20, -10, 0, 10, 20) if 5 <= base + d <= 100]
+    table: dict[str, dict[int, float]] = {la.name: {} for la in free}
+    for level in steps:
+
+        def only(name: str, level: int = level) -> Model:
+            one = copies.new()
+            la = pruner.by_name[name]
+            m = la.to_matrix(la.weight_array())
+            keep = unstructured_mask(np.abs(m), 1 - level / 100, "row")
+            _write(one, one.graph.nodes, pruner.position, la, _Weights(m * keep, None))
+            return one
+
+        ranked = sensitivity_ranking(measure.original, [la.name for la in free], measure.data.held[:8], measure.data.mask, only)
+        for name, db in ranked:
+            table[name][level] = noise_power(db)
+    alloc = allocate_levels(table, {la.name: la.params for la in free}, base)
+    for la in free:
+        target[la.name] = 1 - alloc[la.name] / 100
+        if alloc[la.name] > base:
+            reasons[la.name] = f"allocate: pruned {target[la.name]:.0%} (sensitive; others pruned more)"
+    zeros = sum(la.params * target[la.name] for la in free) / max(sum(la.params for la in free), 1)
+    report.notes.append(
+        f"allocate: {len(free)} layers pruned {min(target[la.name] for la in free):.0%} to "
+        f"{max(target[la.name] for la in free):.0%} by measured sensitivity, {zeros:.1%} of their weights in all"
+    )
 
 
 def _global_targets(

@@ -5,6 +5,7 @@ the command line, and time linear in the graph's length."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -220,6 +221,32 @@ def test_the_budget_prunes_the_sensitive_layer_less():
     assert "held-out" in report.budget_data
 
 
+def test_allocate_moves_sparsity_to_the_layer_the_outputs_feel_least():
+    """The same fc2 (nearly sparse already) and fc3 (dense) as above: with ``allocate`` fc2
+    takes more than the asked half, fc3 less, as many weights are zero in all, and the outputs
+    are closer to the original's than with every layer at 50%."""
+    proto = mlp()
+    rng = np.random.default_rng(3)
+    big = rng.random((64, 64)) < 0.15
+    w2 = np.where(big, rng.standard_normal((64, 64)) / 3, 0.003 * rng.standard_normal((64, 64)))
+    next(t for t in proto.graph.initializer if t.name == "w2").CopyFrom(_w("w2", w2))
+    calib, feeds = mlp_feeds(30, seed=1), mlp_feeds(4, seed=9)
+    ref = _run(proto, feeds)
+    kw = {"sparsity": 0.5, "calibration": calib, "score": "magnitude", "reconstruct": False, "min_params": 0}
+    uniform, _, _ = _prune(proto, **kw)
+    out, report, _ = _prune(proto, allocate=True, **kw)
+    by = {la.name: la for la in report.layers}
+    assert by["fc2"].sparsity > 0.5 > by["fc3"].sparsity
+    assert by["fc3"].reason.startswith("allocate")
+    zeros = sum(la.sparsity * la.params for la in report.layers if la.name != "fc1")
+    assert zeros >= 0.5 * (64 * 64 + 64 * 16) - 1
+    assert any(n.startswith("allocate: 2 layers") for n in report.notes)
+    err = [float(np.square(_run(m, feeds) - ref).mean()) for m in (uniform, out)]
+    assert err[1] < err[0] / 2, err
+    _, nm_report, _ = _prune(proto, n_m=(2, 4), allocate=True, calibration=calib, min_params=0)
+    assert any("N:M fixes" in n for n in nm_report.notes)
+
+
 def test_a_budget_that_cannot_hold_fails_unless_allowed():
     calib = mlp_feeds(12)
     with pytest.raises(BudgetError, match="misses its accuracy budget"):
@@ -304,6 +331,19 @@ def test_command_line(tmp_path):
     assert (w["w1"].reshape(8, 4, 64) != 0).sum(axis=1).max() <= 2
     assert main(["compile", str(src), "-o", str(tmp_path / "x.onnx"), "--pipeline", "prune", "--quiet"]) == 2
     assert main(["compile", str(src), "-o", str(tmp_path / "x.onnx"), "--structured", "--quiet"]) == 2
+    assert main(["compile", str(src), "-o", str(tmp_path / "x.onnx"), "--allocate-sparsity", "--quiet"]) == 2
+    args = ["compile", str(src), "-o", str(tmp_path / "x.onnx"), "--pipeline", "prune", "--n-m", "2:4", "--allocate-sparsity"]
+    assert main([*args, "--quiet"]) == 2
+    rc = main(
+        [
+            "compile", str(src), "-o", str(tmp_path / "alloc.onnx"), "--pipeline", "prune", "--sparsity", "0.5",
+            "--allocate-sparsity", "--calibration", str(tmp_path / "calib.npz"), "--min-cosine", "0", "--quiet",
+            "--option", "prune.min_params=0", "--report", str(tmp_path / "a.json"),
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    pruning = json.loads((tmp_path / "a.json").read_text())["pruning"]
+    assert any(n.startswith("allocate: 2 layers") for n in pruning["notes"])  # it ran (this MLP stays uniform)
 
 
 def _chain(n: int) -> onnx.ModelProto:
