@@ -89,8 +89,9 @@ class WeightSharingOptions(PassOptions):
     refinement (both need calibration data). ``min_cosine``/``min_sqnr``/``max_accuracy_drop``
     (with ``eval_data``: inputs plus ``labels``): the budget; None everywhere: no budget, every
     weight at ``bits``. ``max_steps``: bits added at most. ``allow_budget_miss``: return the best
-    model when the budget cannot be met instead of failing. ``pack_4bit``: uint4 indices (not for tables looked up by Gather, whose rows onnxruntime cannot gather from uint4) where
-    the opset allows (21+). ``channel_scales``: divide each output channel of a MatMul/Gemm/Conv
+    model when the budget cannot be met instead of failing. ``pack_4bit``: uint4 indices where
+    the opset allows (21+), except for tables looked up by Gather (onnxruntime's Gather does
+    not read uint4). ``channel_scales``: divide each output channel of a MatMul/Gemm/Conv
     weight (each column of an embedding table read only by Gather) by its largest magnitude
     before clustering and keep those scales (one float per channel): one codebook then serves
     channels of different ranges. ``error_feedback`` (with

@@ -549,8 +549,14 @@ def _allocate(
     """Spread ``opts.sparsity`` over the layers by measured sensitivity (``allocate``), in
     ``target`` and ``reasons``."""
     free = [la for la in layers if la.name not in reasons and target[la.name] == opts.sparsity > 0]
-    if nm or measure is None or len(free) < 2:
-        why = "N:M fixes every layer's sparsity" if nm else "it needs calibration data" if measure is None else "fewer than 2 layers to share"
+    why = (
+        "N:M fixes every layer's sparsity" if nm
+        else "it needs calibration data" if measure is None
+        else "the global threshold sets the sparsities" if opts.resolved_threshold() == "global"
+        else "fewer than 2 layers to share" if len(free) < 2
+        else ""
+    )  # fmt: skip
+    if why or measure is None:
         report.notes.append(f"allocate: every layer at the asked sparsity ({why})")
         return
     # a level is the fraction of weights kept, in hundredths: its cost is elements x level
