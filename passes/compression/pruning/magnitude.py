@@ -159,7 +159,8 @@ class PruneOptions(PassOptions):
     feature. ``max_rows``: rows of statistics per layer. ``memory_mb``: statistics held at
     once. ``measure_latency``: time both models for the report. ``allocate`` (unstructured, with
     data): ``sparsity`` becomes the mean over the layers it applies to: each layer alone is
-    pruned by magnitude at ``sparsity`` and 0.1 and 0.2 either side, the output noise is
+    pruned (activation-aware scores, or magnitudes with ``score="magnitude"``; no
+    reconstruction) at ``sparsity`` and 0.1 and 0.2 either side, the output noise is
     measured on the held-out samples, and each layer gets the sparsity that keeps the same
     number of zeros in total with the least summed noise
     (:func:`~onnxforge.calibration.allocation.allocate_levels`).
@@ -563,13 +564,14 @@ def _allocate(
     base = round((1 - opts.sparsity) * 100)
     steps = [base + d for d in (-20, -10, 0, 10, 20) if 5 <= base + d <= 100]
     table: dict[str, dict[int, float]] = {la.name: {} for la in free}
+    norms = _input_norms(pruner, free, opts)  # Wanda's scores where the pass scores by data
     for level in steps:
 
         def only(name: str, level: int = level) -> Model:
             one = copies.new()
             la = pruner.by_name[name]
             m = la.to_matrix(la.weight_array())
-            keep = unstructured_mask(np.abs(m), 1 - level / 100, "row")
+            keep = unstructured_mask(importance(m, norms.get(name)), 1 - level / 100, "row")
             _write(one, one.graph.nodes, pruner.position, la, _Weights(m * keep, None))
             return one
 
@@ -588,18 +590,26 @@ def _allocate(
     )
 
 
+def _input_norms(pruner: _Pruner, layers: list[Layer], opts: PruneOptions) -> dict[str, np.ndarray]:
+    """``‖x_j‖`` of each layer's inputs in the unpruned model (``[groups, d]``, by name), for
+    activation-aware scores; {} when scores are magnitudes or there is no data."""
+    norms: dict[str, np.ndarray] = {}
+    if pruner.score == "magnitude" or pruner.collector is None:
+        return norms
+    specs = [s for la in layers if (s := pruner.specs[la.name]) is not None]
+    for batch in plan_groups([la for la in layers if pruner.specs[la.name] is not None], False, opts.memory_mb << 20):
+        names = {la.name for la in batch}
+        got = pruner.collector.collect(pruner.base_proto, [s for s in specs if s.name in names])
+        norms.update({k: v.norms() for k, v in got.items()})
+    return norms
+
+
 def _global_targets(
     pruner: _Pruner, layers: list[Layer], target: dict[str, float], opts: PruneOptions, overrides: Mapping[str, float]
 ) -> dict[str, float]:
     """Per-layer sparsities from one threshold over all free layers' scores."""
     free = [la for la in layers if target[la.name] > 0 and not any(fnmatch.fnmatchcase(la.name, p) for p in overrides)]
-    norms: dict[str, np.ndarray] = {}
-    if pruner.score != "magnitude" and pruner.collector is not None:
-        specs = [s for la in free if (s := pruner.specs[la.name]) is not None]
-        for batch in plan_groups([la for la in free if pruner.specs[la.name] is not None], False, opts.memory_mb << 20):
-            names = {la.name for la in batch}
-            got = pruner.collector.collect(pruner.base_proto, [s for s in specs if s.name in names])
-            norms.update({k: v.norms() for k, v in got.items()})
+    norms = _input_norms(pruner, free, opts)
     scores = {la.name: importance(la.to_matrix(la.weight_array()), norms.get(la.name)) for la in free}
     fixed = {la.name: target[la.name] for la in layers if la.name not in scores}
     return {**target, **global_sparsities(scores, opts.sparsity, {k: v for k, v in fixed.items() if k in scores})}
