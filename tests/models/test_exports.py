@@ -151,10 +151,13 @@ def test_module_imports_without_torch() -> None:
 def test_export_path_and_an_empty_cache(tmp_path, monkeypatch) -> None:
     assert export_path("bert_base", tmp_path) == tmp_path / "exports" / "bert_base.onnx"
     assert exports.sentences_path("minilm_l6", tmp_path) == tmp_path / "exports" / "minilm_l6.sentences.npz"
+    calibration = exports.sentences_path("minilm_l6", tmp_path, calibration=True)
+    assert calibration == tmp_path / "exports" / "minilm_l6.calibration.npz"
     monkeypatch.setenv("ONNXFORGE_CORPUS", str(tmp_path / "c"))
     assert export_path("gpt2") == tmp_path / "c" / "exports" / "gpt2.onnx"
     assert list_exports(tmp_path) == {}
     assert load_sentences("minilm_l6", tmp_path) is None
+    assert load_sentences("minilm_l6", tmp_path, calibration=True) is None
     with pytest.raises(KeyError):
         export_path("no-such-export", tmp_path)
 
@@ -205,6 +208,26 @@ def test_image_feeds_are_noise_with_a_static_batch() -> None:
 def test_sentences_are_real_text() -> None:
     assert len(SENTENCES) == 64 and len(set(SENTENCES)) == 64
     assert all(s[0].isupper() and s[-1] in ".?" for s in SENTENCES)
+
+
+def test_calibration_sentences_stay_apart_from_the_scored_ones() -> None:
+    """Benchmarks calibrate on CALIBRATION_SENTENCES and score on SENTENCES: no sentence may be
+    a near copy of a scored one (a fifth of its content words shared)."""
+    import re
+
+    stop = set("the a an of to in on and is was for by at with from his her my our their it this that be are were "
+               "has have will as up out into over after before every just".split())  # fmt: skip
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z]+", text.lower())) - stop
+
+    calibration = exports.CALIBRATION_SENTENCES
+    assert len(calibration) >= 160 and len(set(calibration)) == len(calibration)
+    assert all(s[0].isupper() and s[-1] in ".?" for s in calibration)
+    for c in calibration:
+        for s in SENTENCES:
+            shared = len(words(c) & words(s)) / len(words(c) | words(s))
+            assert shared < 0.2, (c, s)
 
 
 def test_cli_list_and_unknown_names(tmp_path, capsys) -> None:
@@ -287,6 +310,10 @@ def test_minilm_embeds_real_sentences_meaningfully() -> None:
     data = load_sentences("minilm_l6")
     assert data is not None, "minilm_l6.sentences.npz is missing (run `make exports`)"
     assert list(data["text"]) == list(SENTENCES)
+    calibration = load_sentences("minilm_l6", calibration=True)
+    assert calibration is not None, "minilm_l6.calibration.npz is missing (run `make exports`)"
+    assert list(calibration["text"]) == list(exports.CALIBRATION_SENTENCES)
+    assert calibration["input_ids"].shape == (len(exports.CALIBRATION_SENTENCES), SENTENCE_LENGTH)
     ids = data["input_ids"]
     assert ids.shape == (len(SENTENCES), SENTENCE_LENGTH) and ids.dtype == np.int64
     assert (ids[:, 0] == 101).all()  # [CLS]
