@@ -310,6 +310,8 @@ class _Pruner:
             else None
         )
         self.cache: dict[tuple[Any, ...], _Weights] = {}
+        #: layers whose statistics had fewer calibration rows than inputs: name -> (rows, inputs)
+        self.thin: dict[str, tuple[int, int]] = {}
 
     @property
     def needs_stats(self) -> bool:
@@ -368,6 +370,8 @@ class _Pruner:
                     b = waug[gi][:, :d] @ st.cross[gi][:d, :d].T
             else:
                 b = wg @ h_raw
+            if st.rows < d:
+                self.thin[layer.name] = (st.rows, d)
             h, b = toward(h_raw, b, wg, self.opts.damp if self.opts.damp is not None else auto_damp(d, st.rows))
             if self.score == "second-order":
                 start = solve_rows(h, b) if st.cross is not None else wg
@@ -530,6 +534,14 @@ def prune_weights(model: Model, opts: PruneOptions) -> tuple[Model, PruningRepor
         report.notes.append(
             f"{n_ok} layer(s) hold the {nm[0]}:{nm[1]} layout along input channels; {n_trt} of them also fit TensorRT's "
             "sparse kernels (output channels a multiple of 8, input channels a multiple of 16, not grouped)"
+        )
+    if pruner.thin:
+        rows = min(r for r, _ in pruner.thin.values())
+        widest = max(d for _, d in pruner.thin.values())
+        report.notes.append(
+            f"calibration: {len(pruner.thin)} layer(s) saw fewer calibration rows than they have inputs (as few as "
+            f"{rows:,} rows, up to {widest:,} inputs), so their repair is underdetermined and leans on damping: more "
+            "calibration data (rows: tokens, pixels or batch rows) prunes them better"
         )
     _fill_costs(report, model, cand.model, layers, data, opts)
     report.seconds = time.perf_counter() - start

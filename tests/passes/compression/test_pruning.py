@@ -408,3 +408,13 @@ def test_auto_damping_grows_as_calibration_rows_get_scarce():
         out, _, _ = _prune(model, sparsity=0.5, calibration=feeds, score="second-order", damp=damp, skip_first=False, min_params=0)
         got[damp] = [numpy_helper.to_array(t) for t in out.graph.initializer]
     assert any(not np.allclose(a, b) for a, b in zip(got[None], got[0.01]))
+
+
+def test_the_report_says_when_calibration_rows_are_fewer_than_a_layers_inputs():
+    model = mlp()  # fc1 reads 32 features, fc2 and fc3 64
+    few = [{"x": np.random.default_rng(1).standard_normal((40, 32)).astype(np.float32)}]  # 40 rows: 32 <= 40 < 64
+    _, report, _ = _prune(model, sparsity=0.5, calibration=few, skip_first=False, min_params=0)
+    [note] = [n for n in report.notes if n.startswith("calibration:")]
+    assert note.startswith("calibration: 2 layer(s) saw fewer calibration rows than they have inputs (as few as 40 rows, up to 64 inputs)")
+    _, report, _ = _prune(model, sparsity=0.5, calibration=mlp_feeds(8), skip_first=False, min_params=0)  # 128 rows
+    assert not [n for n in report.notes if n.startswith("calibration:")]
