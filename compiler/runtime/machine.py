@@ -32,6 +32,40 @@ def cpu_name() -> str:
     return model
 
 
+#: CPU flags of the x86 integer dot-product instructions that add u8 x s8 products into int32
+#: without an int16 step: with any of them onnxruntime's uint8 x int8 kernels cannot saturate.
+_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def u8s8_saturates() -> bool:
+    """Whether onnxruntime's uint8 x int8 CPU kernels can saturate on this machine: an x86 CPU
+    without VNNI, where AVX2 and AVX-512BW multiply-add pairs of u8 x s8 products into int16
+    (``vpmaddubsw``): 2 x 255 x 127 overflows it, and the products of large activations with
+    large weights are clipped (measured on an AVX2 EPYC: a MatMul + bias 4.5 % off, Silero VAD's
+    state outputs at cosine 0.77-0.85). Weights quantized to 7 bits (+-63) cannot overflow:
+    onnxruntime's own quantizer calls that ``reduce_range``. ``$ONNXFORGE_INT8_REDUCE_RANGE``
+    (``0``/``1``) overrides the detection."""
+    env = os.environ.get("ONNXFORGE_INT8_REDUCE_RANGE")
+    if env in ("0", "1"):
+        return env == "1"
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    flags = cpu_flags()
+    return bool(flags) and not (flags & _VNNI_FLAGS)
+
+
 def machine_key() -> str:
     """A short hash of (CPU model, core count, onnxruntime version, cache version)."""
     raw = f"{cpu_name()}|{os.cpu_count()}|{ort.__version__}|{CACHE_VERSION}"

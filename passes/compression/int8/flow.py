@@ -303,6 +303,12 @@ def quantize_static(
     )
     if mask is not None:
         report.notes.append(f"errors measured on real positions only (padding masked by input {mask!r})")
+    if policy.saturates:
+        report.notes.append(
+            "this CPU has no VNNI: onnxruntime's uint8 x int8 kernels add pairs of products into int16, so channels "
+            "whose neighbouring weights could overflow it got a wider scale (per tensor: 7-bit weights); "
+            "ONNXFORGE_INT8_REDUCE_RANGE=0 turns this off"
+        )
     # The source's choice, kept through the copies below: exported shapes change which fusions
     # onnxruntime applies, and so how fast the int8 model is.
     export_value_info = model.export_value_info

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from onnxforge.runtime.machine import u8s8_saturates
+
 #: Ops whose heavy work runs on integer kernels; value: (weight input index, weight channel axis
 #: as a function of attributes is resolved in weights.py, bias input index or None).
 COMPUTE_OPS: dict[str, tuple[int, int | None]] = {
@@ -84,6 +86,12 @@ class TargetPolicy:
     #: dequantized, and with a float bias the Gemm runs in float on weights dequantized at every
     #: call (ViT-B/16 int8 was 0.94x of fp32; 3.2x with int32 biases).
     int32_bias_adds: bool = False
+
+    @property
+    def saturates(self) -> bool:
+        """Whether the target's uint8 x int8 kernels can saturate on this CPU (no VNNI,
+        :func:`onnxforge.runtime.machine.u8s8_saturates`): weights are then kept from it."""
+        return self.activation_type == "uint8" and u8s8_saturates()
 
 
 CPU = TargetPolicy(

@@ -334,7 +334,7 @@ def apply_qdq(
             continue  # two activations: their Q/DQ pairs are all it needs
         home = node.graph or graph
         bias_add = _gemm_bias_add(node) if policy.int32_bias_adds and node.op_type == "MatMul" else None
-        wq = _quantize_weight_input(home, node, per_channel, weight_cache)
+        wq = _quantize_weight_input(home, node, per_channel, weight_cache, policy.saturates)
         if wq is None:
             continue
         result.quantized.append(node.name or node.op_type)
@@ -445,8 +445,15 @@ def _moves_into_a_subgraph(node: Node) -> bool:
 
 
 def _quantize_weight_input(
-    graph: Graph, node: Node, per_channel: bool, cache: dict[tuple[int, bool, int], tuple[Value, QuantParams]]
+    graph: Graph,
+    node: Node,
+    per_channel: bool,
+    cache: dict[tuple[int, bool, int], tuple[Value, QuantParams]],
+    saturates: bool = False,
 ) -> QuantParams | None:
+    """The weight input of ``node`` as int8 behind a DequantizeLinear (cached per weight).
+    ``saturates``: the CPU's integer kernels add pairs of products into int16: per channel, the
+    channels whose neighbouring codes could overflow it get a wider scale; per tensor, 7 bits."""
     w_v = node.input(1)
     w = _const_float(w_v)
     if w is None or w_v is None:
@@ -458,7 +465,10 @@ def _quantize_weight_input(
     key = (w_v.id, axis is not None, id(graph))
     hit = cache.get(key)
     if hit is None:
-        q, params = quantize_weight(w, axis)
+        if saturates and axis is not None:
+            q, params = quantize_weight(w, axis, pair_limit=128)
+        else:
+            q, params = quantize_weight(w, axis, 7 if saturates else 8)
         q_v = add_constant(graph, q, f"{w_v.name}_int8")
         scale, zp = _params_inputs(graph, f"{w_v.name}_w", params)
         attrs = {"axis": axis} if axis is not None else {}

@@ -42,9 +42,39 @@ def weight_axis(op_type: str, trans_b: bool = False) -> int:
     return 1  # ConvTranspose [C_in, C_out/g, ...], MatMul [K, N]
 
 
-def quantize_weight(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.ndarray, QuantParams]:
+def quantize_weight(
+    w: np.ndarray, axis: int | None, bits: int = 8, *, pair_limit: int | None = None
+) -> tuple[np.ndarray, QuantParams]:
     """Symmetric signed quantization of ``w``: per channel along ``axis``, or per tensor when
-    ``axis`` is None. Returns (int8 data, params)."""
+    ``axis`` is None. Returns (int8 data, params).
+
+    ``pair_limit`` (per channel only): widen a channel's scale until no two neighbouring codes
+    along the reduction dims (the other axes, flattened in order: ``K`` of a MatMul, ``C·kh·kw``
+    of a Conv) have absolute values summing past it. CPUs without VNNI add such pairs of
+    uint8 x int8 products into int16, which 255 x 128 fills: 128 keeps every sum exact, and
+    only the channels that need it lose precision (onnxruntime's ``reduce_range`` takes a bit
+    from every weight)."""
+    if pair_limit is not None and axis is not None and w.ndim >= 2:
+        q, params = quantize_weight(w, axis, bits)
+        rows = np.abs(np.moveaxis(q, axis, 0).reshape(q.shape[axis], -1).astype(np.int32))
+        if rows.shape[1] % 2:
+            rows = np.pad(rows, ((0, 0), (0, 1)))
+        worst = rows.reshape(rows.shape[0], -1, 2).sum(axis=2).max(axis=1)
+        if (worst <= pair_limit).all():
+            return q, params
+        widen = np.maximum(worst / pair_limit, 1.0)
+        while True:  # rounding can push a pair one code over: widen those channels a little more
+            scale = (params.scale.astype(np.float64) * widen).astype(np.float32)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            q = np.clip(np.rint(w.astype(np.float64) / scale.astype(np.float64).reshape(shape)), -127, 127).astype(np.int8)
+            rows = np.abs(np.moveaxis(q, axis, 0).reshape(q.shape[axis], -1).astype(np.int32))
+            if rows.shape[1] % 2:
+                rows = np.pad(rows, ((0, 0), (0, 1)))
+            worst = rows.reshape(rows.shape[0], -1, 2).sum(axis=2).max(axis=1)
+            if (worst <= pair_limit).all():
+                return q, QuantParams(scale, params.zero_point, axis)
+            widen = np.where(worst > pair_limit, widen * 1.01, widen)
     qmax = (1 << (bits - 1)) - 1
     w64 = w.astype(np.float64)
     if axis is None:

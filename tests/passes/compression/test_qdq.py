@@ -402,3 +402,33 @@ def test_matmul_bias_add_gets_an_int32_bias_where_onnxruntime_makes_a_gemm(shape
         0
     ]
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.02
+
+
+def test_pair_limit_widens_only_the_channels_whose_neighbouring_codes_could_overflow_int16():
+    from onnxforge.passes.compression.int8.weights import quantize_weight
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((9, 4)).astype(np.float32) * 0.1  # MatMul [K, N]: channels on axis 1, K odd
+    w[::2, [0, 2, 3]] = 0.0  # every pair of these channels holds one code at most: nothing to widen
+    w[2, 1], w[3, 1] = 1.0, -1.0  # channel 1: a pair at +-127 sums to 254
+    plain, p8 = quantize_weight(w, 1)
+    q, p = quantize_weight(w, 1, pair_limit=128)
+    pairs = np.abs(np.pad(q.astype(np.int32), ((0, 1), (0, 0)))).reshape(5, 2, 4).sum(axis=1)
+    assert pairs.max() <= 128
+    assert p.scale[1] > p8.scale[1] * 1.9
+    keep = [0, 2, 3]
+    np.testing.assert_array_equal(p.scale[keep], p8.scale[keep])
+    np.testing.assert_array_equal(q[:, keep], plain[:, keep])
+
+
+def test_u8s8_saturation_detection_can_be_overridden(monkeypatch):
+    from onnxforge.runtime import machine
+
+    monkeypatch.setenv("ONNXFORGE_INT8_REDUCE_RANGE", "1")
+    assert machine.u8s8_saturates()
+    monkeypatch.setenv("ONNXFORGE_INT8_REDUCE_RANGE", "0")
+    assert not machine.u8s8_saturates()
+    monkeypatch.delenv("ONNXFORGE_INT8_REDUCE_RANGE")
+    flags = machine.cpu_flags()
+    if flags and "avx512_vnni" in flags:
+        assert not machine.u8s8_saturates()
