@@ -20,16 +20,20 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "onnxforge"
 
 
-def cpu_name() -> str:
-    model = platform.processor() or platform.machine()
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` line's value in ``/proc/cpuinfo`` (None where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return model
+    return None
+
+
+def cpu_name() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 #: CPU flags of the x86 integer dot-product instructions that add u8 x s8 products into int32
@@ -39,14 +43,7 @@ _VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 def cpu_flags() -> frozenset[str]:
     """This CPU's feature flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
 def u8s8_saturates() -> bool:

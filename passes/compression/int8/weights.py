@@ -54,27 +54,6 @@ def quantize_weight(
     uint8 x int8 products into int16, which 255 x 128 fills: 128 keeps every sum exact, and
     only the channels that need it lose precision (onnxruntime's ``reduce_range`` takes a bit
     from every weight)."""
-    if pair_limit is not None and axis is not None and w.ndim >= 2:
-        q, params = quantize_weight(w, axis, bits)
-        rows = np.abs(np.moveaxis(q, axis, 0).reshape(q.shape[axis], -1).astype(np.int32))
-        if rows.shape[1] % 2:
-            rows = np.pad(rows, ((0, 0), (0, 1)))
-        worst = rows.reshape(rows.shape[0], -1, 2).sum(axis=2).max(axis=1)
-        if (worst <= pair_limit).all():
-            return q, params
-        widen = np.maximum(worst / pair_limit, 1.0)
-        while True:  # rounding can push a pair one code over: widen those channels a little more
-            scale = (params.scale.astype(np.float64) * widen).astype(np.float32)
-            shape = [1] * w.ndim
-            shape[axis] = -1
-            q = np.clip(np.rint(w.astype(np.float64) / scale.astype(np.float64).reshape(shape)), -127, 127).astype(np.int8)
-            rows = np.abs(np.moveaxis(q, axis, 0).reshape(q.shape[axis], -1).astype(np.int32))
-            if rows.shape[1] % 2:
-                rows = np.pad(rows, ((0, 0), (0, 1)))
-            worst = rows.reshape(rows.shape[0], -1, 2).sum(axis=2).max(axis=1)
-            if (worst <= pair_limit).all():
-                return q, QuantParams(scale, params.zero_point, axis)
-            widen = np.where(worst > pair_limit, widen * 1.01, widen)
     qmax = (1 << (bits - 1)) - 1
     w64 = w.astype(np.float64)
     if axis is None:
@@ -83,12 +62,31 @@ def quantize_weight(
         other = tuple(i for i in range(w.ndim) if i != axis)
         amax = np.abs(w64).max(axis=other) if w64.size else np.zeros(w.shape[axis])
     scale = np.maximum(amax / qmax, _TINY).astype(np.float32)
-    shape = [1] * w.ndim
+    q = _codes(w64, scale, axis, qmax)
+    if pair_limit is not None and axis is not None and w.ndim >= 2:
+        worst = _worst_pair(q, axis)
+        widen = np.maximum(worst / pair_limit, 1.0)
+        while (worst > pair_limit).any():  # rounding can push a pair one code over: widen a little more
+            scale = (np.maximum(amax / qmax, _TINY) * widen).astype(np.float32)
+            q = _codes(w64, scale, axis, qmax)
+            worst = _worst_pair(q, axis)
+            widen = np.where(worst > pair_limit, widen * 1.01, widen)
+    return q, QuantParams(scale, np.zeros_like(scale, dtype=np.int8), axis)
+
+
+def _codes(w64: np.ndarray, scale: np.ndarray, axis: int | None, qmax: int) -> np.ndarray:
+    shape = [1] * w64.ndim
     if axis is not None:
         shape[axis] = -1
-    q = np.clip(np.rint(w64 / scale.astype(np.float64).reshape(shape)), -qmax, qmax).astype(np.int8)
-    zp = np.zeros_like(scale, dtype=np.int8)
-    return q, QuantParams(scale, zp, axis)
+    return np.clip(np.rint(w64 / scale.astype(np.float64).reshape(shape)), -qmax, qmax).astype(np.int8)
+
+
+def _worst_pair(q: np.ndarray, axis: int) -> np.ndarray:
+    """Per channel, the largest ``|q[k]| + |q[k + 1]|`` over even ``k`` of the flattened other axes."""
+    rows = np.abs(np.moveaxis(q, axis, 0).reshape(q.shape[axis], -1).astype(np.int32))
+    if rows.shape[1] % 2:
+        rows = np.pad(rows, ((0, 0), (0, 1)))
+    return rows.reshape(rows.shape[0], -1, 2).sum(axis=2).max(axis=1)
 
 
 def quantize_bias(b: np.ndarray, input_scale: float, weight_scale: np.ndarray) -> tuple[np.ndarray, QuantParams]:
