@@ -25,7 +25,11 @@ below and run by onnxruntime on one thread, as the cost model's users run it.
 * **Recurrent cells**: an LSTM as exporters write it, over 1 and 4 steps (a step's rate, and
   what a call costs beyond its steps).
 * **Weight streaming** (:func:`_stream_point`): what a product pays per weight byte when its
-  weights are not cache-resident, at 1, 16 and 128 input rows.
+  weights are not cache-resident, at 1, 16 and 128 input rows over 16 MB of weights, and for a
+  matrix-vector product over weight sets of 0.5 to 16 MB (:data:`STREAM_SETS`): where the
+  penalty starts depends on the whole cache hierarchy (a 512 KB L2 in front of a 32 MB L3 pays
+  little until the L3 runs out; a 2 MB L2 with a small L3 pays at 4 MB), so it is measured, not
+  read off the L2 size.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ log = logging.getLogger(__name__)
 
 #: Bytes of distinct weights in the weight-streaming measurement: beyond any core's L2.
 STREAM_SET_BYTES = 16 << 20
+
+#: Weight-set sizes at which a matrix-vector product's streaming cost is measured.
+STREAM_SETS = (1 << 19, 1 << 20, 2 << 20, 4 << 20, 8 << 20, STREAM_SET_BYTES)
 
 #: (M, K, N, FLOP/s) measured points of one product class.
 RatePoints = tuple[tuple[float, float, float, float], ...]
@@ -89,6 +96,10 @@ class Calibration:
     #: matrix-vector product, ~17 at 16 rows, 75-90 at 128-512 rows (the kernel's row blocks
     #: read the weight panels more than once).
     stream: tuple[tuple[float, float], ...] = ()
+    #: (bytes of distinct weights, seconds per weight byte) a matrix-vector product pays over
+    #: weight sets of :data:`STREAM_SETS` sizes (never decreasing with the set; the last is
+    #: ``stream``'s first point): how much of :attr:`stream` a model of that many weight bytes pays.
+    stream_sets: tuple[tuple[float, float], ...] = ()
     #: int8 over float32 throughput of a large product (MatMulInteger vs MatMul).
     int8_speedup: float = 1.0
     #: Seconds of one run outside its nodes (inputs, outputs, scheduling).
@@ -118,6 +129,7 @@ class Calibration:
             elementwise=float(d.get("elementwise", 0.0)),
             per_element={str(k): float(v) for k, v in dict(d.get("per_element", {})).items()},
             stream=tuple((float(r), float(c)) for r, c in d.get("stream", ())),
+            stream_sets=tuple((float(b), float(c)) for b, c in d.get("stream_sets", ())),
             int8_speedup=float(d.get("int8_speedup", 1.0)),
             run_overhead=float(d.get("run_overhead", 0.0)),
             seconds=float(d.get("seconds", 0.0)),
@@ -129,12 +141,19 @@ class Calibration:
 
     def stream_cost(self, rows: float, working_set: float) -> float:
         """Seconds per weight byte a product of ``rows`` input rows pays to stream weights out of
-        a set of ``working_set`` bytes (log-linear in rows between measured points, flat beyond
-        them; slower memory beyond :data:`STREAM_SET_BYTES` scales it up)."""
+        a set of ``working_set`` bytes: the cost measured over :data:`STREAM_SET_BYTES`
+        (log-linear in rows between measured points, flat beyond them), times the share of it a
+        matrix-vector product paid over a set of that size (:attr:`stream_sets`; flat below the
+        smallest); slower memory beyond :data:`STREAM_SET_BYTES` scales it up."""
         if not self.stream:
             return 0.0
         cost = _log_interp(self.stream, max(rows, 1.0))
-        return cost * max(1.0, self.bandwidth_at(STREAM_SET_BYTES) / self.bandwidth_at(working_set))
+        if working_set > STREAM_SET_BYTES:
+            return cost * max(1.0, self.bandwidth_at(STREAM_SET_BYTES) / self.bandwidth_at(working_set))
+        full = self.stream_sets[-1][1] if self.stream_sets else 0.0
+        if full <= 0:
+            return 0.0
+        return cost * min(_log_interp(self.stream_sets, max(working_set, 1.0)) / full, 1.0)
 
     def rate(self, cls: str, m: float, k: float, n: float) -> float:
         """FLOP/s of a product of class ``cls`` (gemm, conv, conv1d, depthwise, recurrent) at
@@ -567,6 +586,10 @@ def measure(*, quick: bool = False) -> Calibration:
     vector = 4 * small / max(sig - overhead["elementwise"], 1e-9)
     per_element = _per_element(overhead) if not quick else {}
     stream = tuple((float(r), _stream_point(r, STREAM_SET_BYTES >> (1 if quick else 0))) for r in ((1, 16) if quick else (1, 16, 128)))
+    sets = STREAM_SETS[:3:2] if quick else STREAM_SETS[:-1]
+    stream_sets = [(float(b), _stream_point(1, b)) for b in sets] + [(float(STREAM_SET_BYTES), stream[0][1])]
+    for i in range(len(stream_sets) - 2, -1, -1):  # a smaller weight set never streams dearer
+        stream_sets[i] = (stream_sets[i][0], min(stream_sets[i][1], stream_sets[i + 1][1]))
     seconds = time.perf_counter() - start
     log.info("calibrated the CPU roofline in %.1f s", seconds)
     return Calibration(
@@ -580,6 +603,7 @@ def measure(*, quick: bool = False) -> Calibration:
         elementwise=elementwise,
         per_element=per_element,
         stream=stream,
+        stream_sets=tuple(stream_sets),
         io_overhead=io,
         bandwidth=tuple(bandwidth),
         overhead=overhead,

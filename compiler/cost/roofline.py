@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import platform
 from dataclasses import asdict, dataclass
@@ -41,7 +40,7 @@ from onnxforge.runtime.machine import cache_dir, machine_key
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 5
+PROFILE_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -116,18 +115,14 @@ class TargetProfile:
 
     def _streaming(self, work: NodeWork, cal: Calibration) -> float:
         """Seconds a product pays to bring its weights in when the model's weights do not stay
-        in cache between runs (:meth:`Calibration.stream_cost`, measured per input row count:
-        a chain of matrix-vector products over 4 MB of distinct weights ran 3.7x slower than
-        over one shared weight; BERT-sized MLPs at 128 tokens 13-18% slower). The penalty ramps in
-        between weight sets as large as the cache and twice it (openwakeword's 1.7 MB timer
-        model runs as fast as its resident estimate on a 2 MB L2; 4 MB pay in full)."""
-        if work.kind != MATMUL or not work.weight_bytes or not self.cache_bytes or not cal.stream:
-            return 0.0
-        ramp = math.log2(max(work.model_weight_bytes, 1) / self.cache_bytes)
-        if ramp <= 0:
+        in cache between runs (:meth:`Calibration.stream_cost`, measured per input row count and
+        per weight-set size: a chain of matrix-vector products over 4 MB of distinct weights ran
+        3.7x slower than over one shared weight on a 2 MB-L2 machine, and about 2% slower on a
+        512 KB-L2 one with a 32 MB L3; BERT-sized MLPs at 128 tokens 13-18% slower)."""
+        if work.kind != MATMUL or not work.weight_bytes or not cal.stream:
             return 0.0
         rows = work.product[1] if work.product is not None else 1.0
-        return min(ramp, 1.0) * work.weight_bytes * cal.stream_cost(rows, work.model_weight_bytes)
+        return work.weight_bytes * cal.stream_cost(rows, work.model_weight_bytes)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -11,7 +11,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxforge.cost import analyze, roofline
-from onnxforge.cost.calibrate import Calibration, interpolate, measure, op_class, per_element_key
+from onnxforge.cost.calibrate import (
+    STREAM_SET_BYTES,
+    Calibration,
+    interpolate,
+    measure,
+    op_class,
+    per_element_key,
+)
 from onnxforge.cost.executed import executed_model
 from onnxforge.cost.roofline import NodeWork, TargetProfile
 from onnxforge.ir import from_proto
@@ -109,6 +116,10 @@ def test_quick_calibration_measures_every_parameter() -> None:
     assert set(cal.overhead) >= {"elementwise", "view", "copy", "reduce", "product", "conv", "recurrent", "control"}
     assert cal.run_overhead > 0 and cal.vector > 0 and cal.int8_speedup > 0
     assert [r for r, _ in cal.stream] == [1, 16] and cal.stream[0][1] > 0  # distinct weights cost more than one
+    # the matrix-vector streaming cost against the weight-set size, ending at the full set
+    sizes, costs = [b for b, _ in cal.stream_sets], [c for _, c in cal.stream_sets]
+    assert len(sizes) == 3 and sizes == sorted(sizes) and sizes[-1] == STREAM_SET_BYTES
+    assert all(c >= 0 for c in costs) and costs == sorted(costs) and costs[-1] == cal.stream[0][1]
     big = max(cal.gemm, key=lambda p: p[0] * p[1] * p[2])[3]
     assert cal.rate("gemm", 1, 64, 64) < big  # one row is slower per FLOP than a full product
 
@@ -152,27 +163,32 @@ def test_ops_with_a_measured_per_element_rate_use_it() -> None:
 
 
 def test_weights_beyond_the_cache_stream_in_on_every_run() -> None:
-    cal = Calibration(**{**_CAL.__dict__, "stream": ((1.0, 4e-11), (16.0, 1e-11))})
-    p = TargetProfile(**{**_profile(cal).__dict__, "cache_bytes": 2 * 10**6})
+    # measured: nothing over a 0.5 MB set, a quarter of the 16 MB cost over 2 MB, all of it at 16 MB
+    sets = ((2.0**19, 0.0), (2.0**21, 1e-11), (2.0**24, 4e-11))
+    cal = Calibration(**{**_CAL.__dict__, "stream": ((1.0, 4e-11), (16.0, 1e-11)), "stream_sets": sets})
+    p = _profile(cal)
 
     def t(rows: int, model_bytes: int) -> float:
         w = NodeWork("MatMul", MATMUL, "fp32", 2 * rows * 256 * 256, 256 * 256 * 4, ("gemm", rows, 256, 256),
                      weight_bytes=256 * 256 * 4, model_weight_bytes=model_bytes)
         return p.work_time(w)[0]
 
-    # weights that fit in the cache stay resident: nothing added
-    assert t(1, 2 * 10**6) == t(1, 10**6) == t(1, 1)
+    # weight sets the measurement found resident pay nothing, whatever the L2 size says
+    assert t(1, 2**19) == t(1, 2**18) == t(1, 1)
     # a matrix-vector product pays the measured cost per byte, 4 rows one interpolated between
     # the measured 1 and 16 rows, 64 rows that of the last measured point
-    full = 256 * 256 * 4 * cal.stream_cost(1, 10**8)
-    assert t(1, 10**8) - t(1, 10**6) == pytest.approx(full)
-    assert cal.stream_cost(4, 10**7) == pytest.approx(2e-11)  # halfway in log space
-    assert t(64, 10**8) - t(64, 10**6) == pytest.approx(full / 4)
-    # a weight set 1.41x the cache pays half (the ramp runs from the cache to twice it)
-    w = int(2 * 10**6 * 2**0.5)
-    assert t(1, w) - t(1, 10**6) == pytest.approx(256 * 256 * 4 * cal.stream_cost(1, w) / 2)
-    # slower memory beyond the measured 16 MB set scales the cost up; a set below it does not
-    assert cal.stream_cost(1, 10**8) > cal.stream_cost(1, 10**7) == 4e-11
+    full = 256 * 256 * 4 * cal.stream_cost(1, 2**24)
+    assert full == pytest.approx(256 * 256 * 4 * 4e-11)
+    assert t(1, 2**24) - t(1, 1) == pytest.approx(full)
+    assert cal.stream_cost(4, 2**24) == pytest.approx(2e-11)  # halfway in log space
+    assert t(64, 2**24) - t(64, 1) == pytest.approx(full / 4)
+    # between measured sets: the measured share of the full cost (a quarter at 2 MB, log-linear
+    # on to 16 MB), at any row count
+    assert cal.stream_cost(1, 2**21) == pytest.approx(1e-11)
+    assert cal.stream_cost(16, 2**21) == pytest.approx(1e-11 / 4)
+    assert cal.stream_cost(1, 2**21) < cal.stream_cost(1, 2**22) < cal.stream_cost(1, 2**24)
+    # slower memory beyond the measured 16 MB set scales the cost up
+    assert cal.stream_cost(1, 10**8) > cal.stream_cost(1, 2**24)
     # elementwise nodes carry small weights (biases): left to their memory term
     add = NodeWork("Add", VECTOR, "fp32", 10, 10**6, weight_bytes=10**5, model_weight_bytes=10**8)
     assert p.work_time(add) == p.work_time(NodeWork("Add", VECTOR, "fp32", 10, 10**6))
