@@ -39,6 +39,7 @@ from onnxforge.cost import analyze
 from onnxforge.equivalence import OrtRunner
 from onnxforge.ir import Model, from_proto, to_proto
 from onnxforge.metrics.sqnr import cosine
+from onnxforge.models.exports import sentence_batches
 from onnxforge.passes.compression.pruning import (
     REPORT_KEY,
     ChannelPruneOptions,
@@ -272,16 +273,6 @@ def _flops(model: Model, feed: Feeds) -> int:
 # -- MiniLM ------------------------------------------------------------------------------------
 
 
-def _text_batches(texts: Mapping[str, np.ndarray], keys: Sequence[str], batch: int = 16) -> list[dict[str, np.ndarray]]:
-    """Tokenized sentences in batches of ``batch``, each cut to its longest sentence (the rest is
-    padding, which the statistics skip anyway)."""
-    out = []
-    for i in range(0, len(texts["input_ids"]), batch):
-        length = int(texts["attention_mask"][i : i + batch].sum(1).max())
-        out.append({k: texts[k][i : i + batch, :length] for k in keys})
-    return out
-
-
 def minilm_section(
     path: str, sentences: Mapping[str, np.ndarray], calibration: Mapping[str, np.ndarray] | None = None
 ) -> list[str]:
@@ -292,7 +283,7 @@ def minilm_section(
     extra = 0
     if calibration is not None:  # the calibration-only sentences too: never scored on
         extra = len(calibration["input_ids"])
-        calib = _text_batches({k: np.concatenate([sentences[k][:32], calibration[k]]) for k in keys}, keys)
+        calib = sentence_batches({k: np.concatenate([sentences[k][:32], calibration[k]]) for k in keys}, keys)
     rows_of_text = int(sum(int(f["attention_mask"].sum()) for f in calib))
     base = onnxforge.compile(path, "optimize").model
 

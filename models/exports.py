@@ -577,6 +577,16 @@ def load_sentences(
         return {k: data[k] for k in data.files}
 
 
+def sentence_batches(texts: Mapping[str, np.ndarray], keys: Sequence[str], batch: int = 16) -> list[dict[str, np.ndarray]]:
+    """Tokenized sentences (``load_sentences``' arrays) as feeds of ``batch`` sentences each, every
+    batch cut to its longest sentence (the rest is padding, which calibration statistics skip)."""
+    out = []
+    for i in range(0, len(texts[keys[0]]), batch):
+        length = int(texts["attention_mask"][i : i + batch].sum(1).max())
+        out.append({k: texts[k][i : i + batch, :length] for k in keys})
+    return out
+
+
 def _input_values(
     spec: ExportSpec, inp: ExportInput, shape: tuple[int, ...], rng: np.random.Generator
 ) -> np.ndarray:
