@@ -188,6 +188,11 @@ def lower(src: Path, out: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 # 1. the digits models
 # --------------------------------------------------------------------------------------------
+def _digit_batches(x: np.ndarray) -> list[Feeds]:
+    """Calibration feeds: every training digit, in batches of 64."""
+    return [{"input": x[i : i + 64]} for i in range(0, len(x), 64)]
+
+
 def digits_section(tmp: Path, quick: bool) -> list[str]:
     from onnxforge.models import load_digits_split, train_digits_cnn, train_lenet5, train_lenet_300_100
 
@@ -214,7 +219,7 @@ def digits_section(tmp: Path, quick: bool) -> list[str]:
         sizes, floats = [], []
         for seed in seeds:
             (x_train, y_train), (x_test, y_test) = load_digits_split(seed)
-            calib = [{"input": x_train[i : i + 64]} for i in range(0, len(x_train), 64)]
+            calib = _digit_batches(x_train)
             train_eval = tmp / f"digits_train.{seed}.npz"  # the budget's labelled data (a path, as --eval-data takes it)
             np.savez(train_eval, input=x_train, labels=y_train)
             proto, _ = train(seed)
@@ -254,7 +259,7 @@ def digits_section(tmp: Path, quick: bool) -> list[str]:
     for name, (_, text) in best.items():
         lines.append(f"- {name}: {text}")
     (x_train, _), (x_test, y_test) = load_digits_split(0)
-    calib = [{"input": x_train[i : i + 64]} for i in range(0, len(x_train), 64)]
+    calib = _digit_batches(x_train)
     # the digits CNN at 4-bit codebooks, no budget
     src = tmp / "digits_cnn.0.onnx"
     out = tmp / "digits_cnn.4bit.onnx"
