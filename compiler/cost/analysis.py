@@ -38,6 +38,7 @@ from onnxforge.cost.probe import probe_types
 from onnxforge.cost.roofline import NodeWork, TargetProfile, dtype_class, get_profile
 from onnxforge.ir import Graph, Model, Node, Value
 from onnxforge.ir.constants import constant_value, is_constant
+from onnxforge.kernels.costs.linalg import conv_tap_fraction
 from onnxforge.kernels.costs.registry import (
     MATMUL,
     MOVEMENT,
@@ -531,6 +532,13 @@ class _Walker:
             cls = "int8"  # the runtime runs this op on its int8 operands
             moved = (rec.input_bytes + rec.weight_read_bytes) // 4 + rec.output_bytes
         product = _product_shape(node, rec.macs, infos_out or []) if rec.kind == MATMUL else None
+        flops = rec.flops
+        if product is not None and product[0] == "depthwise":
+            # direct depthwise kernels skip the taps in the padding (the calibration counts the same)
+            fraction = self._tap_fraction(node, infos_out or [])
+            if fraction < 1.0:
+                flops -= int(2 * rec.macs * (1.0 - fraction))
+                product = (product[0], product[1], product[2] * fraction, product[3])
         elements = sum(i.numel for i in (infos_out or []) if i is not None)
         binary = node.op_type in BINARY_OPS
         key = per_element_key(node.op_type, node.domain, binary and self._broadcasts(node, elements))
@@ -538,7 +546,7 @@ class _Walker:
             node.op_type,
             rec.kind,
             cls,
-            rec.flops,
+            flops,
             moved,
             product,
             elements,
@@ -548,6 +556,16 @@ class _Walker:
         )
         seconds, rec.bound = self.profile.work_time(work)
         rec.est_ms = seconds * 1e3
+
+    def _tap_fraction(self, node: Node, infos_out: list[TensorInfo | None]) -> float:
+        """:func:`conv_tap_fraction` of a convolution node, 1.0 where a shape is unknown."""
+        x = self.table.info(node.input(0)) if node.input(0) is not None else None
+        w = self.table.info(node.input(1)) if node.input(1) is not None else None
+        y = infos_out[0] if infos_out else None
+        if x is None or w is None or y is None:
+            return 1.0
+        return conv_tap_fraction(x.shape, w.shape, y.shape, _attrs(node),
+                                 channels_last=bool(node.attr("channels_last", 0)))  # fmt: skip
 
     def _broadcasts(self, node: Node, elements: int) -> bool:
         """Whether an input of ``node`` is smaller than its output (a bias or scale row)."""

@@ -5,8 +5,10 @@ Nothing here is fitted to a real model: every parameter is the time of a synthet
 below and run by onnxruntime on one thread, as the cost model's users run it.
 
 * **Matrix products by shape class**: MatMul against a constant weight on a grid of
-  ``(M, K, N)``; 2-D convolutions (which onnxruntime's CPU optimizer lays out as NCHWc),
-  depthwise convolutions and 1-D convolutions on grids of spatial size and channels. A node's
+  ``(M, K, N)``; 2-D convolutions (which onnxruntime's CPU optimizer lays out as NCHWc, timed
+  as chains that stay in that layout), 3x3 and 5x5 depthwise convolutions (their work counted
+  in the taps inside the input, as their direct kernels run) and 1-D convolutions on grids of
+  spatial size and channels. A node's
   rate is interpolated in log space between the nearest measured shapes of its class
   (:func:`interpolate`), so a 1-row product (a matrix-vector product, bound by reading its
   weights) is not credited with the throughput of a large square one.
@@ -47,6 +49,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxforge.kernels.costs.linalg import conv_tap_fraction
 from onnxforge.runtime.session import create_session
 
 log = logging.getLogger(__name__)
@@ -415,31 +418,46 @@ def _conv_rate(
     c_in: int, c_out: int, size: int, kernel: int, *, group: int = 1, dims: int = 2, fixed: float = 0.0,
     dispatch: float = 0.0,
 ) -> tuple[float, float, float, float]:
-    """(M, K, N, FLOP/s) of one convolution (stride 1, same padding)."""
+    """(M, K, N, FLOP/s) of one convolution (stride 1, same padding).
+
+    2-D convolutions with as many output as input channels are timed as a chain, each reading
+    the one before (:func:`_conv_chain`), as a network runs them: onnxruntime keeps the chain in
+    its blocked NCHWc layout, where a fan-out of convolutions of one input would convert every
+    output back to NCHW (on a 1x1 convolution of 64 channels over 32x32, 20% of the time). A
+    depthwise convolution's ``K`` and MACs count the taps inside the input only
+    (:func:`onnxforge.kernels.costs.linalg.conv_tap_fraction`), as its direct kernel runs them.
+    """
     rng = _rng()
     spatial = [size] * dims
     kshape = [kernel] * dims
-    w = numpy_helper.from_array(rng.standard_normal((c_out, c_in // group, *kshape)).astype(np.float32) * 0.1, "w")
+    w_shape = (c_out, c_in // group, *kshape)
+    # scaled to keep a chain's activations of the same magnitude (no overflow, no denormals)
+    scale = 1.0 / math.sqrt(c_in // group * kernel**dims)
+    w = numpy_helper.from_array((rng.standard_normal(w_shape) * scale).astype(np.float32), "w")
     b = numpy_helper.from_array(np.zeros(c_out, np.float32), "b")
     pad = kernel // 2
     x = rng.standard_normal((1, c_in, *spatial)).astype(np.float32)
+    chained = dims == 2 and c_in == c_out
 
     def build(r: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        def src(i: int) -> str:
+            return (f"y{i - 1}" if i else "x") if chained else "x"
+
         nodes = [
-            helper.make_node("Conv", ["x", "w", "b"], [f"y{i}"], group=group, pads=[pad] * (2 * dims), kernel_shape=kshape)
+            helper.make_node("Conv", [src(i), "w", "b"], [f"y{i}"], group=group, pads=[pad] * (2 * dims), kernel_shape=kshape)
             for i in range(r)
         ]
-        outs = [_vi(f"y{i}", [1, c_out, *spatial]) for i in range(r)]
+        outs = [_vi(f"y{i}", [1, c_out, *spatial]) for i in (range(r - 1, r) if chained else range(r))]
         return _model(nodes, [_vi("x", [1, c_in, *spatial])], outs, [w, b]), {"x": x}
 
     t = _per_node(build, fixed, dispatch)
     m = float(size**dims)
     k = float(c_in // group * kernel**dims)
     n = float(c_out // group)
-    macs = m * k * n * group
-    if group > 1:  # depthwise: indexed by (spatial, kernel, channels)
-        return m, k, float(c_out), 2 * macs / t
-    return m, k, n, 2 * macs / t
+    if group > 1:  # depthwise: indexed by (spatial, taps inside the input, channels)
+        k *= conv_tap_fraction((1, c_in, *spatial), w_shape, (1, c_out, *spatial), {"pads": [pad] * (2 * dims)})
+        return m, k, float(c_out), 2 * m * k * c_out / t
+    return m, k, n, 2 * m * k * n * group / t
 
 
 def _chain(make: Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray]]], short: int, long: int,
@@ -555,7 +573,9 @@ def measure(*, quick: bool = False) -> Calibration:
     sizes = (8, 32, 64) if not quick else (8, 32)
     conv = tuple(_conv_rate(c, c, s, k, fixed=fixed_conv, dispatch=d_conv) for c in chans for s in sizes for k in (1, 3))
     conv = conv + tuple(_conv_rate(3, 32, s, 3, fixed=fixed_conv, dispatch=d_conv) for s in sizes)  # an image stem (3 channels)
-    depthwise = tuple(_conv_rate(c, c, s, 3, group=c, fixed=fixed_conv, dispatch=d_conv) for c in chans for s in sizes)
+    depthwise = tuple(
+        _conv_rate(c, c, s, k, group=c, fixed=fixed_conv, dispatch=d_conv) for c in chans for s in sizes for k in (3, 5)
+    )
     lengths = (1, 4, 32, 256) if not quick else (4, 64)
     conv_int8 = tuple(
         _qdq_conv_rate(c, sz, k, fixed=fixed_conv, dispatch=d_conv) for c in chans for sz in sizes[:2] for k in (1, 3)

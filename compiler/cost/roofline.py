@@ -40,7 +40,7 @@ from onnxforge.runtime.machine import cache_dir, machine_key
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 6
+PROFILE_VERSION = 7
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,29 @@ def test_the_executed_latency_counts_the_if_branch_that_runs() -> None:
     assert skipped.totals.est_latency_ms < taken.totals.est_latency_ms / 5
 
 
+def test_depthwise_work_counts_only_the_taps_inside_the_input() -> None:
+    # a 5x5 depthwise convolution over 2 rows (padding 2) reads 2 of its 5 kernel rows: its
+    # work is 40% of its MACs (a direct kernel skips the padding); the MACs stay the full count
+    cal = Calibration(**{**_CAL.__dict__, "depthwise": ((16, 9, 64, 1e9), (1024, 9, 64, 1e9), (16, 25, 64, 1e9), (1024, 25, 64, 1e9))})
+
+    def estimate(h: int, w: int) -> tuple[int, float]:
+        wt = numpy_helper.from_array(np.ones((64, 1, 5, 5), np.float32), "w")
+        g = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"], group=64, pads=[2, 2, 2, 2], name="dw")], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, h, w])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, h, w])], [wt],
+        )  # fmt: skip
+        r = analyze(from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])),
+                    target=_profile(cal), reorder=False, executed=False)  # fmt: skip
+        node = r.nodes[0]
+        return node.macs, node.est_ms * 1e-3 - 1e-6  # less the conv overhead
+
+    flat_macs, flat = estimate(2, 96)
+    square_macs, square = estimate(12, 16)  # as many positions, few in the padding's reach
+    assert flat_macs == square_macs == 64 * 192 * 25
+    assert flat / square == pytest.approx(0.4 * 474 / 480 / ((12 * 5 - 6) / 60 * (16 * 5 - 6) / 80), rel=0.02)
+
+
 def test_ops_with_a_measured_per_element_rate_use_it() -> None:
     cal = Calibration(**{**_CAL.__dict__, "per_element": {"Erf": 1e-9, "binary/bcast": 1e-11}})
     p = _profile(cal)

@@ -42,6 +42,27 @@ def test_depthwise_conv_uses_channels_per_group() -> None:
     assert c.macs == 256 * 9 and c.flops == 2 * 256 * 9
 
 
+def test_tap_fraction_counts_kernel_taps_inside_the_input() -> None:
+    from onnxforge.kernels.costs.linalg import conv_tap_fraction
+
+    # no padding: every tap reads the input
+    assert conv_tap_fraction((1, 8, 8, 8), (8, 1, 3, 3), (1, 8, 6, 6), {}) == 1.0
+    # 3x3, padding 1 over 8x8: per axis the two edge outputs read 2 of 3 taps -> (22/24)^2
+    same = conv_tap_fraction((1, 8, 8, 8), (8, 1, 3, 3), (1, 8, 8, 8), {"pads": [1, 1, 1, 1]})
+    assert same == pytest.approx((22 / 24) ** 2)
+    assert conv_tap_fraction((1, 8, 8, 8), (8, 1, 3, 3), (1, 8, 8, 8), {"auto_pad": "SAME_UPPER"}) == pytest.approx(same)
+    # 5x5, padding 2 over a 2-row map: each output row reads 2 of its 5 kernel rows
+    rows = conv_tap_fraction((1, 200, 2, 96), (200, 1, 5, 5), (1, 200, 2, 96), {"pads": [2, 2, 2, 2]})
+    assert rows == pytest.approx(0.4 * (96 * 5 - 6) / (96 * 5))
+    # stride 2 over 8 with padding 1: tap 0 of output 0 is in the padding, output 3 reads 3 taps
+    assert conv_tap_fraction((1, 1, 8), (1, 1, 3), (1, 1, 4), {"pads": [1, 1], "strides": [2]}) == pytest.approx(11 / 12)
+    # dilation 2, padding 2, size 4: outputs 0..3 read taps {1,2}, {1,2}, {0,1}, {0,1} -> 8 of 12
+    assert conv_tap_fraction((1, 1, 4), (1, 1, 3), (1, 1, 4), {"pads": [2, 2], "dilations": [2]}) == pytest.approx(8 / 12)
+    # channels last (NhwcConv) and shapes that do not fit
+    assert conv_tap_fraction((1, 8, 8, 8), (8, 1, 3, 3), (1, 8, 8, 8), {"pads": [1] * 4}, channels_last=True) == pytest.approx(same)
+    assert conv_tap_fraction((1, 8, 8), (8, 1, 3, 3), (1, 8, 8, 8), {}) == 1.0
+
+
 def test_conv_transpose_scatters_each_input_through_the_kernel() -> None:
     # X has 2*4*4 = 32 elements; each feeds C_out/group * 3 * 3 = 27 outputs
     c = cost("ConvTranspose", [t(1, 2, 4, 4), t(2, 3, 3, 3)], [t(1, 3, 9, 9)], strides=[2, 2])
