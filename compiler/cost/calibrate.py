@@ -421,7 +421,7 @@ def _conv_rate(
     """(M, K, N, FLOP/s) of one convolution (stride 1, same padding).
 
     2-D convolutions with as many output as input channels are timed as a chain, each reading
-    the one before (:func:`_conv_chain`), as a network runs them: onnxruntime keeps the chain in
+    the one before, as a network runs them: onnxruntime keeps the chain in
     its blocked NCHWc layout, where a fan-out of convolutions of one input would convert every
     output back to NCHW (on a 1x1 convolution of 64 channels over 32x32, 20% of the time). A
     depthwise convolution's ``K`` and MACs count the taps inside the input only
