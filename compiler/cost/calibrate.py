@@ -440,14 +440,12 @@ def _conv_rate(
     chained = dims == 2 and c_in == c_out
 
     def build(r: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-        def src(i: int) -> str:
-            return (f"y{i - 1}" if i else "x") if chained else "x"
-
+        sources = ["x", *(f"y{i}" for i in range(r - 1))] if chained else ["x"] * r
         nodes = [
-            helper.make_node("Conv", [src(i), "w", "b"], [f"y{i}"], group=group, pads=[pad] * (2 * dims), kernel_shape=kshape)
-            for i in range(r)
+            helper.make_node("Conv", [src, "w", "b"], [f"y{i}"], group=group, pads=[pad] * (2 * dims), kernel_shape=kshape)
+            for i, src in enumerate(sources)
         ]
-        outs = [_vi(f"y{i}", [1, c_out, *spatial]) for i in (range(r - 1, r) if chained else range(r))]
+        outs = [_vi(f"y{i}", [1, c_out, *spatial]) for i in ([r - 1] if chained else range(r))]
         return _model(nodes, [_vi("x", [1, c_in, *spatial])], outs, [w, b]), {"x": x}
 
     t = _per_node(build, fixed, dispatch)

@@ -17,6 +17,8 @@ forms add (activation, requantization: 3 per output element, dequantization: 2 p
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from onnxforge.kernels.costs.formula import (
     MATMUL,
@@ -53,7 +55,7 @@ def _bias_flops(call: CostCall, index: int) -> int:
 
 
 def conv_tap_fraction(
-    x_shape: tuple[int, ...], w_shape: tuple[int, ...], y_shape: tuple[int, ...], attrs: dict[str, object],
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], y_shape: tuple[int, ...], attrs: Mapping[str, Any],
     *, channels_last: bool = False,
 ) -> float:
     """Fraction of a convolution's kernel taps that land inside its input rather than in the
@@ -75,9 +77,9 @@ def conv_tap_fraction(
     ks = w_shape[2:]
     if any(not isinstance(d, int) or d <= 0 for d in (*xs, *ys, *ks)):
         return 1.0
-    strides = list(attrs.get("strides") or [1] * spatial)  # type: ignore[call-overload]
-    dilations = list(attrs.get("dilations") or [1] * spatial)  # type: ignore[call-overload]
-    pads = list(attrs.get("pads") or [0] * (2 * spatial))  # type: ignore[call-overload]
+    strides = list(attrs.get("strides") or [1] * spatial)
+    dilations = list(attrs.get("dilations") or [1] * spatial)
+    pads = list(attrs.get("pads") or [0] * (2 * spatial))
     auto_pad = str(attrs.get("auto_pad") or "NOTSET")
     fraction = 1.0
     for i in range(spatial):
