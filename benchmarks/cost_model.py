@@ -213,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Measured in {calib_s:.1f} s (`onnxforge.cost.calibrate`, cached per CPU model, core count and onnxruntime "
         f"version under `$ONNXFORGE_CACHE`). No parameter is fitted to the models below: every one is the time of a "
-        f"synthetic graph (MatMul on a {len(cal.gemm)}-shape grid, {len(cal.conv)} 2-D, {len(cal.conv1d)} 1-D and "
-        f"{len(cal.depthwise)} depthwise convolutions, {len(cal.recurrent)} LSTMs, Add over 5 working-set sizes, "
+        f"synthetic graph (MatMul on a {len(cal.gemm)}-shape grid, {len(cal.conv)} 2-D, {len(cal.conv1d)} 1-D, "
+        f"{len(cal.depthwise)} depthwise and {len(cal.depthwise1d)} 1-D depthwise convolutions, 1-D convolutions "
+        f"across the GEMM's column panels ({cal.conv_panel} positions here), {len(cal.recurrent)} LSTMs, Add over "
+        f"5 working-set sizes, "
         f"MatMul chains over {len(cal.stream_sets)} weight-set sizes, chains of tiny ops per class).",
         "",
         f"- products: {cal.rate('gemm', 1, 256, 256) / 1e9:.0f} GFLOP/s at 1x256x256 (a matrix-vector product), "

@@ -586,8 +586,8 @@ _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}
 
 def _product_shape(node: Node, macs: int, infos_out: list[TensorInfo | None]) -> tuple[str, float, float, float] | None:
     """``(class, M, K, N)`` of a product node for the calibrated rates: convolutions by output
-    pixels x (input channels x kernel) x output channels per group (depthwise: pixels, kernel,
-    channels), recurrent cells as one step's gate product, everything else as its output's
+    pixels x (input channels x kernel) x output channels per group (depthwise and 1-D depthwise:
+    pixels, kernel, channels), recurrent cells as one step's gate product, everything else as its output's
     rows x (MACs per output element) x columns."""
     out = infos_out[0] if infos_out else None
     if out is None or macs <= 0 or not out.numel:
@@ -599,7 +599,7 @@ def _product_shape(node: Node, macs: int, infos_out: list[TensorInfo | None]) ->
         pixels = out.numel // max(channels * out.shape[0], 1)  # per image: onnxruntime loops the batch
         k = macs / out.numel
         if group > 1 and group >= channels // 2:
-            return "depthwise", float(pixels), k, float(channels)
+            return ("depthwise1d" if out.rank == 3 else "depthwise"), float(pixels), k, float(channels)
         return ("conv1d" if out.rank == 3 else "conv"), float(pixels), k, float(max(channels // group, 1))
     if op in _GATES and out.rank == 4:  # Y: [seq, directions, batch, hidden]
         seq, dirs, batch, hidden = out.shape

@@ -7,8 +7,10 @@ below and run by onnxruntime on one thread, as the cost model's users run it.
 * **Matrix products by shape class**: MatMul against a constant weight on a grid of
   ``(M, K, N)``; 2-D convolutions (which onnxruntime's CPU optimizer lays out as NCHWc, timed
   as chains that stay in that layout), 3x3 and 5x5 depthwise convolutions (their work counted
-  in the taps inside the input, as their direct kernels run) and 1-D convolutions on grids of
-  spatial size and channels. A node's
+  in the taps inside the input, as their direct kernels run), 1-D convolutions on grids of
+  spatial size and channels (their output positions counted in the GEMM's column panels,
+  whose width is measured: :func:`_conv_panel`) and 1-D depthwise convolutions (one small GEMM
+  per channel in onnxruntime, several times slower per MAC than 2-D ones). A node's
   rate is interpolated in log space between the nearest measured shapes of its class
   (:func:`interpolate`), so a 1-row product (a matrix-vector product, bound by reading its
   weights) is not credited with the throughput of a large square one.
@@ -49,7 +51,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxforge.kernels.costs.linalg import conv_tap_fraction
+from onnxforge.kernels.costs.linalg import conv_tap_fraction, panel_positions
 from onnxforge.runtime.session import create_session
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,10 @@ class Calibration:
     conv: RatePoints = ()
     conv1d: RatePoints = ()
     depthwise: RatePoints = ()
+    #: 1-D depthwise convolutions by (positions, kernel, channels): onnxruntime has no direct
+    #: kernel for them and runs one small GEMM per channel (a 256-channel, length-8 one took
+    #: 31 us here, 120 ns per channel, against 1.2 us at the 2-D depthwise rate).
+    depthwise1d: RatePoints = ()
     #: One step of an LSTM cell (batch 1) by hidden size: (batch, input + hidden, 4 x hidden).
     recurrent: RatePoints = ()
     #: int8 products as onnxruntime runs a QDQ MatMul (its integer kernel), (M, K, N = K).
@@ -107,6 +113,9 @@ class Calibration:
     int8_speedup: float = 1.0
     #: Seconds of one run outside its nodes (inputs, outputs, scheduling).
     run_overhead: float = 0.0
+    #: Columns per panel of the GEMM under 1-D convolutions (:func:`_conv_panel`; 1: none):
+    #: their output positions count in whole panels (:attr:`conv1d` is indexed the same way).
+    conv_panel: int = 1
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,6 +131,7 @@ class Calibration:
             conv=pts("conv"),
             conv1d=pts("conv1d"),
             depthwise=pts("depthwise"),
+            depthwise1d=pts("depthwise1d"),
             recurrent=pts("recurrent"),
             gemm_int8=pts("gemm_int8"),
             conv_int8=pts("conv_int8"),
@@ -135,6 +145,7 @@ class Calibration:
             stream_sets=tuple((float(b), float(c)) for b, c in d.get("stream_sets", ())),
             int8_speedup=float(d.get("int8_speedup", 1.0)),
             run_overhead=float(d.get("run_overhead", 0.0)),
+            conv_panel=int(d.get("conv_panel", 1)),
             seconds=float(d.get("seconds", 0.0)),
         )
 
@@ -159,9 +170,13 @@ class Calibration:
         return cost * min(_log_interp(self.stream_sets, max(working_set, 1.0)) / full, 1.0)
 
     def rate(self, cls: str, m: float, k: float, n: float) -> float:
-        """FLOP/s of a product of class ``cls`` (gemm, conv, conv1d, depthwise, recurrent) at
+        """FLOP/s of a product of class ``cls`` (gemm, conv, conv1d, depthwise, depthwise1d, recurrent) at
         (M, K, N)."""
         points = getattr(self, cls, ()) or self.gemm
+        if cls == "conv1d" and self.conv_panel > 1:
+            # one output position runs the matrix-vector path, more run whole panels: the two
+            # paths' rates differ several times over, so each interpolates among its own points
+            points = tuple(p for p in points if (p[0] <= 1) == (m <= 1)) or points
         return interpolate(points, m, k, n)
 
 
@@ -414,18 +429,16 @@ def _qdq_conv_rate(channels: int, size: int, kernel: int, *, fixed: float, dispa
     return m, k, n, 2 * m * k * n / _per_node(build, fixed, dispatch)
 
 
-def _conv_rate(
+def _conv_seconds(
     c_in: int, c_out: int, size: int, kernel: int, *, group: int = 1, dims: int = 2, fixed: float = 0.0,
     dispatch: float = 0.0,
-) -> tuple[float, float, float, float]:
-    """(M, K, N, FLOP/s) of one convolution (stride 1, same padding).
+) -> float:
+    """Seconds of the work of one convolution (stride 1, same padding; :func:`_per_node`).
 
     2-D convolutions with as many output as input channels are timed as a chain, each reading
     the one before, as a network runs them: onnxruntime keeps the chain in
     its blocked NCHWc layout, where a fan-out of convolutions of one input would convert every
-    output back to NCHW (on a 1x1 convolution of 64 channels over 32x32, 20% of the time). A
-    depthwise convolution's ``K`` and MACs count the taps inside the input only
-    (:func:`onnxforge.kernels.costs.linalg.conv_tap_fraction`), as its direct kernel runs them.
+    output back to NCHW (on a 1x1 convolution of 64 channels over 32x32, 20% of the time).
     """
     rng = _rng()
     spatial = [size] * dims
@@ -448,14 +461,54 @@ def _conv_rate(
         outs = [_vi(f"y{i}", [1, c_out, *spatial]) for i in ([r - 1] if chained else range(r))]
         return _model(nodes, [_vi("x", [1, c_in, *spatial])], outs, [w, b]), {"x": x}
 
-    t = _per_node(build, fixed, dispatch)
+    return _per_node(build, fixed, dispatch)
+
+
+def _conv_rate(
+    c_in: int, c_out: int, size: int, kernel: int, *, group: int = 1, dims: int = 2, fixed: float = 0.0,
+    dispatch: float = 0.0, panel: int = 1,
+) -> tuple[float, float, float, float]:
+    """(M, K, N, FLOP/s) of one convolution (stride 1, same padding; :func:`_conv_seconds`).
+
+    A depthwise convolution's ``K`` and MACs count the taps inside the input only
+    (:func:`onnxforge.kernels.costs.linalg.conv_tap_fraction`), as its direct kernel runs them.
+    A 1-D convolution's ``M`` and work count the output positions its GEMM computes, in panels
+    of ``panel`` columns (:func:`onnxforge.kernels.costs.linalg.panel_positions`).
+    """
+    t = _conv_seconds(c_in, c_out, size, kernel, group=group, dims=dims, fixed=fixed, dispatch=dispatch)
     m = float(size**dims)
     k = float(c_in // group * kernel**dims)
     n = float(c_out // group)
+    if group > 1 and dims == 1:  # 1-D depthwise: a GEMM per channel, padding taps included
+        return m, k, float(c_out), 2 * m * k * c_out / t
     if group > 1:  # depthwise: indexed by (spatial, taps inside the input, channels)
+        pad = kernel // 2
+        spatial = (size,) * dims
+        w_shape = (c_out, c_in // group, *(kernel,) * dims)
         k *= conv_tap_fraction((1, c_in, *spatial), w_shape, (1, c_out, *spatial), {"pads": [pad] * (2 * dims)})
         return m, k, float(c_out), 2 * m * k * c_out / t
+    if dims == 1:
+        m = panel_positions(m, panel)
     return m, k, n, 2 * m * k * n * group / t
+
+
+def _conv_panel(*, fixed: float, dispatch: float) -> int:
+    """Columns per panel of the GEMM under 1-D convolutions (:func:`panel_positions`): the first
+    width ``w`` of 4, 8, 16 and 32 where a 64->64, kernel-3 convolution over ``w + 1`` positions
+    takes over 25% longer than over ``w``, its time at ``w`` still within 30% of that at 2
+    positions; 1 where the time grows with the positions instead."""
+
+    def seconds(length: int) -> float:
+        return _conv_seconds(64, 64, length, 3, dims=1, fixed=fixed, dispatch=dispatch)
+
+    two = seconds(2)
+    for width in (4, 8, 16, 32):
+        at = seconds(width)
+        if at > 1.3 * two:
+            return 1
+        if seconds(width + 1) > 1.25 * at:
+            return width
+    return 1
 
 
 def _chain(make: Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray]]], short: int, long: int,
@@ -574,11 +627,20 @@ def measure(*, quick: bool = False) -> Calibration:
     depthwise = tuple(
         _conv_rate(c, c, s, k, group=c, fixed=fixed_conv, dispatch=d_conv) for c in chans for s in sizes for k in (3, 5)
     )
+    depthwise1d = tuple(
+        _conv_rate(c, c, s, k, group=c, dims=1, fixed=fixed_conv, dispatch=d_conv)
+        # time grows with channels about linearly (so the rate is flat in them) and barely with
+        # positions (so the rate climbs steeply with them): a fine grid in positions
+        for c in (16, 256) for s in ((2, 8, 32, 256) if not quick else (8,)) for k in (3, 5)
+    )
     lengths = (1, 4, 32, 256) if not quick else (4, 64)
     conv_int8 = tuple(
         _qdq_conv_rate(c, sz, k, fixed=fixed_conv, dispatch=d_conv) for c in chans for sz in sizes[:2] for k in (1, 3)
     )
-    conv1d = tuple(_conv_rate(c, c, s, k, dims=1, fixed=fixed_conv, dispatch=d_conv) for c in chans for s in lengths for k in (1, 3))
+    panel = _conv_panel(fixed=fixed_conv, dispatch=d_conv)
+    conv1d = tuple(
+        _conv_rate(c, c, s, k, dims=1, fixed=fixed_conv, dispatch=d_conv, panel=panel) for c in chans for s in lengths for k in (1, 3)
+    )
 
     hiddens = (16, 64, 128, 256) if not quick else (16, 64)
     lstms = [_lstm_rate(h, fixed=run_overhead + overhead["recurrent"], dispatch=overhead["recurrent"]) for h in hiddens]
@@ -615,6 +677,7 @@ def measure(*, quick: bool = False) -> Calibration:
         conv=conv,
         conv1d=conv1d,
         depthwise=depthwise,
+        depthwise1d=depthwise1d,
         recurrent=recurrent,
         gemm_int8=gemm_int8,
         conv_int8=conv_int8,
@@ -628,6 +691,7 @@ def measure(*, quick: bool = False) -> Calibration:
         vector=vector,
         int8_speedup=int8_speedup,
         run_overhead=run_overhead,
+        conv_panel=panel,
         seconds=seconds,
     )
 

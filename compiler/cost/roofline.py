@@ -35,12 +35,13 @@ import onnx
 from onnxforge.cost.calibrate import Calibration, interpolate, op_class
 from onnxforge.cost.calibrate import measure as calibrate
 from onnxforge.errors import UsageError
+from onnxforge.kernels.costs.linalg import panel_positions
 from onnxforge.kernels.costs.registry import MATMUL, MOVEMENT
 from onnxforge.runtime.machine import cache_dir, machine_key
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 7
+PROFILE_VERSION = 8
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,12 @@ class TargetProfile:
         compute = 0.0
         if work.kind == MATMUL and work.flops:
             cls, m, k, n = work.product if work.product is not None else ("gemm", 64.0, 256.0, 256.0)
-            int8_points = (cal.conv_int8 or cal.gemm_int8) if cls in ("conv", "conv1d", "depthwise") else cal.gemm_int8
+            flops = float(work.flops)
+            if cls == "conv1d" and cal.conv_panel > 1 and work.dtype_class != "int8":
+                # the GEMM computes whole panels of output positions (the grid is indexed so too)
+                padded = panel_positions(m, cal.conv_panel)
+                flops, m = flops * padded / max(m, 1.0), padded
+            int8_points = (cal.conv_int8 or cal.gemm_int8) if cls in ("conv", "conv1d", "depthwise", "depthwise1d") else cal.gemm_int8
             if work.dtype_class == "int8" and int8_points:
                 rate = interpolate(int8_points, m, k, n)  # onnxruntime's integer kernels, measured
             else:
@@ -98,7 +104,7 @@ class TargetProfile:
                     rate *= cal.int8_speedup
                 elif work.dtype_class == "fp16":
                     rate /= 2
-            compute = work.flops / rate
+            compute = flops / rate
         elif work.kind != MOVEMENT and work.flops:
             compute = work.flops / (cal.vector or self.vector)
             if cal.elementwise:
@@ -137,7 +143,7 @@ class TargetProfile:
 @dataclass(frozen=True)
 class NodeWork:
     """What the roofline needs of one node: op, kind of work, element class, FLOPs, bytes moved
-    and, for products, ``(class, M, K, N)`` (class: gemm, conv, conv1d, depthwise)."""
+    and, for products, ``(class, M, K, N)`` (class: gemm, conv, conv1d, depthwise, depthwise1d)."""
 
     op_type: str
     kind: str

@@ -111,8 +111,9 @@ def test_latency_is_estimated_on_the_graph_onnxruntime_executes() -> None:
 
 def test_quick_calibration_measures_every_parameter() -> None:
     cal = measure(quick=True)
-    assert cal.gemm and cal.conv and cal.conv1d and cal.depthwise and cal.recurrent and cal.bandwidth
-    assert all(r > 0 for *_, r in cal.gemm + cal.conv + cal.depthwise)
+    assert cal.gemm and cal.conv and cal.conv1d and cal.depthwise and cal.depthwise1d and cal.recurrent and cal.bandwidth
+    assert all(r > 0 for *_, r in cal.gemm + cal.conv + cal.depthwise + cal.depthwise1d)
+    assert cal.conv_panel in (1, 4, 8, 16, 32)
     assert set(cal.overhead) >= {"elementwise", "view", "copy", "reduce", "product", "conv", "recurrent", "control"}
     assert cal.run_overhead > 0 and cal.vector > 0 and cal.int8_speedup > 0
     assert [r for r, _ in cal.stream] == [1, 16] and cal.stream[0][1] > 0  # distinct weights cost more than one
@@ -169,6 +170,48 @@ def test_depthwise_work_counts_only_the_taps_inside_the_input() -> None:
     square_macs, square = estimate(12, 16)  # as many positions, few in the padding's reach
     assert flat_macs == square_macs == 64 * 192 * 25
     assert flat / square == pytest.approx(0.4 * 474 / 480 / ((12 * 5 - 6) / 60 * (16 * 5 - 6) / 80), rel=0.02)
+
+
+def test_one_d_convolutions_pay_for_whole_gemm_panels() -> None:
+    # measured grid indexed by panel positions: one position (matrix-vector path) at 1 GFLOP/s,
+    # a full 16-column panel at 8 GFLOP/s
+    grid = ((1, 192, 64, 1e9), (16, 192, 64, 8e9), (1, 768, 256, 1e9), (16, 768, 256, 8e9))
+    cal = Calibration(**{**_CAL.__dict__, "conv1d": grid, "conv_panel": 16})
+    p = _profile(cal)
+
+    def t(positions: int) -> float:
+        flops = 2 * positions * 192 * 64
+        return p.work_time(NodeWork("Conv", MATMUL, "fp32", flops, 1000, ("conv1d", positions, 192, 64)))[0]
+
+    assert t(2) == pytest.approx(t(16)) == pytest.approx(2 * 16 * 192 * 64 / 8e9 + 1e-6)
+    assert t(17) == pytest.approx(2 * t(16) - 1e-6)  # a second panel
+    # one position interpolates among the matrix-vector points only (not toward the panels' rate)
+    assert t(1) == pytest.approx(2 * 192 * 64 / 1e9 + 1e-6)
+
+
+def test_one_d_depthwise_convolutions_have_their_own_rates() -> None:
+    # onnxruntime runs a 1-D depthwise convolution as one GEMM per channel: far slower per MAC
+    # than the direct 2-D kernel; each interpolates among its own measured points
+    cal = Calibration(**{
+        **_CAL.__dict__,
+        "depthwise": ((8, 5, 16, 1e10), (8, 5, 256, 1e10)),
+        "depthwise1d": ((8, 5, 16, 5e8), (8, 5, 256, 5e8)),
+    })  # fmt: skip
+
+    def estimate(spatial: list[int]) -> float:
+        k = [5] * len(spatial)
+        wt = numpy_helper.from_array(np.ones((256, 1, *k), np.float32), "w")
+        g = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"], group=256, kernel_shape=k, name="dw")], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, *(d + 4 for d in spatial)])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, *spatial])], [wt],
+        )  # fmt: skip
+        r = analyze(from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])),
+                    target=_profile(cal), reorder=False, executed=False)  # fmt: skip
+        return r.nodes[0].est_ms * 1e-3 - 1e-6  # less the conv overhead
+
+    assert estimate([8]) == pytest.approx(2 * 8 * 5 * 256 / 5e8, rel=1e-6)
+    assert estimate([1, 8]) == pytest.approx(estimate([8]) * 5e8 / 1e10 * 5, rel=1e-6)  # 1x5 kernel: 5 taps too
 
 
 def test_ops_with_a_measured_per_element_rate_use_it() -> None:

@@ -63,6 +63,16 @@ def test_tap_fraction_counts_kernel_taps_inside_the_input() -> None:
     assert conv_tap_fraction((1, 8, 8), (8, 1, 3, 3), (1, 8, 8, 8), {}) == 1.0
 
 
+def test_panel_positions_round_up_to_whole_gemm_panels() -> None:
+    from onnxforge.kernels.costs.linalg import panel_positions
+
+    # one position is a matrix-vector product; 2-16 fill one 16-column panel, 17 two
+    assert panel_positions(1, 16) == 1
+    assert panel_positions(2, 16) == panel_positions(16, 16) == 16
+    assert panel_positions(17, 16) == 32 and panel_positions(256, 16) == 256
+    assert panel_positions(5, 1) == 5  # no panels measured: positions as they are
+
+
 def test_conv_transpose_scatters_each_input_through_the_kernel() -> None:
     # X has 2*4*4 = 32 elements; each feeds C_out/group * 3 * 3 = 27 outputs
     c = cost("ConvTranspose", [t(1, 2, 4, 4), t(2, 3, 3, 3)], [t(1, 3, 9, 9)], strides=[2, 2])
