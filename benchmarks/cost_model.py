@@ -281,16 +281,14 @@ def main(argv: list[str] | None = None) -> int:
 
 #: Why models stay outside the band (written from the per-node profiles, not fitted).
 OUTSIDE_NOTE = (
-    "The Silero VAD models run one LSTM step and a few 1-D convolutions of 1-4 output positions per call, most of "
-    "it inside If branches: about 0.1 ms. Their nodes are estimated right one by one and the shortfall appears only "
-    "when they run together. Timed alone (9 copies against 1, the lowest of 15 rounds), the 41 nodes onnxruntime runs "
-    "for silero_vad_op18_ifless (its If inlined) sum to 73 us plus the 8 us cost of a run, against an estimate of 87 "
-    "us (the STFT convolution: 18.8 us alone, estimate 19.0). The whole graph takes 112-121 us: about 30 us more, "
-    "growing through the STFT and the encoder convolutions (timed prefixes of the graph). What was ruled out: a chain "
-    "of 20-60 different tiny ops costs 0.1-0.24 us per node more than chains of one op; distinct weights instead of one "
-    "shared weight, under 1 us per convolution; an LSTM step after 1-4 MB of other weights costs what it costs alone; "
-    "an If costs under 2 us whatever its branch size; denormals (flushing them changes nothing). Without a cause the "
-    "estimate adds no term for it, so these models sit at 0.64-0.8 from run to run."
+    "The Silero VAD models (one LSTM step and a few 1-D convolutions per call, about 0.1 ms, most of it inside If "
+    "branches) are the lowest. Timing every node onnxruntime runs in place (prefixes of its graph, Ifs inlined) "
+    "against the estimate found two causes, now in the calibration: 1-D convolutions cost whole 16-column panels of "
+    "the GEMM (2 to 16 output positions take the same time, 17 take 60% more), and 1-D depthwise convolutions run as "
+    "one small GEMM per channel (oww_silero_vad's 258-channel one: 32 us, estimated 1.2 us at the 2-D depthwise "
+    "rate). What remains: an If whose branch holds the model costs 3-4 us more than its nodes inlined (the estimate "
+    "charges the measured ~0.8 us of a small If), and 4-5 us more when the branch's LSTM weights are initializers of "
+    "the main graph, which no synthetic graph reproduced; silero_vad_op18_ifless sits near 0.85."
 )
 
 
