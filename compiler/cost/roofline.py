@@ -27,7 +27,6 @@ import logging
 import os
 import platform
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import onnx
@@ -37,7 +36,7 @@ from onnxforge.cost.calibrate import measure as calibrate
 from onnxforge.errors import UsageError
 from onnxforge.kernels.costs.linalg import panel_positions
 from onnxforge.kernels.costs.registry import MATMUL, MOVEMENT
-from onnxforge.runtime.machine import cache_dir, machine_key
+from onnxforge.runtime.machine import cache_dir, l2_cache_bytes, machine_key
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +243,7 @@ def measure_cpu_profile() -> TargetProfile:
     the calibration: a large float32 product, the int8 one, memory and L2 bandwidth."""
     cal = calibrate()
     fp32 = cal.rate("gemm", 512, 1024, 256)
-    l2 = _l2_bytes()
+    l2 = l2_cache_bytes()
     return TargetProfile(
         name="cpu",
         description=f"this CPU, onnxruntime, 1 thread ({platform.machine()}), calibrated",
@@ -260,16 +259,3 @@ def measure_cpu_profile() -> TargetProfile:
         run_overhead_s=cal.run_overhead,
         calibration=cal,
     )
-
-
-def _l2_bytes() -> int:
-    """The per-core L2 cache size (1 MiB when the system does not say)."""
-    try:
-        text = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip().upper()
-        if text.endswith("K"):
-            return int(text[:-1]) << 10
-        if text.endswith("M"):
-            return int(text[:-1]) << 20
-        return int(text)
-    except (OSError, ValueError):
-        return 1 << 20

@@ -67,3 +67,16 @@ def machine_key() -> str:
     """A short hash of (CPU model, core count, onnxruntime version, cache version)."""
     raw = f"{cpu_name()}|{os.cpu_count()}|{ort.__version__}|{CACHE_VERSION}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def l2_cache_bytes() -> int:
+    """The per-core L2 cache size (1 MiB when the system does not say)."""
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip().upper()
+        if text.endswith("K"):
+            return int(text[:-1]) << 10
+        if text.endswith("M"):
+            return int(text[:-1]) << 20
+        return int(text)
+    except (OSError, ValueError):
+        return 1 << 20
