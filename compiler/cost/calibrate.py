@@ -342,16 +342,18 @@ def _per_node(build: Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray
     one = _time_session(single, feeds)
     if one > 2e-3:
         return max(one - fixed, one / 10)
-    # Three (1, 9) pairs for small nodes, the median difference: one slice of another job on the
-    # shared cores must not set a rate (a single pair once read a 2x slower matrix-vector product).
+    # Three (1, 9) pairs for small nodes, each count keeping its lowest time: another job on the
+    # shared cores only ever slows a turn down (a single pair once read a 2x slower
+    # matrix-vector product, and a slow spell across two pairs once halved a grid's rates).
     model9, feeds9 = build(9)
     nine = create_session(model9, optimization="all", threads=1)
     tries = 3 if one < 2e-4 else 1
-    diffs = []
+    singles, nines = [one], []
     for i in range(tries):
-        first = one if i == 0 else _time_session(single, feeds)
-        diffs.append((_time_session(nine, feeds9, budget_s=0.03) - first) / 8)
-    per = statistics.median(diffs)
+        if i:
+            singles.append(_time_session(single, feeds))
+        nines.append(_time_session(nine, feeds9, budget_s=0.03))
+    per = (min(nines) - min(singles)) / 8
     return max(per - dispatch, per / 10, 1e-9)
 
 
@@ -429,13 +431,12 @@ def _qdq_conv_rate(channels: int, size: int, kernel: int, *, fixed: float, dispa
     return m, k, n, 2 * m * k * n / _per_node(build, fixed, dispatch)
 
 
-def _conv_seconds(
-    c_in: int, c_out: int, size: int, kernel: int, *, group: int = 1, dims: int = 2, fixed: float = 0.0,
-    dispatch: float = 0.0,
-) -> float:
-    """Seconds of the work of one convolution (stride 1, same padding; :func:`_per_node`).
+def _conv_graph(
+    c_in: int, c_out: int, size: int, kernel: int, *, group: int = 1, dims: int = 2,
+) -> Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray]]]:
+    """``build(r)``: a graph of ``r`` copies of one convolution (stride 1, same padding).
 
-    2-D convolutions with as many output as input channels are timed as a chain, each reading
+    2-D convolutions with as many output as input channels are built as a chain, each reading
     the one before, as a network runs them: onnxruntime keeps the chain in
     its blocked NCHWc layout, where a fan-out of convolutions of one input would convert every
     output back to NCHW (on a 1x1 convolution of 64 channels over 32x32, 20% of the time).
@@ -461,7 +462,15 @@ def _conv_seconds(
         outs = [_vi(f"y{i}", [1, c_out, *spatial]) for i in ([r - 1] if chained else range(r))]
         return _model(nodes, [_vi("x", [1, c_in, *spatial])], outs, [w, b]), {"x": x}
 
-    return _per_node(build, fixed, dispatch)
+    return build
+
+
+def _conv_seconds(
+    c_in: int, c_out: int, size: int, kernel: int, *, group: int = 1, dims: int = 2, fixed: float = 0.0,
+    dispatch: float = 0.0,
+) -> float:
+    """Seconds of the work of one convolution (:func:`_conv_graph`, :func:`_per_node`)."""
+    return _per_node(_conv_graph(c_in, c_out, size, kernel, group=group, dims=dims), fixed, dispatch)
 
 
 def _conv_rate(
@@ -492,23 +501,41 @@ def _conv_rate(
     return m, k, n, 2 * m * k * n * group / t
 
 
-def _conv_panel(*, fixed: float, dispatch: float) -> int:
-    """Columns per panel of the GEMM under 1-D convolutions (:func:`panel_positions`): the first
-    width ``w`` of 4, 8, 16 and 32 where a 64->64, kernel-3 convolution over ``w + 1`` positions
-    takes over 25% longer than over ``w``, its time at ``w`` still within 30% of that at 2
-    positions; 1 where the time grows with the positions instead."""
+#: Output positions at which :func:`_conv_panel` times a 1-D convolution: each candidate panel
+#: width and one more.
+_PANEL_WIDTHS = (4, 8, 16, 32)
 
-    def seconds(length: int) -> float:
-        return _conv_seconds(64, 64, length, 3, dims=1, fixed=fixed, dispatch=dispatch)
 
-    two = seconds(2)
-    for width in (4, 8, 16, 32):
-        at = seconds(width)
-        if at > 1.3 * two:
-            return 1
-        if seconds(width + 1) > 1.25 * at:
-            return width
-    return 1
+def _conv_panel(*, rounds: int = 5) -> int:
+    """Columns per panel of the GEMM under 1-D convolutions (:func:`panel_positions`).
+
+    A 64->64, kernel-3 convolution is timed at 2 positions and at each candidate width ``w``
+    (:data:`_PANEL_WIDTHS`) and ``w + 1``, as nine copies against one, ``rounds`` times in turn;
+    each length keeps its lowest time (another job on the shared cores only ever slows a
+    turn down). A width qualifies when the times form its staircase: one more position costs
+    over 25% more, the time at the width is within 30% of the time at 2 positions, and at
+    twice the width within 30% of the time one past it. The panel is the qualifying width with
+    the largest step; 1 when none qualifies (the time grows with the positions: no panels)."""
+    lengths = sorted({2, *_PANEL_WIDTHS, *(w + 1 for w in _PANEL_WIDTHS)})
+    sessions = {}
+    for length in lengths:
+        build = _conv_graph(64, 64, length, 3, dims=1)
+        (one, feeds), (nine, _) = build(1), build(9)
+        sessions[length] = (create_session(one, optimization="all", threads=1),
+                            create_session(nine, optimization="all", threads=1), feeds)  # fmt: skip
+    singles: dict[int, list[float]] = {n: [] for n in lengths}
+    nines: dict[int, list[float]] = {n: [] for n in lengths}
+    for _ in range(rounds):
+        for length, (one_s, nine_s, feeds) in sessions.items():
+            singles[length].append(_time_session(one_s, feeds))
+            nines[length].append(_time_session(nine_s, feeds, budget_s=0.03))
+    t = {n: max((min(nines[n]) - min(singles[n])) / 8, 1e-9) for n in lengths}
+
+    def staircase(w: int) -> bool:  # flat up to w, a step after it, flat again up to 2w
+        return t[w + 1] > 1.25 * t[w] and t[w] < 1.3 * t[2] and (2 * w not in t or t[2 * w] < 1.3 * t[w + 1])
+
+    steps = [w for w in _PANEL_WIDTHS if staircase(w)]
+    return max(steps, key=lambda w: t[w + 1] / t[w]) if steps else 1
 
 
 def _chain(make: Callable[[int], tuple[onnx.ModelProto, dict[str, np.ndarray]]], short: int, long: int,
@@ -637,7 +664,7 @@ def measure(*, quick: bool = False) -> Calibration:
     conv_int8 = tuple(
         _qdq_conv_rate(c, sz, k, fixed=fixed_conv, dispatch=d_conv) for c in chans for sz in sizes[:2] for k in (1, 3)
     )
-    panel = _conv_panel(fixed=fixed_conv, dispatch=d_conv)
+    panel = _conv_panel()
     conv1d = tuple(
         _conv_rate(c, c, s, k, dims=1, fixed=fixed_conv, dispatch=d_conv, panel=panel) for c in chans for s in lengths for k in (1, 3)
     )
