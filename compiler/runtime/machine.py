@@ -46,6 +46,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset((_cpuinfo("flags") or "").split())
 
 
+def vector_isa() -> str:
+    """The widest x86 vector extension this CPU has, with VNNI when present (both change the
+    rates onnxruntime's kernels reach): "AVX-512 + VNNI", "AVX2", ...; "" where the flags do
+    not say (other architectures, no ``/proc/cpuinfo``)."""
+    flags = cpu_flags()
+    widest = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), "")
+    return widest + (" + VNNI" if widest and flags & {"avx512_vnni", "avx_vnni"} else "")
+
+
 def u8s8_saturates() -> bool:
     """Whether onnxruntime's uint8 x int8 CPU kernels can saturate on this machine: an x86 CPU
     without VNNI, where AVX2 and AVX-512BW multiply-add pairs of u8 x s8 products into int16
