@@ -8,10 +8,12 @@ from pathlib import Path
 
 from onnxforge import modelio
 from onnxforge.commands.common import add_verbosity, check_profile, parse_dims, parse_shapes
+from onnxforge.commands.progress_view import ProgressView, progress_wanted
 from onnxforge.cost import analyze
 from onnxforge.cost.render import render
 from onnxforge.cost.roofline import cpu_profile
 from onnxforge.errors import UsageError
+from onnxforge.progress import reporting
 
 NAME = "analyze"
 HELP = "estimate MACs, FLOPs, parameters, memory and latency"
@@ -42,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
     check_profile(args.target)
     if args.top < 0:
         raise UsageError("--top must be >= 0")
-    if args.refresh_profile and args.target == "cpu":
-        cpu_profile(refresh=True)
-    loaded = modelio.load(Path(args.model))
-    report = analyze(loaded.model, shapes=shapes, dims=dims, target=args.target, probe=not args.no_probe)
+    # the first use of the cpu profile measures it (about twenty seconds): shown as it goes
+    with ProgressView(enabled=progress_wanted(args.quiet)) as view, reporting(view):
+        if args.refresh_profile and args.target == "cpu":
+            cpu_profile(refresh=True)
+        loaded = modelio.load(Path(args.model))
+        report = analyze(loaded.model, shapes=shapes, dims=dims, target=args.target, probe=not args.no_probe)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

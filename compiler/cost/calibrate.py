@@ -1,4 +1,4 @@
-"""Per-machine calibration of the CPU roofline from micro-benchmarks (a few seconds, cached with
+"""Per-machine calibration of the CPU roofline from micro-benchmarks (about twenty seconds, cached with
 the ``cpu`` profile by :mod:`onnxforge.cost.roofline`).
 
 Nothing here is fitted to a real model: every parameter is the time of a synthetic graph built
@@ -52,6 +52,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxforge.kernels.costs.linalg import conv_tap_fraction, panel_positions
+from onnxforge.progress import Stage, current_hook
 from onnxforge.runtime.session import create_session
 
 log = logging.getLogger(__name__)
@@ -614,9 +615,34 @@ def _lstm_chain(n: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return model, {"t0": rng.standard_normal((1, 1, h)).astype(np.float32)}
 
 
+#: What :func:`measure` reports doing, in order (one progress step each).
+MEASURE_STEPS = (
+    "per-node overheads", "matrix products", "int8 matrix products", "convolutions", "depthwise convolutions",
+    "1-D depthwise convolutions", "int8 convolutions", "1-D convolutions", "recurrent cells", "memory bandwidth",
+    "elementwise ops", "weight streaming",
+)
+
+
 def measure(*, quick: bool = False) -> Calibration:
-    """Run the micro-benchmarks (about ten seconds; ``quick``: a coarse grid for tests)."""
+    """Run the micro-benchmarks (about twenty seconds; ``quick``: a coarse grid for tests),
+    reporting each of :data:`MEASURE_STEPS` to the current progress hook
+    (:func:`onnxforge.progress.reporting`) as stage ``"profile"``."""
+    label = "calibrating the CPU profile (once)"
+    with Stage(current_hook(), "profile", label, unit="steps", total=len(MEASURE_STEPS)) as progress:
+        steps = enumerate(MEASURE_STEPS)
+
+        def step() -> None:
+            done, name = next(steps)
+            progress.step(done, f"{label}: {name}")
+
+        calibration = _measure(quick, step)
+        progress.step(len(MEASURE_STEPS), label)
+        return calibration
+
+
+def _measure(quick: bool, step: Callable[[], None]) -> Calibration:
     start = time.perf_counter()
+    step()
     overhead: dict[str, float] = {}
     overhead["elementwise"], run_overhead = _chain(_unary_chain("Relu", [4]), 8, 72)
     overhead["view"], _ = _chain(_alternating_chain(
@@ -638,11 +664,13 @@ def measure(*, quick: bool = False) -> Calibration:
     ms = (1, 8, 64, 512) if not quick else (1, 64)
     ks = (16, 64, 256, 1024) if not quick else (64, 256)
     d_mm, d_conv = overhead["product"], overhead["conv"]
+    step()
     gemm = tuple(
         (float(m), float(k), float(n), _matmul_rate(m, k, n, fixed=fixed_mm, dispatch=d_mm)) for m in ms for k in ks for n in ks
     )
     int8_ms = (1, 8, 64, 512) if not quick else (1, 64)
     int8_ks = (64, 256, 1024) if not quick else (64, 256)
+    step()
     gemm_int8 = tuple(
         (float(m), float(k), float(k), _qdq_matmul_rate(m, k, k, fixed=fixed_mm, dispatch=d_mm)) for m in int8_ms for k in int8_ks
     )
@@ -651,11 +679,14 @@ def measure(*, quick: bool = False) -> Calibration:
 
     chans = (16, 64, 256) if not quick else (16, 64)
     sizes = (8, 32, 64) if not quick else (8, 32)
+    step()
     conv = tuple(_conv_rate(c, c, s, k, fixed=fixed_conv, dispatch=d_conv) for c in chans for s in sizes for k in (1, 3))
     conv = conv + tuple(_conv_rate(3, 32, s, 3, fixed=fixed_conv, dispatch=d_conv) for s in sizes)  # an image stem (3 channels)
+    step()
     depthwise = tuple(
         _conv_rate(c, c, s, k, group=c, fixed=fixed_conv, dispatch=d_conv) for c in chans for s in sizes for k in (3, 5)
     )
+    step()
     depthwise1d = tuple(
         _conv_rate(c, c, s, k, group=c, dims=1, fixed=fixed_conv, dispatch=d_conv)
         # time grows with channels about linearly (so the rate is flat in them) and barely with
@@ -663,14 +694,17 @@ def measure(*, quick: bool = False) -> Calibration:
         for c in (16, 256) for s in ((2, 8, 32, 256) if not quick else (8,)) for k in (3, 5)
     )
     lengths = (1, 4, 32, 256) if not quick else (4, 64)
+    step()
     conv_int8 = tuple(
         _qdq_conv_rate(c, sz, k, fixed=fixed_conv, dispatch=d_conv) for c in chans for sz in sizes[:2] for k in (1, 3)
     )
+    step()
     panel = _conv_panel()
     conv1d = tuple(
         _conv_rate(c, c, s, k, dims=1, fixed=fixed_conv, dispatch=d_conv, panel=panel) for c in chans for s in lengths for k in (1, 3)
     )
 
+    step()
     hiddens = (16, 64, 128, 256) if not quick else (16, 64)
     lstms = [_lstm_rate(h, fixed=run_overhead + overhead["recurrent"], dispatch=overhead["recurrent"]) for h in hiddens]
     recurrent = tuple(point for point, _ in lstms)
@@ -678,6 +712,7 @@ def measure(*, quick: bool = False) -> Calibration:
     overhead["recurrent"] += statistics.median(call for _, call in lstms)
     io = _io_cost(overhead["elementwise"])
 
+    step()
     bandwidth = []
     for elems in ((1 << 10, 1 << 13, 1 << 16, 1 << 19, 1 << 22) if not quick else (1 << 10, 1 << 16)):
         chain = functools.partial(_add_chain, elems=elems)
@@ -687,6 +722,7 @@ def measure(*, quick: bool = False) -> Calibration:
         bandwidth.append((float(moved), moved / max(per - overhead["elementwise"], per / 10)))
     for i in range(len(bandwidth) - 2, -1, -1):  # a larger working set never streams faster
         bandwidth[i] = (bandwidth[i][0], max(bandwidth[i][1], bandwidth[i + 1][1]))
+    step()
     mid = 1 << 16  # L2-resident: the per-element cost of a simple elementwise op, not memory's
     mul = statistics.median(_chain(functools.partial(_scale_chain, elems=mid), 4, 20)[0] for _ in range(3))
     elementwise = mid / max(mul - overhead["elementwise"], 1e-9)
@@ -694,6 +730,7 @@ def measure(*, quick: bool = False) -> Calibration:
     sig, _ = _chain(_unary_chain("Sigmoid", [small]), 4, 20)
     vector = 4 * small / max(sig - overhead["elementwise"], 1e-9)
     per_element = _per_element(overhead) if not quick else {}
+    step()
     stream = tuple((float(r), _stream_point(r, STREAM_SET_BYTES >> (1 if quick else 0))) for r in ((1, 16) if quick else (1, 16, 128)))
     sets = STREAM_SETS[:3:2] if quick else STREAM_SETS[:-1]
     stream_sets = [(float(b), _stream_point(1, b)) for b in sets] + [(float(STREAM_SET_BYTES), stream[0][1])]

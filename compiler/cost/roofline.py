@@ -8,8 +8,8 @@ Profiles:
 
 * ``cpu``: this machine, calibrated once with onnxruntime on one thread
   (:mod:`onnxforge.cost.calibrate`: matrix products and convolutions by shape class, memory
-  bandwidth by working-set size, per-node overhead by op class, elementwise throughput; a few
-  seconds) and cached as JSON under ``$ONNXFORGE_CACHE`` (default ``~/.cache/onnxforge``),
+  bandwidth by working-set size, per-node overhead by op class, elementwise throughput; about
+  twenty seconds) and cached as JSON under ``$ONNXFORGE_CACHE`` (default ``~/.cache/onnxforge``),
   keyed by CPU model, core count and onnxruntime version (:mod:`onnxforge.runtime.machine`).
 * ``h100`` / ``a100``: NVIDIA's published dense peak rates and memory bandwidth (H100 SXM5:
   67 TFLOP/s FP32, 495 TF32, 990 FP16, 1,979 INT8 TOP/s, 3.35 TB/s; A100 SXM4 80 GB: 19.5
@@ -225,7 +225,7 @@ def cpu_profile(*, refresh: bool = False) -> TargetProfile:
             return TargetProfile.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             log.warning("ignoring unreadable CPU profile cache %s", path)
-    log.info("measuring the CPU profile (one-time microbenchmark, a few seconds)")
+    log.info("measuring the CPU profile (one-time micro-benchmarks, about twenty seconds)")
     profile = measure_cpu_profile()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,7 @@ def cpu_profile(*, refresh: bool = False) -> TargetProfile:
 
 
 def measure_cpu_profile() -> TargetProfile:
-    """Calibrate this machine (:func:`onnxforge.cost.calibrate.measure`, a few seconds) and
+    """Calibrate this machine (:func:`onnxforge.cost.calibrate.measure`, about twenty seconds) and
     return the profile; its headline rates (for the plain roofline and the tables) are read off
     the calibration: a large float32 product, the int8 one, memory and L2 bandwidth."""
     cal = calibrate()

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxforge.cost import analyze, roofline
 from onnxforge.cost.calibrate import (
+    MEASURE_STEPS,
     STREAM_SET_BYTES,
     Calibration,
     interpolate,
@@ -23,6 +24,7 @@ from onnxforge.cost.executed import executed_model
 from onnxforge.cost.roofline import NodeWork, TargetProfile
 from onnxforge.ir import from_proto
 from onnxforge.kernels.costs.registry import MATMUL, MOVEMENT, VECTOR
+from onnxforge.progress import ProgressEvent, reporting
 
 _CAL = Calibration(
     gemm=((1, 64, 64, 1e9), (64, 64, 64, 1e11), (1, 1024, 1024, 4e9), (64, 1024, 1024, 2e11)),
@@ -110,7 +112,13 @@ def test_latency_is_estimated_on_the_graph_onnxruntime_executes() -> None:
 
 
 def test_quick_calibration_measures_every_parameter() -> None:
-    cal = measure(quick=True)
+    events: list[ProgressEvent] = []
+    with reporting(events.append):
+        cal = measure(quick=True)
+    # about twenty seconds on first use: each step is reported, then the stage ends complete
+    assert [e.label.rsplit(": ", 1)[-1] for e in events[1:-2]] == list(MEASURE_STEPS)
+    assert [e.done for e in events] == sorted(e.done for e in events) and all(e.stage == "profile" for e in events)
+    assert events[-1].finished and events[-1].done == events[-1].total == len(MEASURE_STEPS)
     assert cal.gemm and cal.conv and cal.conv1d and cal.depthwise and cal.depthwise1d and cal.recurrent and cal.bandwidth
     assert all(r > 0 for *_, r in cal.gemm + cal.conv + cal.depthwise + cal.depthwise1d)
     assert cal.conv_panel in (1, 4, 8, 16, 32)
