@@ -134,7 +134,8 @@ def compile(
     original = to_proto(ir) if verify else None
     before = ModelStats.of(ir)
     sketch_before = GraphSketch.of(ir)
-    cost_before = _cost(ir, shapes, verify_dims, cost_target) if cost else None
+    with reporting(progress):  # a first use of the cpu profile measures it (about 20 s), with progress
+        cost_before = _cost(ir, shapes, verify_dims, cost_target) if cost else None
 
     calibrating = None
     if quantization is not None:
