@@ -504,8 +504,8 @@ def _conv_rate(
     return m, k, n, 2 * m * k * n * group / t
 
 
-#: Output positions at which :func:`_conv_panel` times a 1-D convolution: each candidate panel
-#: width and one more.
+#: Candidate panel widths: :func:`_conv_panel` times a 1-D convolution over each of them, one
+#: position more and twice as many (besides 2 positions).
 _PANEL_WIDTHS = (4, 8, 16, 32)
 
 

@@ -219,7 +219,7 @@ def test_one_d_depthwise_convolutions_have_their_own_rates() -> None:
         return r.nodes[0].est_ms * 1e-3 - 1e-6  # less the conv overhead
 
     assert estimate([8]) == pytest.approx(2 * 8 * 5 * 256 / 5e8, rel=1e-6)
-    assert estimate([1, 8]) == pytest.approx(estimate([8]) * 5e8 / 1e10 * 5, rel=1e-6)  # 1x5 kernel: 5 taps too
+    assert estimate([1, 8]) == pytest.approx(estimate([8]) * 5e8 / 1e10 * 5, rel=1e-6)  # a 5x5 kernel (25 taps, none in padding) at the 2-D rate
 
 
 def test_ops_with_a_measured_per_element_rate_use_it() -> None:
